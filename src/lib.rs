@@ -1,1 +1,36 @@
-//! g
+//! gang: Spark-style data and training jobs as MPI gangs on HPC clusters.
+//!
+//! This crate is the rank-side runtime. A program written with [`execute`] runs unchanged
+//! as N threads of one process (`--local N`, the Local backend) or as N MPI ranks started
+//! by `gang run -n N`, mpirun or srun:
+//!
+//! ```
+//! use gang::{execute, Config, ReduceOp};
+//!
+//! // `Config::from_args(std::env::args())` in a real program; three threads here.
+//! let results = execute(Config::local(3), |ctx| {
+//!     ctx.comm().barrier()?;
+//!     let mut v = [ctx.rank() as f64, 1.0];
+//!     ctx.comm().allreduce(&mut v, ReduceOp::Sum)?;
+//!     Ok(v)
+//! })
+//! .unwrap();
+//! assert_eq!(results, vec![[3.0, 3.0]; 3]);
+//! ```
+//!
+//! A rank never leaves its peers hanging: a panic or an error in one rank stops the whole
+//! gang (under MPI through `MPI_Abort`, within about a second), and the failure is recorded
+//! with its rank in the run directory for the launcher to report.
+#![warn(missing_docs)]
+
+pub mod comm;
+mod context;
+pub mod env;
+mod error;
+pub mod selftest;
+
+pub use comm::{Comm, LocalGroup, RankBuffers, ReduceOp, Scalar};
+pub use context::{execute, init, BackendChoice, Config, Context, EXIT_RANK_ERROR, EXIT_RANK_PANIC};
+pub use env::{LauncherKind, RankEnv};
+pub use error::{Error, Result};
+pub use gang_protocol::device::Device;

@@ -1,0 +1,294 @@
+//! The Local backend: N ranks as threads of one process.
+//!
+//! Every collective is a rendezvous: each rank deposits its contribution, the last one to
+//! arrive publishes all contributions, every rank reads what it needs, and the last one to
+//! read opens the next round. A rank that fails marks the group aborted and wakes everyone,
+//! so peers get [`Error::GangFailed`] instead of waiting forever; a rank that calls a
+//! different collective than its peers gets [`Error::CollectiveMismatch`].
+
+use super::{ReduceOp, Scalar, MPI_MAX_COUNT};
+use crate::error::{Error, Result};
+use std::any::Any;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+type Contribution = (&'static str, Arc<dyn Any + Send + Sync>);
+
+struct Round {
+    /// Contributions of the round being collected.
+    slots: Vec<Option<Contribution>>,
+    arrived: usize,
+    /// Published contributions of a complete round, until every rank has read them.
+    published: Option<Arc<Vec<Contribution>>>,
+    read: usize,
+    aborted: Option<(usize, String, String)>,
+}
+
+struct Shared {
+    size: usize,
+    round: Mutex<Round>,
+    cv: Condvar,
+}
+
+/// A group of in-process ranks; [`LocalGroup::comms`] hands out one communicator per rank,
+/// each to be moved to its own thread.
+pub struct LocalGroup {
+    shared: Arc<Shared>,
+}
+
+impl LocalGroup {
+    /// A group of `size` ranks.
+    ///
+    /// # Panics
+    /// If `size` is 0.
+    pub fn new(size: usize) -> LocalGroup {
+        assert!(size > 0, "a gang has at least one rank");
+        LocalGroup {
+            shared: Arc::new(Shared {
+                size,
+                round: Mutex::new(Round {
+                    slots: (0..size).map(|_| None).collect(),
+                    arrived: 0,
+                    published: None,
+                    read: 0,
+                    aborted: None,
+                }),
+                cv: Condvar::new(),
+            }),
+        }
+    }
+
+    /// One communicator per rank, in rank order.
+    pub fn comms(&self) -> Vec<crate::Comm> {
+        self.members().into_iter().map(|m| crate::Comm::new(super::Backend::Local(m))).collect()
+    }
+
+    /// The members, to be moved to their threads (the MPI variant of `Comm` is not `Send`).
+    pub(crate) fn members(&self) -> Vec<LocalComm> {
+        (0..self.shared.size)
+            .map(|rank| LocalComm {
+                rank,
+                shared: self.shared.clone(),
+                calls: AtomicUsize::new(0),
+                largest_count: AtomicUsize::new(0),
+            })
+            .collect()
+    }
+}
+
+pub(crate) struct LocalComm {
+    rank: usize,
+    shared: Arc<Shared>,
+    /// Number of primitive calls and the largest count seen, so tests can check that large
+    /// buffers were split as the limit demands.
+    pub(crate) calls: AtomicUsize,
+    pub(crate) largest_count: AtomicUsize,
+}
+
+impl LocalComm {
+    pub(crate) fn rank(&self) -> usize {
+        self.rank
+    }
+
+    pub(crate) fn size(&self) -> usize {
+        self.shared.size
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Round> {
+        // A panic while holding the lock cannot leave the round half-updated in a way that
+        // matters more than the abort that follows it; keep going.
+        self.shared.round.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn check_aborted(&self, st: &Round) -> Result<()> {
+        match &st.aborted {
+            Some((rank, stage, message)) => {
+                Err(Error::GangFailed { rank: *rank, stage: stage.clone(), message: message.clone() })
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Deposits `value` and returns every rank's contribution, in rank order.
+    fn exchange<T: Any + Send + Sync>(&self, op: &'static str, value: T) -> Result<Arc<Vec<Contribution>>> {
+        let n = self.shared.size;
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let mut st = self.lock();
+        // Wait until the previous round has been read by everyone.
+        loop {
+            self.check_aborted(&st)?;
+            if st.published.is_none() {
+                break;
+            }
+            st = self.shared.cv.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        st.slots[self.rank] = Some((op, Arc::new(value)));
+        st.arrived += 1;
+        if st.arrived == n {
+            let all: Vec<Contribution> = st.slots.iter_mut().map(|s| s.take().expect("every rank deposited")).collect();
+            st.published = Some(Arc::new(all));
+            st.arrived = 0;
+            self.shared.cv.notify_all();
+        }
+        let all = loop {
+            self.check_aborted(&st)?;
+            if let Some(p) = &st.published {
+                break p.clone();
+            }
+            st = self.shared.cv.wait(st).unwrap_or_else(|p| p.into_inner());
+        };
+        st.read += 1;
+        if st.read == n {
+            st.published = None;
+            st.read = 0;
+            self.shared.cv.notify_all();
+        }
+        drop(st);
+        for (other, (other_op, _)) in all.iter().enumerate() {
+            if *other_op != op {
+                return Err(Error::CollectiveMismatch {
+                    rank: self.rank,
+                    called: op,
+                    other_rank: other,
+                    other_called: other_op,
+                });
+            }
+        }
+        Ok(all)
+    }
+
+    pub(crate) fn abort(&self, stage: &str, message: &str) {
+        let mut st = self.lock();
+        if st.aborted.is_none() {
+            st.aborted = Some((self.rank, stage.to_string(), message.to_string()));
+        }
+        self.shared.cv.notify_all();
+    }
+
+    pub(crate) fn barrier(&self) -> Result<()> {
+        self.exchange("barrier", ()).map(|_| ())
+    }
+
+    fn note(&self, count: usize) -> Result<()> {
+        self.largest_count.fetch_max(count, Ordering::Relaxed);
+        check_count(count)
+    }
+
+    pub(crate) fn bcast_raw<T: Scalar>(&self, root: usize, buf: &mut [T]) -> Result<()> {
+        self.note(buf.len())?;
+        let mine: Option<Vec<T>> = (self.rank == root).then(|| buf.to_vec());
+        let all = self.exchange("broadcast", (root, buf.len(), mine))?;
+        let (r, len, data) = downcast::<(usize, usize, Option<Vec<T>>)>(&all[root])?;
+        if *r != root || *len != buf.len() {
+            return Err(Error::InvalidArgument(format!(
+                "broadcast: rank {} passed root {root} and {} elements but root {r} sent {len}",
+                self.rank,
+                buf.len()
+            )));
+        }
+        if self.rank != root {
+            buf.copy_from_slice(data.as_ref().expect("root contributes its data"));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn allreduce_raw<T: Scalar>(&self, send: Option<&[T]>, recv: &mut [T], op: ReduceOp) -> Result<()> {
+        self.note(recv.len())?;
+        let mine: Vec<T> = send.unwrap_or(recv).to_vec();
+        let all = self.exchange("allreduce", (op, mine))?;
+        // Reduce in rank order so that floating-point results are reproducible.
+        for (i, c) in all.iter().enumerate() {
+            let (o, v) = downcast::<(ReduceOp, Vec<T>)>(c)?;
+            if *o != op || v.len() != recv.len() {
+                return Err(Error::InvalidArgument(format!(
+                    "allreduce: rank {} passed {op:?} over {} elements but rank {i} passed {o:?} over {}",
+                    self.rank,
+                    recv.len(),
+                    v.len()
+                )));
+            }
+            if i == 0 {
+                recv.copy_from_slice(v);
+            } else {
+                for (r, x) in recv.iter_mut().zip(v) {
+                    *r = T::combine(*r, *x, op);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn allgatherv_raw(&self, send: &[u8], recv: &mut [u8], counts: &[usize], displs: &[usize]) -> Result<()> {
+        self.note(counts.iter().sum())?;
+        check_counts(counts, displs)?;
+        let all = self.exchange("allgatherv", send.to_vec())?;
+        for (i, c) in all.iter().enumerate() {
+            let v = downcast::<Vec<u8>>(c)?;
+            if v.len() != counts[i] {
+                return Err(Error::InvalidArgument(format!(
+                    "allgatherv: rank {i} sent {} bytes but rank {} expected {}",
+                    v.len(),
+                    self.rank,
+                    counts[i]
+                )));
+            }
+            recv[displs[i]..displs[i] + counts[i]].copy_from_slice(v);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn alltoallv_raw(
+        &self,
+        send: &[u8],
+        scounts: &[usize],
+        sdispls: &[usize],
+        recv: &mut [u8],
+        rcounts: &[usize],
+        rdispls: &[usize],
+    ) -> Result<()> {
+        self.note(scounts.iter().sum::<usize>().max(rcounts.iter().sum()))?;
+        check_counts(scounts, sdispls)?;
+        check_counts(rcounts, rdispls)?;
+        let parts: Vec<Vec<u8>> = scounts.iter().zip(sdispls).map(|(&c, &d)| send[d..d + c].to_vec()).collect();
+        let all = self.exchange("alltoallv", parts)?;
+        for (i, c) in all.iter().enumerate() {
+            let from_i = &downcast::<Vec<Vec<u8>>>(c)?[self.rank];
+            if from_i.len() != rcounts[i] {
+                return Err(Error::InvalidArgument(format!(
+                    "alltoallv: rank {i} sent {} bytes to rank {} which expected {}",
+                    from_i.len(),
+                    self.rank,
+                    rcounts[i]
+                )));
+            }
+            recv[rdispls[i]..rdispls[i] + rcounts[i]].copy_from_slice(from_i);
+        }
+        Ok(())
+    }
+}
+
+fn downcast<T: Any>(c: &Contribution) -> Result<&T> {
+    c.1.downcast_ref::<T>().ok_or_else(|| {
+        Error::InvalidArgument(format!(
+            "{}: ranks passed different element types to the same collective",
+            c.0
+        ))
+    })
+}
+
+/// The Local backend enforces what one MPI call can count, so that the chunking above it is
+/// exercised exactly as on MPI.
+fn check_count(count: usize) -> Result<()> {
+    if count > MPI_MAX_COUNT {
+        return Err(Error::InvalidArgument(format!("count {count} exceeds what one MPI call can count")));
+    }
+    Ok(())
+}
+
+fn check_counts(counts: &[usize], displs: &[usize]) -> Result<()> {
+    for (&c, &d) in counts.iter().zip(displs) {
+        check_count(c)?;
+        check_count(d)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,443 @@
+//! Starting a rank: [`Config`] (plain data), [`init`] and [`execute`], and the guarantee
+//! that a failing rank never leaves its peers hanging.
+
+use crate::comm::mpi::{MpiComm, MpiRuntime};
+use crate::comm::{Backend, Comm, LocalGroup};
+use crate::env::{placement_from_hosts, RankEnv};
+use crate::error::{Error, Result};
+use gang_protocol::device::Device;
+use gang_protocol::{FailureKind, FailureRecord, RunDir};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Once, OnceLock};
+
+/// Exit code of a rank that aborts the gang because its code returned an error.
+pub const EXIT_RANK_ERROR: i32 = 1;
+/// Exit code of a rank that aborts the gang because its code panicked (Rust's own).
+pub const EXIT_RANK_PANIC: i32 = 101;
+
+/// How the ranks of this process are made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendChoice {
+    /// MPI when a launcher started this process, otherwise a single Local rank.
+    Auto,
+    /// One MPI rank per process (under `gang run`, mpirun or srun).
+    Mpi,
+    /// N ranks as threads of this process.
+    Local(usize),
+}
+
+/// Plain-data configuration of a gang, separate from running it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Backend to use.
+    pub backend: BackendChoice,
+    /// Largest count per underlying MPI call (see [`Comm::set_max_count`]).
+    pub max_count: Option<usize>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { backend: BackendChoice::Auto, max_count: None }
+    }
+}
+
+impl Config {
+    /// `GANG_LOCAL=N` selects N Local ranks; otherwise [`BackendChoice::Auto`].
+    ///
+    /// # Errors
+    /// [`Error::Environment`] if `GANG_LOCAL` is not a positive integer.
+    pub fn from_env() -> Result<Config> {
+        let mut c = Config::default();
+        if let Ok(v) = std::env::var("GANG_LOCAL") {
+            c.backend = BackendChoice::Local(parse_ranks(&v, "GANG_LOCAL")?);
+        }
+        Ok(c)
+    }
+
+    /// [`Config::from_env`], then `--local N` (or `--local=N`) from `args`, which is removed;
+    /// the remaining arguments are returned for the program's own parsing.
+    ///
+    /// # Errors
+    /// [`Error::Environment`] if the value of `--local` is missing or not a positive integer.
+    pub fn from_args<I: IntoIterator<Item = String>>(args: I) -> Result<(Config, Vec<String>)> {
+        let mut c = Config::from_env()?;
+        let mut rest = Vec::new();
+        let mut it = args.into_iter();
+        while let Some(a) = it.next() {
+            if a == "--local" {
+                let v = it.next().ok_or_else(|| Error::Environment("--local needs a number of ranks".into()))?;
+                c.backend = BackendChoice::Local(parse_ranks(&v, "--local")?);
+            } else if let Some(v) = a.strip_prefix("--local=") {
+                c.backend = BackendChoice::Local(parse_ranks(v, "--local")?);
+            } else {
+                rest.push(a);
+            }
+        }
+        Ok((c, rest))
+    }
+
+    /// N Local ranks.
+    pub fn local(n: usize) -> Config {
+        Config { backend: BackendChoice::Local(n), ..Config::default() }
+    }
+
+    /// Sets the largest count per underlying call (tests use tiny values to exercise the
+    /// splitting of large buffers).
+    pub fn with_max_count(mut self, max: usize) -> Config {
+        self.max_count = Some(max);
+        self
+    }
+}
+
+fn parse_ranks(v: &str, what: &str) -> Result<usize> {
+    match v.trim().parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(Error::Environment(format!("{what} {v:?}: the number of ranks must be an integer of at least 1"))),
+    }
+}
+
+/// Everything a rank knows about itself and its gang.
+#[derive(Debug)]
+pub struct Context {
+    comm: Comm,
+    local_rank: usize,
+    local_size: usize,
+    node_index: usize,
+    host: String,
+    device: Device,
+    env: RankEnv,
+    run_dir: Option<RunDir>,
+    // Keeps MPI alive while the context lives; dropped after `comm` (field order).
+    _mpi: Option<Arc<MpiRuntime>>,
+}
+
+impl std::fmt::Debug for MpiRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MpiRuntime")
+    }
+}
+
+impl Context {
+    /// This rank, `0..world()`.
+    pub fn rank(&self) -> usize {
+        self.comm.rank()
+    }
+
+    /// Number of ranks in the gang.
+    pub fn world(&self) -> usize {
+        self.comm.size()
+    }
+
+    /// Rank among the ranks on this node.
+    pub fn local_rank(&self) -> usize {
+        self.local_rank
+    }
+
+    /// Number of ranks on this node.
+    pub fn local_size(&self) -> usize {
+        self.local_size
+    }
+
+    /// Index of this node among the gang's nodes.
+    pub fn node_index(&self) -> usize {
+        self.node_index
+    }
+
+    /// Host name of this rank.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The device of this rank (`local_rank % visible devices`, or the CPU).
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The communicator of the gang.
+    pub fn comm(&self) -> &Comm {
+        &self.comm
+    }
+
+    /// Mutable access to the communicator (to tune it, e.g. [`Comm::set_max_count`]).
+    pub fn comm_mut(&mut self) -> &mut Comm {
+        &mut self.comm
+    }
+
+    /// Attempt number: 0 on the first launch, k after k restarts of the gang.
+    pub fn attempt(&self) -> u32 {
+        self.env.attempt
+    }
+
+    /// The run directory the launcher created, if launched by `gang`.
+    pub fn run_dir(&self) -> Option<&Path> {
+        self.run_dir.as_ref().map(RunDir::path)
+    }
+
+    /// The run id the launcher assigned, if launched by `gang`.
+    pub fn run_id(&self) -> Option<&str> {
+        self.env.run_id.as_deref()
+    }
+
+    /// Batch job id (`SLURM_JOB_ID`), if any.
+    pub fn job_id(&self) -> Option<&str> {
+        self.env.job_id.as_deref()
+    }
+
+    /// What the launcher's environment said.
+    pub fn rank_env(&self) -> &RankEnv {
+        &self.env
+    }
+
+    /// The MPI library's version string, or `"local"` on the Local backend.
+    pub fn backend_description(&self) -> String {
+        match self.comm.backend_name() {
+            "mpi" => crate::comm::mpi::library_version(),
+            _ => format!("local ({} threads)", self.world()),
+        }
+    }
+
+    /// Records why this rank failed in the run directory and stops the whole gang: under
+    /// MPI every process of the job is killed (`MPI_Abort`); on the Local backend the
+    /// peers' collectives fail with [`Error::GangFailed`].
+    pub fn fail_gang(&self, stage: &str, error: &dyn std::fmt::Display) {
+        let message = error.to_string();
+        eprintln!("gang: rank {} failed in {stage}: {message}; stopping the gang", self.rank());
+        if let Some(run) = &self.run_dir {
+            let rec = FailureRecord::now(self.rank(), self.attempt(), FailureKind::Error, format!("{stage}: {message}"));
+            if let Err(e) = run.write_failure(&rec) {
+                eprintln!("gang: rank {}: could not record the failure in {}: {e}", self.rank(), run.path().display());
+            }
+        }
+        self.comm.abort_gang(stage, &message, EXIT_RANK_ERROR);
+    }
+}
+
+/// What the panic hook needs to know about the MPI rank of this process.
+struct PanicInfo {
+    rank: usize,
+    attempt: u32,
+    run_dir: Option<PathBuf>,
+}
+
+static MPI_RANK_INFO: OnceLock<PanicInfo> = OnceLock::new();
+static HOOK: Once = Once::new();
+
+/// Installs the panic hook that turns a panic anywhere in an MPI rank into a gang abort:
+/// the default message is printed, the failure is recorded in the run directory, and
+/// `MPI_Abort` ends every process of the job (unwinding would finalize MPI while the peers
+/// wait in a collective: a hang that never ends).
+fn install_abort_on_panic(info: PanicInfo) {
+    let _ = MPI_RANK_INFO.set(info);
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |p| {
+            previous(p);
+            if !crate::comm::mpi::is_active() {
+                return;
+            }
+            let Some(info) = MPI_RANK_INFO.get() else { return };
+            let payload = p
+                .payload()
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.payload().downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "panic".to_string());
+            let location = p.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+            let message = format!("{payload}{location}");
+            eprintln!("gang: rank {} panicked: {message}; aborting the gang", info.rank);
+            if let Some(dir) = &info.run_dir {
+                let run = RunDir::open(dir).with_attempt(info.attempt);
+                let _ = run.write_failure(&FailureRecord::now(info.rank, info.attempt, FailureKind::Panic, message));
+            }
+            crate::comm::mpi::abort_world(EXIT_RANK_PANIC);
+        }));
+    });
+}
+
+/// The context of this process's rank.
+///
+/// Under a launcher (the `gang` launcher, mpirun, srun) this initializes MPI, checks that
+/// MPI agrees with the launcher about rank and world size, and installs a panic hook that
+/// aborts the whole gang. Started by hand it is a single rank on the Local backend.
+///
+/// # Errors
+/// [`Error::WorldSizeMismatch`] or [`Error::Environment`] when MPI and the launcher
+/// disagree; [`Error::Mpi`] from MPI; [`Error::Environment`] if `GANG_LOCAL` asks for
+/// more than one rank (use [`execute`] for that).
+pub fn init() -> Result<Context> {
+    init_with(&Config::from_env()?)
+}
+
+fn init_with(config: &Config) -> Result<Context> {
+    let env = RankEnv::from_env()?;
+    let use_mpi = match config.backend {
+        BackendChoice::Mpi => true,
+        BackendChoice::Auto => env.launched(),
+        BackendChoice::Local(1) => false,
+        BackendChoice::Local(n) => {
+            return Err(Error::Environment(format!(
+                "init() makes this process's single rank but {n} Local ranks were asked for; \
+                 use gang::execute() to run them as threads"
+            )))
+        }
+    };
+    if use_mpi {
+        init_mpi(config, env)
+    } else {
+        let mut comms = LocalGroup::new(1).comms();
+        Ok(local_context(comms.remove(0), env, config))
+    }
+}
+
+fn init_mpi(config: &Config, env: RankEnv) -> Result<Context> {
+    let runtime = MpiRuntime::init()?;
+    let mut comm = Comm::new(Backend::Mpi(MpiComm::world(runtime.clone())?));
+    if let Some(m) = config.max_count {
+        comm.set_max_count(m);
+    }
+    let (rank, size) = (comm.rank(), comm.size());
+    install_abort_on_panic(PanicInfo { rank, attempt: env.attempt, run_dir: env.run_dir.clone() });
+    if let Err(e) = env.check_against_mpi(rank, size) {
+        // Every process checks on its own: with a mismatched MPI they are separate worlds,
+        // so no collective is possible. Report and stop this process.
+        return Err(e);
+    }
+    let host = gang_protocol::hostname();
+    let hosts = comm.allgather_bytes(host.as_bytes())?;
+    let hosts: Vec<String> = hosts.iter().map(|h| String::from_utf8_lossy(h).into_owned()).collect();
+    let (derived_local, derived_local_size, derived_node) = placement_from_hosts(&hosts, rank);
+    let local_rank = env.local_rank.unwrap_or(derived_local);
+    let local_size = env.local_size.unwrap_or(derived_local_size);
+    let node_index = env.node_index.unwrap_or(derived_node);
+    let device = env.device(local_rank);
+    let run_dir = env.run_dir.clone().map(|d| RunDir::open(d).with_attempt(env.attempt));
+    Ok(Context { comm, local_rank, local_size, node_index, host, device, env, run_dir, _mpi: Some(runtime) })
+}
+
+fn local_context(mut comm: Comm, env: RankEnv, config: &Config) -> Context {
+    if let Some(m) = config.max_count {
+        comm.set_max_count(m);
+    }
+    let local_rank = comm.rank();
+    let local_size = comm.size();
+    let device = env.device(local_rank);
+    let run_dir = env.run_dir.clone().map(|d| RunDir::open(d).with_attempt(env.attempt));
+    Context {
+        comm,
+        local_rank,
+        local_size,
+        node_index: 0,
+        host: gang_protocol::hostname(),
+        device,
+        env,
+        run_dir,
+        _mpi: None,
+    }
+}
+
+/// Runs `f` on every rank of the gang described by `config` and returns the results of the
+/// ranks of this process: all N of them, in rank order, on the Local backend; this rank's
+/// alone under MPI.
+///
+/// A rank whose `f` fails (error or panic) stops the gang: under MPI its error is printed
+/// with its rank, recorded in the run directory, and `MPI_Abort` ends every process (this
+/// function does not return); on the Local backend its peers' collectives fail and the
+/// first failure is returned.
+///
+/// # Examples
+/// ```
+/// use gang::{execute, Config, ReduceOp};
+///
+/// let sums = execute(Config::local(3), |ctx| {
+///     ctx.comm().allreduce_scalar(ctx.rank() as u64, ReduceOp::Sum)
+/// })
+/// .unwrap();
+/// assert_eq!(sums, vec![3, 3, 3]);
+/// ```
+///
+/// # Errors
+/// Under MPI: launch errors (see [`init`]). On the Local backend: the first rank's error.
+pub fn execute<T, F>(config: Config, f: F) -> Result<Vec<T>>
+where
+    T: Send,
+    F: Fn(&Context) -> Result<T> + Send + Sync,
+{
+    match config.backend {
+        BackendChoice::Local(n) if n > 1 => execute_local(n, &config, &f),
+        _ => {
+            let ctx = init_with(&config)?;
+            if ctx.comm().backend_name() == "local" {
+                return execute_local(1, &config, &f);
+            }
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&ctx))) {
+                Ok(Ok(v)) => Ok(vec![v]),
+                Ok(Err(e)) => {
+                    ctx.fail_gang("execute", &e);
+                    // fail_gang does not return under MPI.
+                    Err(e)
+                }
+                // The panic hook has already aborted the gang; this is unreachable under
+                // MPI, kept for completeness.
+                Err(p) => std::panic::resume_unwind(p),
+            }
+        }
+    }
+}
+
+fn execute_local<T, F>(n: usize, config: &Config, f: &F) -> Result<Vec<T>>
+where
+    T: Send,
+    F: Fn(&Context) -> Result<T> + Send + Sync,
+{
+    let env = RankEnv::from_env()?;
+    let members = LocalGroup::new(n).members();
+    let results: Vec<Result<T>> = std::thread::scope(|s| {
+        let handles: Vec<_> = members
+            .into_iter()
+            .map(|member| {
+                let env = env.clone();
+                s.spawn(move || {
+                    let ctx = local_context(Comm::new(Backend::Local(member)), env, config);
+                    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&ctx)));
+                    match out {
+                        Ok(Ok(v)) => Ok(v),
+                        Ok(Err(e)) => {
+                            // A peer's abort reaching this rank is not this rank's failure.
+                            if !matches!(e, Error::GangFailed { .. }) {
+                                ctx.comm().abort_gang("execute", &e.to_string(), EXIT_RANK_ERROR);
+                            }
+                            Err(e)
+                        }
+                        Err(p) => {
+                            let msg = p
+                                .downcast_ref::<&str>()
+                                .map(|s| s.to_string())
+                                .or_else(|| p.downcast_ref::<String>().cloned())
+                                .unwrap_or_else(|| "panic".into());
+                            ctx.comm().abort_gang("execute", &format!("panicked: {msg}"), EXIT_RANK_PANIC);
+                            Err(Error::GangFailed { rank: ctx.rank(), stage: "execute".into(), message: format!("panicked: {msg}") })
+                        }
+                    }
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("rank threads catch their panics")).collect()
+    });
+    // Report the root cause: the first rank whose own code failed, not a peer that merely
+    // saw the abort.
+    let mut first_gang_failure = None;
+    let mut out = Vec::with_capacity(n);
+    for r in results {
+        match r {
+            Ok(v) => out.push(v),
+            Err(e @ Error::GangFailed { .. }) => {
+                first_gang_failure.get_or_insert(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    match first_gang_failure {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
+}
