@@ -201,14 +201,24 @@ impl Context {
     /// peers' collectives fail with [`Error::GangFailed`].
     pub fn fail_gang(&self, stage: &str, error: &dyn std::fmt::Display) {
         let message = error.to_string();
-        eprintln!("gang: rank {} failed in {stage}: {message}; stopping the gang", self.rank());
-        if let Some(run) = &self.run_dir {
-            let rec = FailureRecord::now(self.rank(), self.attempt(), FailureKind::Error, format!("{stage}: {message}"));
-            if let Err(e) = run.write_failure(&rec) {
-                eprintln!("gang: rank {}: could not record the failure in {}: {e}", self.rank(), run.path().display());
-            }
-        }
+        record_failure(self.rank(), self.attempt(), self.run_dir(), FailureKind::Error, &format!("{stage}: {message}"));
         self.comm.abort_gang(stage, &message, EXIT_RANK_ERROR);
+    }
+}
+
+/// Prints why `rank` failed and records it in the run directory (best effort: a failure
+/// to record is printed too), before the caller stops the gang.
+fn record_failure(rank: usize, attempt: u32, run_dir: Option<&Path>, kind: FailureKind, message: &str) {
+    let what = match kind {
+        FailureKind::Panic => "panicked",
+        _ => "failed",
+    };
+    eprintln!("gang: rank {rank} {what}: {message}; stopping the gang");
+    if let Some(dir) = run_dir {
+        let run = RunDir::open(dir).with_attempt(attempt);
+        if let Err(e) = run.write_failure(&FailureRecord::now(rank, attempt, kind, message.to_string())) {
+            eprintln!("gang: rank {rank}: could not record the failure in {}: {e}", dir.display());
+        }
     }
 }
 
@@ -244,11 +254,7 @@ fn install_abort_on_panic(info: PanicInfo) {
                 .unwrap_or_else(|| "panic".to_string());
             let location = p.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
             let message = format!("{payload}{location}");
-            eprintln!("gang: rank {} panicked: {message}; aborting the gang", info.rank);
-            if let Some(dir) = &info.run_dir {
-                let run = RunDir::open(dir).with_attempt(info.attempt);
-                let _ = run.write_failure(&FailureRecord::now(info.rank, info.attempt, FailureKind::Panic, message));
-            }
+            record_failure(info.rank, info.attempt, info.run_dir.as_deref(), FailureKind::Panic, &message);
             crate::comm::mpi::abort_world(EXIT_RANK_PANIC);
         }));
     });
@@ -260,9 +266,12 @@ fn install_abort_on_panic(info: PanicInfo) {
 /// MPI agrees with the launcher about rank and world size, and installs a panic hook that
 /// aborts the whole gang. Started by hand it is a single rank on the Local backend.
 ///
+/// A process whose MPI rank or world size disagrees with what its launcher said
+/// (typically a program built against another MPI than the launcher's) prints the
+/// disagreement, naming the variables, and aborts: its peers cannot be told otherwise.
+///
 /// # Errors
-/// [`Error::WorldSizeMismatch`] or [`Error::Environment`] when MPI and the launcher
-/// disagree; [`Error::Mpi`] from MPI; [`Error::Environment`] if `GANG_LOCAL` asks for
+/// [`Error::Environment`] for malformed launcher variables; [`Error::Mpi`] from MPI; [`Error::Environment`] if `GANG_LOCAL` asks for
 /// more than one rank (use [`execute`] for that).
 pub fn init() -> Result<Context> {
     init_with(&Config::from_env()?)
@@ -284,8 +293,8 @@ fn init_with(config: &Config) -> Result<Context> {
     if use_mpi {
         init_mpi(config, env)
     } else {
-        let mut comms = LocalGroup::new(1).comms();
-        Ok(local_context(comms.remove(0), env, config))
+        let member = LocalGroup::new(1).members().remove(0);
+        Ok(local_context(member.into_comm(), env, config))
     }
 }
 
@@ -298,9 +307,11 @@ fn init_mpi(config: &Config, env: RankEnv) -> Result<Context> {
     let (rank, size) = (comm.rank(), comm.size());
     install_abort_on_panic(PanicInfo { rank, attempt: env.attempt, run_dir: env.run_dir.clone() });
     if let Err(e) = env.check_against_mpi(rank, size) {
-        // Every process checks on its own: with a mismatched MPI they are separate worlds,
-        // so no collective is possible. Report and stop this process.
-        return Err(e);
+        // Every process checks on its own (with a mismatched MPI they are separate worlds
+        // and no collective is possible), so a process that finds a disagreement must not
+        // return into code whose collectives its peers might wait in: report and abort.
+        record_failure(rank, env.attempt, env.run_dir.as_deref(), FailureKind::Error, &format!("init: {e}"));
+        crate::comm::mpi::abort_world(EXIT_RANK_ERROR);
     }
     let host = gang_protocol::hostname();
     let hosts = comm.allgather_bytes(host.as_bytes())?;
@@ -397,7 +408,7 @@ where
             .map(|member| {
                 let env = env.clone();
                 s.spawn(move || {
-                    let ctx = local_context(Comm::new(Backend::Local(member)), env, config);
+                    let ctx = local_context(member.into_comm(), env, config);
                     let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&ctx)));
                     match out {
                         Ok(Ok(v)) => Ok(v),

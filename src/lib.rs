@@ -29,7 +29,7 @@ pub mod env;
 mod error;
 pub mod selftest;
 
-pub use comm::{Comm, LocalGroup, RankBuffers, ReduceOp, Scalar};
+pub use comm::{Comm, LocalGroup, LocalMember, RankBuffers, ReduceOp, Scalar};
 pub use context::{execute, init, BackendChoice, Config, Context, EXIT_RANK_ERROR, EXIT_RANK_PANIC};
 pub use env::{LauncherKind, RankEnv};
 pub use error::{Error, Result};

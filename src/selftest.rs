@@ -84,7 +84,8 @@ pub fn selftest(comm: &Comm) -> Result<SelftestReport> {
     }
     checks += 1;
     // A larger one.
-    let big = |r: usize| 100_000 + r * 1001;
+    // Large against the chunk limit (many rounds when it is small), 100 kB otherwise.
+    let big = |r: usize| 100_000usize.min(40 * max_count + 13) + r * 1001;
     let got = comm.allgather_bytes(&pattern(rank + 7, big(rank)))?;
     for r in 0..n {
         expect_eq(&format!("allgather_bytes (large) part {r}"), got.get(r), &pattern(r + 7, big(r)))?;
@@ -99,7 +100,7 @@ pub fn selftest(comm: &Comm) -> Result<SelftestReport> {
         expect_eq(&format!("all_to_all_bytes part from {i}"), got.get(i), &pattern(i * n + rank, part_len(i, rank)))?;
     }
     checks += 1;
-    let big_part = |i: usize, j: usize| 20_000 + 100 * i + j;
+    let big_part = |i: usize, j: usize| 20_000usize.min(20 * max_count + 7) + 100 * i + j;
     let send = RankBuffers::from_parts(&(0..n).map(|j| pattern(rank + j, big_part(rank, j))).collect::<Vec<_>>());
     let got = comm.all_to_all_bytes(&send)?;
     for i in 0..n {

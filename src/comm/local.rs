@@ -30,8 +30,24 @@ struct Shared {
     cv: Condvar,
 }
 
-/// A group of in-process ranks; [`LocalGroup::comms`] hands out one communicator per rank,
-/// each to be moved to its own thread.
+/// A group of in-process ranks. [`LocalGroup::members`] hands out one member per rank, to
+/// be moved to its own thread and turned into that rank's [`Comm`](crate::Comm) there
+/// (a `Comm` stays on the thread that made it, as an MPI communicator must under
+/// `MPI_THREAD_FUNNELED`).
+///
+/// ```
+/// use gang::{LocalGroup, ReduceOp};
+///
+/// let group = LocalGroup::new(2);
+/// std::thread::scope(|s| {
+///     for member in group.members() {
+///         s.spawn(move || {
+///             let comm = member.into_comm();
+///             assert_eq!(comm.allreduce_scalar(1u64, ReduceOp::Sum).unwrap(), 2);
+///         });
+///     }
+/// });
+/// ```
 pub struct LocalGroup {
     shared: Arc<Shared>,
 }
@@ -58,21 +74,35 @@ impl LocalGroup {
         }
     }
 
-    /// One communicator per rank, in rank order.
-    pub fn comms(&self) -> Vec<crate::Comm> {
-        self.members().into_iter().map(|m| crate::Comm::new(super::Backend::Local(m))).collect()
-    }
-
-    /// The members, to be moved to their threads (the MPI variant of `Comm` is not `Send`).
-    pub(crate) fn members(&self) -> Vec<LocalComm> {
+    /// One member per rank, in rank order.
+    pub fn members(&self) -> Vec<LocalMember> {
         (0..self.shared.size)
-            .map(|rank| LocalComm {
-                rank,
-                shared: self.shared.clone(),
-                calls: AtomicUsize::new(0),
-                largest_count: AtomicUsize::new(0),
+            .map(|rank| LocalMember {
+                inner: LocalComm {
+                    rank,
+                    shared: self.shared.clone(),
+                    calls: AtomicUsize::new(0),
+                    largest_count: AtomicUsize::new(0),
+                },
             })
             .collect()
+    }
+}
+
+/// One rank of a [`LocalGroup`], on its way to its thread.
+pub struct LocalMember {
+    inner: LocalComm,
+}
+
+impl LocalMember {
+    /// This member's rank.
+    pub fn rank(&self) -> usize {
+        self.inner.rank
+    }
+
+    /// The communicator of this rank.
+    pub fn into_comm(self) -> crate::Comm {
+        crate::Comm::new(super::Backend::Local(self.inner))
     }
 }
 
@@ -291,4 +321,57 @@ fn check_counts(counts: &[usize], displs: &[usize]) -> Result<()> {
         check_count(d)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::comm::Backend;
+
+    /// The splitting above the primitives really splits: no primitive call exceeds the
+    /// limit, and a large buffer takes many calls.
+    #[test]
+    fn large_buffers_are_split_to_the_limit() {
+        let group = LocalGroup::new(3);
+        std::thread::scope(|s| {
+            for member in group.members() {
+                s.spawn(move || {
+                    let mut comm = member.into_comm();
+                    comm.set_max_count(7);
+                    let me = comm.rank();
+                    let got = comm.allgather_bytes(&vec![me as u8; 50 + me]).unwrap();
+                    for r in 0..3 {
+                        assert_eq!(got.get(r), vec![r as u8; 50 + r].as_slice());
+                    }
+                    let mut v = vec![1u64; 100];
+                    comm.allreduce(&mut v, ReduceOp::Sum).unwrap();
+                    assert!(v.iter().all(|&x| x == 3));
+                    let Backend::Local(l) = &comm.backend else { unreachable!() };
+                    assert!(l.largest_count.load(Ordering::Relaxed) <= 7);
+                    assert!(l.calls.load(Ordering::Relaxed) > 20);
+                });
+            }
+        });
+    }
+
+    #[test]
+    fn an_abort_wakes_ranks_already_waiting() {
+        let group = LocalGroup::new(3);
+        let mut members = group.members();
+        let failing = members.remove(2).into_comm();
+        std::thread::scope(|s| {
+            let waiters: Vec<_> = members.into_iter().map(|m| s.spawn(move || m.into_comm().barrier())).collect();
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            failing.abort_gang("stage-x", "disk full", 1);
+            for w in waiters {
+                match w.join().unwrap() {
+                    Err(Error::GangFailed { rank: 2, stage, message }) => {
+                        assert_eq!(stage, "stage-x");
+                        assert_eq!(message, "disk full");
+                    }
+                    other => panic!("expected GangFailed from rank 2, got {other:?}"),
+                }
+            }
+        });
+    }
 }

@@ -19,7 +19,7 @@ pub(crate) mod mpi;
 
 use crate::error::{Error, Result};
 
-pub use local::LocalGroup;
+pub use local::{LocalGroup, LocalMember};
 
 /// The largest count one MPI call takes (`int`).
 pub const MPI_MAX_COUNT: usize = i32::MAX as usize;
@@ -451,13 +451,13 @@ impl Comm {
         Ok(out)
     }
 
+    /// Every rank's `len`. A sum over a vector in which each rank fills its own slot, so
+    /// that the exchange itself is split by the same limit as everything else.
     fn allgather_lengths(&self, len: usize) -> Result<Vec<usize>> {
-        let n = self.size();
-        let counts = vec![8; n];
-        let displs = prefix_sums(&counts);
-        let mut buf = vec![0u8; 8 * n];
-        dispatch!(self, c => c.allgatherv_raw(&(len as u64).to_le_bytes(), &mut buf, &counts, &displs))?;
-        buf.chunks_exact(8).map(|b| to_usize(u64::from_le_bytes(b.try_into().expect("8 bytes")))).collect()
+        let mut v = vec![0u64; self.size()];
+        v[self.rank()] = len as u64;
+        self.allreduce(&mut v, ReduceOp::Sum)?;
+        v.into_iter().map(to_usize).collect()
     }
 
     fn check_root(&self, root: usize) -> Result<()> {
