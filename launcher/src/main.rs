@@ -1,1 +1,66 @@
-fn main(){}
+//! `gang`: starts, watches and stops gangs of ranks through `mpirun` or `srun`.
+//!
+//! ```text
+//! gang run -n 4 -- ./my-rank-program --its-args     # any program, one per rank
+//! gang hello -n 2                                   # a built-in job (runs gang-rank)
+//! gang info -n 4                                    # MPI, Slurm, cores, GPUs, device plan
+//! ```
+//!
+//! The launcher never links or calls MPI. Each rank slot runs `gang __rank-supervisor`,
+//! which records the rank's start and exit in the run directory and ties the rank program's
+//! life to its own; `gang run` stops the whole gang on a signal or a failed rank, kills any
+//! leftovers and names the rank that failed first.
+
+mod detect;
+mod info;
+mod jobs;
+mod outcome;
+mod plan;
+mod run;
+mod supervise;
+mod sys;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// The `gang` command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "gang",
+    version,
+    about = "Run MPI gangs: all ranks start together, any failure stops them all"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run PROGRAM as a gang of N ranks through mpirun or srun.
+    Run(run::RunArgs),
+    /// Show the MPI, launcher, Slurm allocation, cores, GPUs and rank->device plan.
+    Info(info::InfoArgs),
+    #[command(flatten)]
+    Job(jobs::Job),
+    /// Runs in each rank slot (started by `gang run`, not by hand).
+    #[command(name = "__rank-supervisor", hide = true)]
+    RankSupervisor(supervise::SupervisorArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (result, who) = match cli.command {
+        Command::Run(args) => (run::run(&args.launch, &args.command), "gang"),
+        Command::Info(args) => (info::info(&args), "gang info"),
+        Command::Job(job) => (jobs::run_job(&job), "gang"),
+        Command::RankSupervisor(args) => (supervise::supervise(args), "gang __rank-supervisor"),
+    };
+    match result {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(e) => {
+            eprintln!("{who}: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

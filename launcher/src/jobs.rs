@@ -1,0 +1,125 @@
+//! The built-in jobs: `gang <job> -n N ...` runs the rank-side program `gang-rank <job> ...`
+//! as a gang (the launcher never links MPI; `gang-rank` does).
+//!
+//! Adding a job is one line in the [`builtin_jobs!`] list below (plus its doc line).
+
+use crate::detect;
+use crate::run::{self, LaunchOptions};
+use anyhow::{bail, Result};
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+/// Arguments shared by every built-in job.
+#[derive(Debug, clap::Args)]
+pub struct JobArgs {
+    /// How to launch.
+    #[command(flatten)]
+    pub launch: LaunchOptions,
+    /// Extra arguments passed to the job in every rank (after `--`).
+    #[arg(last = true, value_name = "EXTRA")]
+    pub extra: Vec<OsString>,
+}
+
+/// Declares the [`Job`] subcommands: `Variant => "name"`, one per line.
+macro_rules! builtin_jobs {
+    ($($(#[$doc:meta])* $variant:ident => $name:literal,)+) => {
+        /// A built-in job, run as `gang-rank <name> EXTRA...` in every rank.
+        #[derive(Debug, clap::Subcommand)]
+        pub enum Job {
+            $($(#[$doc])* #[command(name = $name)] $variant(JobArgs),)+
+        }
+
+        impl Job {
+            /// The job's name: its subcommand, and the first argument of `gang-rank`.
+            pub fn name(&self) -> &'static str {
+                match self { $(Job::$variant(_) => $name,)+ }
+            }
+
+            /// The job's arguments.
+            pub fn args(&self) -> &JobArgs {
+                match self { $(Job::$variant(a) => a,)+ }
+            }
+        }
+    };
+}
+
+builtin_jobs! {
+    /// Every rank says hello (rank, host, device): a check of the whole stack.
+    Hello => "hello",
+}
+
+/// Name of the rank-side program.
+pub const RANK_PROGRAM: &str = "gang-rank";
+
+/// Finds `gang-rank`: next to `exe`, else on `PATH`, else at `$GANG_RANK_BIN`.
+///
+/// # Errors
+/// It is in none of these places.
+pub fn find_rank_program(
+    exe: &Path,
+    from_path: Option<PathBuf>,
+    from_env: Option<PathBuf>,
+) -> Result<PathBuf> {
+    let beside = exe
+        .parent()
+        .map(|d| d.join(RANK_PROGRAM))
+        .filter(|p| detect::is_executable_file(p));
+    let env = from_env.filter(|p| detect::is_executable_file(p));
+    match beside.or(from_path).or(env) {
+        Some(p) => Ok(p),
+        None => bail!(
+            "the rank-side program {RANK_PROGRAM} was not found next to {} or on PATH; build it \
+             with `cargo build --release` (it is part of the gang package), or point \
+             GANG_RANK_BIN at it",
+            exe.display()
+        ),
+    }
+}
+
+/// Runs a built-in job as a gang; returns the exit code.
+///
+/// # Errors
+/// `gang-rank` is missing, or the gang cannot start (see [`run::run`]).
+pub fn run_job(job: &Job) -> Result<i32> {
+    let exe = std::env::current_exe()?;
+    let rank_program = find_rank_program(
+        &exe,
+        detect::which(RANK_PROGRAM),
+        std::env::var_os("GANG_RANK_BIN")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from),
+    )?;
+    let args = job.args();
+    let mut command: Vec<OsString> = vec![rank_program.into(), job.name().into()];
+    command.extend(args.extra.iter().cloned());
+    run::run(&args.launch, &command)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_rank_program_says_how_to_build_it() {
+        let err = find_rank_program(
+            Path::new("/nonexistent/bin/gang"),
+            None,
+            Some("/nonexistent/x".into()),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("gang-rank was not found next to /nonexistent/bin/gang or on PATH"),
+            "{err}"
+        );
+        assert!(err.contains("cargo build --release"), "{err}");
+    }
+
+    #[test]
+    fn rank_program_from_path_or_env() {
+        let sh = PathBuf::from("/bin/sh");
+        let exe = Path::new("/nonexistent/gang");
+        assert_eq!(find_rank_program(exe, Some(sh.clone()), None).unwrap(), sh);
+        assert_eq!(find_rank_program(exe, None, Some(sh.clone())).unwrap(), sh);
+    }
+}

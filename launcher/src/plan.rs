@@ -1,0 +1,385 @@
+//! The command line and environment that start a gang: a pure function from [`PlanInput`]
+//! (plain data gathered by `detect` and `run`) to a [`LaunchPlan`].
+//!
+//! Every rank slot runs the per-rank supervisor (`gang __rank-supervisor -- PROGRAM ...`),
+//! never the user program directly, so start and exit of each rank are recorded and the
+//! program dies with its supervisor.
+
+use anyhow::{bail, Result};
+use gang_protocol::vars;
+use serde::Serialize;
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+/// The program that starts the ranks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LauncherKind {
+    /// `mpirun` of Open MPI or MPICH (hydra).
+    Mpirun,
+    /// Slurm's `srun`, inside an allocation.
+    Srun,
+}
+
+impl LauncherKind {
+    /// The value of `GANG_LAUNCHER` and the program name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LauncherKind::Mpirun => "mpirun",
+            LauncherKind::Srun => "srun",
+        }
+    }
+}
+
+/// The MPI implementation the ranks use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum MpiFlavour {
+    /// Open MPI.
+    #[serde(rename = "openmpi")]
+    OpenMpi,
+    /// MPICH (and its hydra process manager).
+    #[serde(rename = "mpich")]
+    Mpich,
+}
+
+impl MpiFlavour {
+    /// The value of `GANG_MPI`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MpiFlavour::OpenMpi => "openmpi",
+            MpiFlavour::Mpich => "mpich",
+        }
+    }
+}
+
+/// The `GANG_*` variables every rank gets (see [`gang_protocol::vars`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RankEnv {
+    /// `GANG_RUN_ID`.
+    pub run_id: String,
+    /// `GANG_RUN_DIR`, absolute.
+    pub run_dir: PathBuf,
+    /// `GANG_WORLD_SIZE`.
+    pub world_size: usize,
+    /// `GANG_ATTEMPT`.
+    pub attempt: u32,
+    /// `GANG_LAUNCHER`.
+    pub launcher: LauncherKind,
+    /// `GANG_MPI`.
+    pub flavour: MpiFlavour,
+}
+
+impl RankEnv {
+    /// The variables as (name, value) pairs, one for each name of [`vars::ALL`].
+    pub fn pairs(&self) -> Vec<(String, OsString)> {
+        vars::ALL
+            .iter()
+            .map(|&name| {
+                let value: OsString = match name {
+                    vars::RUN_ID => self.run_id.clone().into(),
+                    vars::RUN_DIR => self.run_dir.clone().into(),
+                    vars::WORLD_SIZE => self.world_size.to_string().into(),
+                    vars::ATTEMPT => self.attempt.to_string().into(),
+                    vars::LAUNCHER => self.launcher.as_str().into(),
+                    vars::MPI_FLAVOUR => self.flavour.as_str().into(),
+                    other => unreachable!("gang_protocol::vars::ALL gained {other}: set it here"),
+                };
+                (name.to_string(), value)
+            })
+            .collect()
+    }
+}
+
+/// Everything the launch command depends on, gathered beforehand.
+#[derive(Debug, Clone)]
+pub struct PlanInput {
+    /// Which launcher.
+    pub launcher: LauncherKind,
+    /// Its absolute path.
+    pub launcher_path: PathBuf,
+    /// The MPI flavour (decides Open MPI vs hydra flags and srun's `--mpi`).
+    pub flavour: MpiFlavour,
+    /// Number of ranks.
+    pub ranks: usize,
+    /// CPUs available to the gang: the cores of this machine, or of the Slurm allocation.
+    pub cpus: usize,
+    /// Whether we run as root (Open MPI refuses to without a flag).
+    pub is_root: bool,
+    /// Hostfile for mpirun (absolute).
+    pub hostfile: Option<PathBuf>,
+    /// Absolute path of the `gang` executable (it runs the supervisor in each slot).
+    pub supervisor: PathBuf,
+    /// Prefix each output line of a rank with `[rank R] `.
+    pub tag_output: bool,
+    /// Absolute path of the user program.
+    pub program: PathBuf,
+    /// Its arguments.
+    pub args: Vec<OsString>,
+    /// The `GANG_*` variables.
+    pub env: RankEnv,
+}
+
+/// The command to spawn.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LaunchPlan {
+    /// `mpirun` or `srun` (absolute path).
+    pub program: PathBuf,
+    /// Its arguments.
+    pub args: Vec<OsString>,
+    /// Variables to set in its environment (it passes them on to the ranks).
+    pub env: Vec<(String, OsString)>,
+}
+
+/// Builds the launch command.
+///
+/// # Errors
+/// A hostfile with srun (the Slurm allocation decides the hosts).
+pub fn build(input: &PlanInput) -> Result<LaunchPlan> {
+    let mut args: Vec<OsString> = Vec::new();
+    let oversubscribed = input.ranks > input.cpus;
+    match (input.launcher, input.flavour) {
+        (LauncherKind::Mpirun, MpiFlavour::OpenMpi) => {
+            args.push("-n".into());
+            args.push(input.ranks.to_string().into());
+            if input.is_root {
+                args.push("--allow-run-as-root".into());
+            }
+            // With a hostfile its slot counts decide; mpirun then says clearly when there
+            // are too few, instead of us oversubscribing remote nodes behind the user's back.
+            if oversubscribed && input.hostfile.is_none() {
+                args.push("--oversubscribe".into());
+                // Busy-polling ranks sharing a core starve each other without this.
+                args.push("--mca".into());
+                args.push("mpi_yield_when_idle".into());
+                args.push("1".into());
+            }
+            if let Some(h) = &input.hostfile {
+                args.push("--hostfile".into());
+                args.push(h.into());
+            }
+            for name in vars::ALL {
+                args.push("-x".into());
+                args.push(name.into());
+            }
+        }
+        (LauncherKind::Mpirun, MpiFlavour::Mpich) => {
+            // Hydra forwards the whole environment and allows oversubscription by default.
+            args.push("-n".into());
+            args.push(input.ranks.to_string().into());
+            if let Some(h) = &input.hostfile {
+                args.push("-f".into());
+                args.push(h.into());
+            }
+        }
+        (LauncherKind::Srun, flavour) => {
+            if let Some(h) = &input.hostfile {
+                bail!(
+                    "--hostfile {} cannot be used with srun: the Slurm allocation decides the \
+                     hosts; drop --hostfile, or use --launcher mpirun",
+                    h.display()
+                );
+            }
+            args.push("-n".into());
+            args.push(input.ranks.to_string().into());
+            args.push("--kill-on-bad-exit=1".into());
+            args.push(
+                match flavour {
+                    MpiFlavour::OpenMpi => "--mpi=pmix",
+                    MpiFlavour::Mpich => "--mpi=pmi2",
+                }
+                .into(),
+            );
+            if oversubscribed {
+                // Without overcommit srun waits forever for CPUs that never come.
+                args.push("-O".into());
+            }
+        }
+    }
+    args.push(input.supervisor.clone().into());
+    args.push("__rank-supervisor".into());
+    if input.tag_output {
+        args.push("--tag-output".into());
+    }
+    args.push("--".into());
+    args.push(input.program.clone().into());
+    args.extend(input.args.iter().cloned());
+    Ok(LaunchPlan {
+        program: input.launcher_path.clone(),
+        args,
+        env: input.env.pairs(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(launcher: LauncherKind, flavour: MpiFlavour) -> PlanInput {
+        PlanInput {
+            launcher,
+            launcher_path: PathBuf::from(format!("/usr/bin/{}", launcher.as_str())),
+            flavour,
+            ranks: 2,
+            cpus: 2,
+            is_root: false,
+            hostfile: None,
+            supervisor: "/opt/gang/bin/gang".into(),
+            tag_output: true,
+            program: "/bin/prog".into(),
+            args: vec!["a b".into(), "--x".into()],
+            env: RankEnv {
+                run_id: "100-7".into(),
+                run_dir: "/runs/100-7".into(),
+                world_size: 2,
+                attempt: 0,
+                launcher,
+                flavour,
+            },
+        }
+    }
+
+    fn argv(plan: &LaunchPlan) -> Vec<String> {
+        plan.args
+            .iter()
+            .map(|a| a.to_str().unwrap().to_string())
+            .collect()
+    }
+
+    const TAIL: [&str; 7] = [
+        "/opt/gang/bin/gang",
+        "__rank-supervisor",
+        "--tag-output",
+        "--",
+        "/bin/prog",
+        "a b",
+        "--x",
+    ];
+
+    fn forward_flags() -> Vec<String> {
+        vars::ALL
+            .iter()
+            .flat_map(|v| ["-x".to_string(), v.to_string()])
+            .collect()
+    }
+
+    #[test]
+    fn open_mpi_plain() {
+        let plan = build(&input(LauncherKind::Mpirun, MpiFlavour::OpenMpi)).unwrap();
+        assert_eq!(plan.program, PathBuf::from("/usr/bin/mpirun"));
+        let mut want = vec!["-n".to_string(), "2".into()];
+        want.extend(forward_flags());
+        want.extend(TAIL.map(String::from));
+        assert_eq!(argv(&plan), want);
+    }
+
+    #[test]
+    fn open_mpi_as_root_oversubscribed_untagged() {
+        let mut i = input(LauncherKind::Mpirun, MpiFlavour::OpenMpi);
+        i.is_root = true;
+        i.ranks = 5;
+        i.tag_output = false;
+        let a = argv(&build(&i).unwrap());
+        let mut want: Vec<String> = [
+            "-n",
+            "5",
+            "--allow-run-as-root",
+            "--oversubscribe",
+            "--mca",
+            "mpi_yield_when_idle",
+            "1",
+        ]
+        .map(String::from)
+        .to_vec();
+        want.extend(forward_flags());
+        want.extend(
+            [
+                "/opt/gang/bin/gang",
+                "__rank-supervisor",
+                "--",
+                "/bin/prog",
+                "a b",
+                "--x",
+            ]
+            .map(String::from),
+        );
+        assert_eq!(a, want);
+    }
+
+    #[test]
+    fn open_mpi_with_hostfile_lets_the_hostfile_decide_slots() {
+        let mut i = input(LauncherKind::Mpirun, MpiFlavour::OpenMpi);
+        i.hostfile = Some("/etc/hosts.mpi".into());
+        i.ranks = 8;
+        let a = argv(&build(&i).unwrap());
+        assert_eq!(&a[..4], ["-n", "8", "--hostfile", "/etc/hosts.mpi"]);
+        assert!(!a.contains(&"--oversubscribe".to_string()));
+        assert!(!a.contains(&"--allow-run-as-root".to_string()));
+    }
+
+    #[test]
+    fn exact_fit_is_not_oversubscribed() {
+        let mut i = input(LauncherKind::Mpirun, MpiFlavour::OpenMpi);
+        i.ranks = 2;
+        i.cpus = 2;
+        assert!(!argv(&build(&i).unwrap()).contains(&"--oversubscribe".to_string()));
+    }
+
+    #[test]
+    fn mpich_hydra() {
+        let mut i = input(LauncherKind::Mpirun, MpiFlavour::Mpich);
+        i.is_root = true;
+        i.ranks = 4;
+        let mut want = vec!["-n".to_string(), "4".into()];
+        want.extend(TAIL.map(String::from));
+        assert_eq!(argv(&build(&i).unwrap()), want);
+        i.hostfile = Some("/h".into());
+        assert_eq!(&argv(&build(&i).unwrap())[..4], ["-n", "4", "-f", "/h"]);
+    }
+
+    #[test]
+    fn srun_for_each_flavour_and_overcommit() {
+        let i = input(LauncherKind::Srun, MpiFlavour::OpenMpi);
+        let plan = build(&i).unwrap();
+        assert_eq!(plan.program, PathBuf::from("/usr/bin/srun"));
+        let mut want: Vec<String> = ["-n", "2", "--kill-on-bad-exit=1", "--mpi=pmix"]
+            .map(String::from)
+            .to_vec();
+        want.extend(TAIL.map(String::from));
+        assert_eq!(argv(&plan), want);
+
+        let mut i = input(LauncherKind::Srun, MpiFlavour::Mpich);
+        i.ranks = 4;
+        i.is_root = true;
+        let a = argv(&build(&i).unwrap());
+        assert_eq!(
+            &a[..5],
+            ["-n", "4", "--kill-on-bad-exit=1", "--mpi=pmi2", "-O"]
+        );
+    }
+
+    #[test]
+    fn srun_refuses_a_hostfile() {
+        let mut i = input(LauncherKind::Srun, MpiFlavour::OpenMpi);
+        i.hostfile = Some("/h".into());
+        let err = build(&i).unwrap_err().to_string();
+        assert!(err.contains("cannot be used with srun"), "{err}");
+    }
+
+    #[test]
+    fn every_protocol_variable_is_set() {
+        let plan = build(&input(LauncherKind::Mpirun, MpiFlavour::Mpich)).unwrap();
+        let get = |k: &str| {
+            plan.env
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.to_str().unwrap())
+        };
+        assert_eq!(plan.env.len(), vars::ALL.len());
+        assert_eq!(get(vars::RUN_ID), Some("100-7"));
+        assert_eq!(get(vars::RUN_DIR), Some("/runs/100-7"));
+        assert_eq!(get(vars::WORLD_SIZE), Some("2"));
+        assert_eq!(get(vars::ATTEMPT), Some("0"));
+        assert_eq!(get(vars::LAUNCHER), Some("mpirun"));
+        assert_eq!(get(vars::MPI_FLAVOUR), Some("mpich"));
+    }
+}

@@ -1,0 +1,434 @@
+//! `gang run`: validate, plan, spawn mpirun/srun, watch it, stop it on signals or a failed
+//! rank, reap whatever is left, and report the root cause.
+
+use crate::detect::{self, LauncherChoice, SlurmAllocation};
+use crate::outcome;
+use crate::plan::{self, LaunchPlan, LauncherKind, MpiFlavour, PlanInput, RankEnv};
+use crate::sys;
+use anyhow::{bail, Context, Result};
+use gang_protocol::{hostname, vars, ExitStatus, RunDir};
+use signal_hook::iterator::Signals;
+use std::ffi::{OsStr, OsString};
+use std::io::IsTerminal;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// How to launch a gang: the options shared by `gang run` and the built-in jobs.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LaunchOptions {
+    /// Number of ranks.
+    #[arg(short = 'n', long = "ranks", value_name = "N")]
+    pub ranks: usize,
+    /// Which launcher starts the ranks.
+    #[arg(long, value_enum, default_value_t = LauncherChoice::Auto)]
+    pub launcher: LauncherChoice,
+    /// Hostfile for mpirun (Open MPI `--hostfile`, MPICH `-f`).
+    #[arg(long, value_name = "FILE")]
+    pub hostfile: Option<PathBuf>,
+    /// Prefix every output line with `[rank R] ` (the default).
+    #[arg(long, overrides_with = "no_tag_output")]
+    pub tag_output: bool,
+    /// Leave the ranks' output lines as they are.
+    #[arg(long, overrides_with = "tag_output")]
+    pub no_tag_output: bool,
+    /// Directory under which the run directory is created [default: $GANG_RUN_ROOT, else
+    /// ./.gang/runs].
+    #[arg(long, value_name = "ROOT")]
+    pub run_dir: Option<PathBuf>,
+}
+
+/// Arguments of `gang run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// How to launch.
+    #[command(flatten)]
+    pub launch: LaunchOptions,
+    /// The program each rank runs, and its arguments (after `--`).
+    #[arg(last = true, required = true, num_args = 1.., value_name = "PROGRAM [ARGS]")]
+    pub command: Vec<OsString>,
+}
+
+/// Grace between SIGTERM and SIGKILL when stopping the gang.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How long the launcher may keep running after a rank recorded a failure before gang
+/// stops it (mpirun normally ends the job itself within a second or two).
+const FAILURE_GRACE: Duration = Duration::from_secs(10);
+/// How often the wait loop looks at the launcher and the run directory.
+const POLL: Duration = Duration::from_millis(100);
+/// Upper bound on waiting for SIGKILLed leftovers to disappear.
+const REAP_LIMIT: Duration = Duration::from_secs(5);
+
+/// Resolves the user program: through `PATH` when it has no slash, else relative to the
+/// current directory. Returns an absolute path.
+///
+/// # Errors
+/// Not found, not a file, or not executable, with what to do about it.
+pub fn resolve_program(program: &OsStr, path_var: Option<&OsStr>, cwd: &Path) -> Result<PathBuf> {
+    let shown = program.to_string_lossy();
+    // `components()` drops inner `.` segments: `./tool` becomes `<cwd>/tool`.
+    let absolute = |p: &Path| cwd.join(p).components().collect::<PathBuf>();
+    let path = if program.as_encoded_bytes().contains(&b'/') {
+        absolute(Path::new(program))
+    } else {
+        match detect::find_on_path(&shown, path_var) {
+            Some(p) => return Ok(absolute(&p)),
+            None => bail!(
+                "program `{shown}` was not found on PATH: give its path (e.g. ./{shown}) or add \
+                 its directory to PATH"
+            ),
+        }
+    };
+    let meta = path.metadata().with_context(|| {
+        format!(
+            "program {shown} does not exist: check the path (it is resolved from {})",
+            cwd.display()
+        )
+    })?;
+    if !meta.is_file() {
+        bail!("program {shown} is not a file: give the path of an executable program");
+    }
+    if !detect::is_executable_file(&path) {
+        bail!("program {shown} is not executable: make it so with `chmod +x {shown}`");
+    }
+    Ok(path)
+}
+
+/// `gang run`: starts `command` as a gang of `opts.ranks` ranks and returns the exit code.
+///
+/// # Errors
+/// Anything that prevents the gang from starting (bad options, no launcher, ...). Failures
+/// of the gang itself are reported through the exit code and a message on stderr.
+pub fn run(opts: &LaunchOptions, command: &[OsString]) -> Result<i32> {
+    if opts.ranks == 0 {
+        bail!("-n must be at least 1");
+    }
+    let Some((program, args)) = command.split_first() else {
+        bail!("no program given after --")
+    };
+    let cwd = std::env::current_dir().context("the current directory is not accessible")?;
+    let program = resolve_program(program, std::env::var_os("PATH").as_deref(), &cwd)?;
+    let hostfile = match &opts.hostfile {
+        Some(h) if !h.is_file() => {
+            bail!("hostfile {} does not exist or is not a file", h.display())
+        }
+        Some(h) => Some(cwd.join(h)),
+        None => None,
+    };
+
+    let slurm = SlurmAllocation::from_env();
+    let (launcher, launcher_path) = detect::choose_launcher(
+        opts.launcher,
+        slurm.is_some(),
+        detect::which("srun"),
+        detect::which("mpirun"),
+    )?;
+    let flavour = match (launcher, detect::which("mpirun")) {
+        (_, Some(mpirun)) => detect::probe_mpi(&mpirun)?.flavour,
+        (LauncherKind::Srun, None) => {
+            eprintln!("gang: no mpirun on PATH to tell the MPI flavour from; assuming Open MPI (srun --mpi=pmix)");
+            MpiFlavour::OpenMpi
+        }
+        (LauncherKind::Mpirun, None) => unreachable!("choose_launcher found mpirun"),
+    };
+    let cpus = match (&slurm, launcher) {
+        (Some(alloc), LauncherKind::Srun) => alloc.cpus().unwrap_or_else(|| detect::cores(None)),
+        (alloc, _) => detect::cores(
+            alloc
+                .as_ref()
+                .and_then(|a| a.cpus_on_node)
+                .map(|n| n.to_string())
+                .as_deref(),
+        ),
+    };
+
+    let root = match (&opts.run_dir, std::env::var_os("GANG_RUN_ROOT")) {
+        (Some(r), _) => r.clone(),
+        (None, Some(r)) if !r.is_empty() => PathBuf::from(r),
+        _ => PathBuf::from(".gang/runs"),
+    };
+    let root = cwd.join(root);
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let run_id = format!("{secs}-{}", std::process::id());
+    let run = RunDir::create(&root, &run_id).with_context(|| {
+        format!(
+            "could not create the run directory {}: pass --run-dir ROOT or set GANG_RUN_ROOT to \
+             a writable directory",
+            root.join(&run_id).display()
+        )
+    })?;
+    let attempt = 0;
+    let run = run.with_attempt(attempt);
+
+    let supervisor =
+        std::env::current_exe().context("could not find the gang executable itself")?;
+    let plan = plan::build(&PlanInput {
+        launcher,
+        launcher_path,
+        flavour,
+        ranks: opts.ranks,
+        cpus,
+        is_root: sys::effective_uid() == 0,
+        hostfile,
+        supervisor,
+        tag_output: !opts.no_tag_output,
+        program,
+        args: args.to_vec(),
+        env: RankEnv {
+            run_id: run_id.clone(),
+            run_dir: run.path().to_path_buf(),
+            world_size: opts.ranks,
+            attempt,
+            launcher,
+            flavour,
+        },
+    })?;
+    execute(&plan, launcher, &run, &run_id)
+}
+
+/// Why the wait loop is stopping the gang.
+#[derive(Debug, Clone, Copy)]
+enum StopReason {
+    /// `gang` received this signal.
+    Signal(i32),
+    /// A rank recorded a failure but the launcher kept running.
+    RankFailed,
+}
+
+/// Spawns the plan, waits for it while handling signals, cleans up, judges.
+fn execute(plan: &LaunchPlan, launcher: LauncherKind, run: &RunDir, run_id: &str) -> Result<i32> {
+    // Orphaned ranks are re-parented to us, so they can be found and killed below.
+    if let Err(e) = sys::become_subreaper() {
+        eprintln!(
+            "gang: warning: could not become a subreaper ({e}); orphaned ranks may be missed"
+        );
+    }
+    let signals = Signals::new([sys::SIGINT, sys::SIGTERM, sys::SIGHUP])
+        .context("could not install signal handlers")?;
+    let signals_handle = signals.handle();
+    let (sig_tx, sig_rx) = mpsc::channel::<i32>();
+    std::thread::spawn(move || {
+        let mut signals = signals;
+        for sig in signals.forever() {
+            if sig_tx.send(sig).is_err() {
+                break;
+            }
+        }
+    });
+
+    let mut cmd = Command::new(&plan.program);
+    cmd.args(&plan.args)
+        .envs(plan.env.iter().map(|(k, v)| (k, v)));
+    // Own process group: a terminal's Ctrl-C reaches only gang, which then stops the whole
+    // group in order. A background group that reads the terminal would be stopped by
+    // SIGTTIN (mpirun and srun read stdin to forward it), so a terminal stdin is not passed.
+    cmd.process_group(0);
+    // If gang itself is killed (even by SIGKILL), the launcher is told to stop the gang;
+    // SIGTERM rather than SIGKILL so that mpirun/srun still clean up on remote nodes.
+    sys::signal_child_when_we_die(&mut cmd, sys::SIGTERM);
+    if std::io::stdin().is_terminal() {
+        cmd.stdin(Stdio::null());
+    }
+    let name = launcher.as_str();
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("could not start {}", plan.program.display()))?;
+    let pgid = child.id();
+
+    let (status, stop) = watch(&mut child, pgid, &sig_rx, run)?;
+    signals_handle.close();
+
+    // Whatever is left of the launcher's process group, the recorded ranks on this host and
+    // our orphaned descendants is a leftover of this gang.
+    let _ = sys::signal_group(pgid, sys::SIGKILL);
+    kill_recorded_ranks(run, run_id);
+    kill_orphans();
+
+    let launcher_status = match (status.code(), status.signal()) {
+        (Some(c), _) => ExitStatus::Code(c),
+        (None, Some(s)) => ExitStatus::Signal(s),
+        (None, None) => ExitStatus::Code(1),
+    };
+    let failures = run.failures().unwrap_or_else(|e| {
+        eprintln!("gang: could not read the failure records: {e}");
+        Vec::new()
+    });
+    let exits = run.exits().unwrap_or_else(|e| {
+        eprintln!("gang: could not read the exit records: {e}");
+        Vec::new()
+    });
+    let stopped_by = match stop {
+        Some(StopReason::Signal(s)) => Some(s),
+        _ => None,
+    };
+    let verdict = outcome::judge(
+        stopped_by,
+        &failures,
+        &exits,
+        launcher_status,
+        name,
+        run.path(),
+    );
+    if let Some(m) = &verdict.message {
+        eprintln!("{m}");
+    }
+    if matches!(stop, Some(StopReason::RankFailed)) {
+        eprintln!("gang: {name} did not end the gang after the failure; gang stopped it");
+    }
+    Ok(verdict.code)
+}
+
+/// Waits for the launcher. On the first signal sends SIGTERM to its process group, on a
+/// second signal or after [`STOP_GRACE`] SIGKILL. Also stops the gang when a rank recorded
+/// a failure and the launcher is still running [`FAILURE_GRACE`] later.
+fn watch(
+    child: &mut Child,
+    pgid: u32,
+    sig_rx: &mpsc::Receiver<i32>,
+    run: &RunDir,
+) -> Result<(std::process::ExitStatus, Option<StopReason>)> {
+    let mut stop: Option<StopReason> = None;
+    let mut term_sent: Option<Instant> = None;
+    let mut kill_sent = false;
+    let mut failure_seen: Option<Instant> = None;
+    let mut last_scan = Instant::now();
+    loop {
+        if let Some(status) = child
+            .try_wait()
+            .context("could not wait for the launcher")?
+        {
+            return Ok((status, stop));
+        }
+        match sig_rx.recv_timeout(POLL) {
+            Ok(sig) if term_sent.is_none() => {
+                stop = Some(StopReason::Signal(sig));
+                term_sent = Some(Instant::now());
+                let _ = sys::signal_group(pgid, sys::SIGTERM);
+            }
+            Ok(_) if !kill_sent => {
+                // A second signal: the user wants it gone now.
+                kill_sent = true;
+                let _ = sys::signal_group(pgid, sys::SIGKILL);
+            }
+            _ => {}
+        }
+        if failure_seen.is_none() && last_scan.elapsed() >= Duration::from_millis(500) {
+            last_scan = Instant::now();
+            let failed = run.failures().map(|f| !f.is_empty()).unwrap_or(false)
+                || run
+                    .exits()
+                    .map(|e| e.iter().any(|e| !e.status.success()))
+                    .unwrap_or(false);
+            if failed {
+                failure_seen = Some(Instant::now());
+            }
+        }
+        if term_sent.is_none() && failure_seen.is_some_and(|t| t.elapsed() >= FAILURE_GRACE) {
+            stop = Some(StopReason::RankFailed);
+            term_sent = Some(Instant::now());
+            let _ = sys::signal_group(pgid, sys::SIGTERM);
+        }
+        if !kill_sent && term_sent.is_some_and(|t| t.elapsed() >= STOP_GRACE) {
+            kill_sent = true;
+            let _ = sys::signal_group(pgid, sys::SIGKILL);
+        }
+    }
+}
+
+/// SIGKILLs every supervisor and rank program recorded as started on this host that is
+/// still running, then waits (bounded) until they are gone. A pid counts as ours only if
+/// its environment carries this run's id, so a reused pid is never hit.
+fn kill_recorded_ranks(run: &RunDir, run_id: &str) {
+    let starts = match run.starts() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("gang: could not read the start records to clean up: {e}");
+            return;
+        }
+    };
+    let host = hostname();
+    let marker = format!("{}={run_id}", vars::RUN_ID);
+    let ours: Vec<u32> = starts
+        .iter()
+        .filter(|s| s.host == host)
+        .flat_map(|s| [s.supervisor_pid, s.pid])
+        .filter(|&pid| sys::is_running(pid) && sys::environ_has(pid, &marker))
+        .collect();
+    for &pid in &ours {
+        let _ = sys::send_signal(pid, sys::SIGKILL);
+    }
+    let deadline = Instant::now() + REAP_LIMIT;
+    while ours.iter().any(|&p| sys::is_running(p)) && Instant::now() < deadline {
+        while sys::reap_one_child().is_some() {}
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// SIGKILLs and reaps every remaining descendant that was re-parented to us (we are their
+/// subreaper), until none is left or [`REAP_LIMIT`] has passed.
+fn kill_orphans() {
+    let me = std::process::id();
+    let deadline = Instant::now() + REAP_LIMIT;
+    loop {
+        while sys::reap_one_child().is_some() {}
+        let left = sys::children_of(me);
+        if left.is_empty() || Instant::now() >= deadline {
+            return;
+        }
+        for pid in left {
+            if sys::is_running(pid) {
+                let _ = sys::send_signal(pid, sys::SIGKILL);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn programs_resolve_through_path_or_relative_to_cwd() {
+        let dir = std::env::temp_dir().join(format!("gang-resolve-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let exe = dir.join("tool");
+        std::fs::write(&exe, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let noexec = dir.join("data.txt");
+        std::fs::write(&noexec, "x").unwrap();
+        let path = dir.as_os_str();
+
+        assert_eq!(
+            resolve_program("tool".as_ref(), Some(path), Path::new("/")).unwrap(),
+            exe
+        );
+        assert_eq!(resolve_program("./tool".as_ref(), None, &dir).unwrap(), exe);
+        let err = resolve_program("nope".as_ref(), Some(path), &dir)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`nope` was not found on PATH"), "{err}");
+        let err = resolve_program("./data.txt".as_ref(), None, &dir)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("is not executable") && err.contains("chmod +x"),
+            "{err}"
+        );
+        let err = resolve_program("./missing".as_ref(), None, &dir)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("does not exist"), "{err}");
+        let err = resolve_program(dir.as_os_str(), None, &dir)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is not a file"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
