@@ -26,6 +26,26 @@ pub enum BackendChoice {
     Local(usize),
 }
 
+/// The MPI thread level a rank asks for (`MPI_Init_thread`).
+///
+/// The default is `Single`: gang calls MPI from the rank's main thread only, and on Open MPI
+/// 4.1 any higher level costs 0.1-0.4 µs on every small collective (measured in
+/// `bench/RESULTS.md`). Threads of the rank that do not call MPI (rayon, I/O) are fine in
+/// practice with both Open MPI and MPICH. Ask for more with `GANG_MPI_THREADING` when
+/// other code of the process calls MPI from several threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub enum MpiThreading {
+    /// `MPI_THREAD_SINGLE`.
+    #[default]
+    Single,
+    /// `MPI_THREAD_FUNNELED`.
+    Funneled,
+    /// `MPI_THREAD_SERIALIZED`.
+    Serialized,
+    /// `MPI_THREAD_MULTIPLE`.
+    Multiple,
+}
+
 /// Plain-data configuration of a gang, separate from running it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -33,23 +53,40 @@ pub struct Config {
     pub backend: BackendChoice,
     /// Largest count per underlying MPI call (see [`Comm::set_max_count`]).
     pub max_count: Option<usize>,
+    /// MPI thread level to ask for.
+    pub mpi_threading: MpiThreading,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { backend: BackendChoice::Auto, max_count: None }
+        Config { backend: BackendChoice::Auto, max_count: None, mpi_threading: MpiThreading::Single }
     }
 }
 
 impl Config {
-    /// `GANG_LOCAL=N` selects N Local ranks; otherwise [`BackendChoice::Auto`].
+    /// `GANG_LOCAL=N` selects N Local ranks (otherwise [`BackendChoice::Auto`]);
+    /// `GANG_MPI_THREADING=single|funneled|serialized|multiple` the MPI thread level.
     ///
     /// # Errors
-    /// [`Error::Environment`] if `GANG_LOCAL` is not a positive integer.
+    /// [`Error::Environment`] if `GANG_LOCAL` is not a positive integer or
+    /// `GANG_MPI_THREADING` not one of the levels.
     pub fn from_env() -> Result<Config> {
         let mut c = Config::default();
         if let Ok(v) = std::env::var("GANG_LOCAL") {
             c.backend = BackendChoice::Local(parse_ranks(&v, "GANG_LOCAL")?);
+        }
+        if let Ok(v) = std::env::var("GANG_MPI_THREADING") {
+            c.mpi_threading = match v.trim().to_ascii_lowercase().as_str() {
+                "single" => MpiThreading::Single,
+                "funneled" => MpiThreading::Funneled,
+                "serialized" => MpiThreading::Serialized,
+                "multiple" => MpiThreading::Multiple,
+                _ => {
+                    return Err(Error::Environment(format!(
+                        "GANG_MPI_THREADING={v:?}: expected single, funneled, serialized or multiple"
+                    )))
+                }
+            };
         }
         Ok(c)
     }
@@ -299,7 +336,7 @@ fn init_with(config: &Config) -> Result<Context> {
 }
 
 fn init_mpi(config: &Config, env: RankEnv) -> Result<Context> {
-    let runtime = MpiRuntime::init()?;
+    let runtime = MpiRuntime::init(config.mpi_threading)?;
     let mut comm = Comm::new(Backend::Mpi(MpiComm::world(runtime.clone())?));
     if let Some(m) = config.max_count {
         comm.set_max_count(m);

@@ -30,7 +30,7 @@ mod error;
 pub mod selftest;
 
 pub use comm::{Comm, LocalGroup, LocalMember, RankBuffers, ReduceOp, Scalar};
-pub use context::{execute, init, BackendChoice, Config, Context, EXIT_RANK_ERROR, EXIT_RANK_PANIC};
+pub use context::{execute, init, BackendChoice, Config, Context, MpiThreading, EXIT_RANK_ERROR, EXIT_RANK_PANIC};
 pub use env::{LauncherKind, RankEnv};
 pub use error::{Error, Result};
 pub use gang_protocol::device::Device;

@@ -24,8 +24,8 @@ pub(crate) struct MpiRuntime {
 }
 
 impl MpiRuntime {
-    /// Initializes MPI (threads: funneled, all MPI calls from the rank's main thread).
-    pub(crate) fn init() -> Result<Arc<MpiRuntime>> {
+    /// Initializes MPI at the given thread level.
+    pub(crate) fn init(threading: crate::MpiThreading) -> Result<Arc<MpiRuntime>> {
         if ::mpi::environment::is_initialized() {
             return Err(Error::Environment(
                 "MPI is already initialized in this process: call gang::init() once, before \
@@ -33,8 +33,20 @@ impl MpiRuntime {
                     .into(),
             ));
         }
-        let (universe, _threading) = ::mpi::initialize_with_threading(::mpi::Threading::Funneled)
+        let level = match threading {
+            crate::MpiThreading::Single => ::mpi::Threading::Single,
+            crate::MpiThreading::Funneled => ::mpi::Threading::Funneled,
+            crate::MpiThreading::Serialized => ::mpi::Threading::Serialized,
+            crate::MpiThreading::Multiple => ::mpi::Threading::Multiple,
+        };
+        let (universe, provided) = ::mpi::initialize_with_threading(level)
             .ok_or_else(|| Error::Environment("MPI_Init_thread failed".into()))?;
+        if provided < level {
+            return Err(Error::Environment(format!(
+                "MPI provides thread level {provided:?} but {level:?} was asked for \
+                 (GANG_MPI_THREADING): choose a lower level or an MPI built with thread support"
+            )));
+        }
         Ok(Arc::new(MpiRuntime { _universe: universe }))
     }
 }

@@ -1,0 +1,236 @@
+//! Real gangs: `gang run` starts real `mpirun` with 2 and 4 ranks of the rank-side
+//! programs, which check every collective on every rank, or fail on purpose while their
+//! peers wait in a barrier.
+//!
+//! These tests need the `gang` launcher binary, built by `cargo test --workspace` (or
+//! `cargo build --workspace`), and Open MPI's `mpirun` on PATH; without either they fail
+//! and say so rather than pass.
+
+use gang_protocol::RunDir;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A gang that has not finished within this is hung: the test fails (the bound guards
+/// against hangs; it is not a performance assertion).
+const HANG_GUARD: Duration = Duration::from_secs(90);
+
+fn target_dir() -> PathBuf {
+    // .../target/debug/deps/mpi_gang-xxxx -> .../target/debug
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+}
+
+fn gang_bin() -> PathBuf {
+    let p = target_dir().join("gang");
+    assert!(
+        p.is_file(),
+        "the launcher {} is missing: run the tests with `cargo test --workspace` (or build it \
+         first with `cargo build --workspace`)",
+        p.display()
+    );
+    p
+}
+
+fn rank_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_gang-rank"))
+}
+
+fn example(name: &str) -> PathBuf {
+    let p = target_dir().join("examples").join(name);
+    assert!(p.is_file(), "example {} is missing: `cargo test` builds it", p.display());
+    p
+}
+
+fn require_mpirun() {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join("mpirun").is_file()))
+        .unwrap_or(false);
+    assert!(found, "mpirun is not on PATH: install Open MPI (apt-get install openmpi-bin libopenmpi-dev); these tests need a real MPI");
+}
+
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> Scratch {
+        let p = std::env::temp_dir().join(format!("gang-mpi-test-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Scratch(p)
+    }
+
+    /// The one run directory the launcher created under this root.
+    fn run_dir(&self) -> RunDir {
+        let mut runs: Vec<PathBuf> = std::fs::read_dir(&self.0).unwrap().map(|e| e.unwrap().path()).collect();
+        assert_eq!(runs.len(), 1, "expected one run directory in {}", self.0.display());
+        RunDir::open(runs.remove(0))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs `gang` with `args`, killing it if it outlives the hang guard.
+fn gang(args: &[&str], scratch: &Scratch) -> Output {
+    require_mpirun();
+    let mut cmd = Command::new(gang_bin());
+    cmd.args(args).env("GANG_RUN_ROOT", &scratch.0).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = cmd.spawn().expect("start gang");
+    wait_guarded(child, args)
+}
+
+fn wait_guarded(mut child: Child, what: &[&str]) -> Output {
+    let start = Instant::now();
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if start.elapsed() > HANG_GUARD {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "gang {what:?} hung for {HANG_GUARD:?}\nstdout:\n{}\nstderr:\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn text(out: &Output) -> (String, String) {
+    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // Field 3 is the state; a zombie has finished running.
+        Ok(stat) => !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+/// No process of the gang (supervisor or rank program) is still running.
+fn assert_no_rank_alive(scratch: &Scratch) {
+    let run = scratch.run_dir();
+    let starts = run.starts().unwrap();
+    assert!(!starts.is_empty(), "no rank started");
+    // Leave the kernel a moment to finish reaping.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for s in &starts {
+        while (alive(s.pid) || alive(s.supervisor_pid)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(!alive(s.pid), "rank {} (pid {}) is still alive", s.rank, s.pid);
+        assert!(!alive(s.supervisor_pid), "supervisor of rank {} is still alive", s.rank);
+    }
+}
+
+fn assert_success(out: &Output) -> String {
+    let (stdout, stderr) = text(out);
+    assert!(out.status.success(), "gang failed: {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
+    stdout
+}
+
+#[test]
+fn every_collective_is_right_on_every_rank_under_mpirun_at_2_and_4_ranks() {
+    for n in ["2", "4"] {
+        let s = Scratch::new(&format!("selftest-{n}"));
+        let out = gang(&["run", "-n", n, "--", rank_bin().to_str().unwrap(), "selftest"], &s);
+        let stdout = assert_success(&out);
+        assert!(
+            stdout.contains(&format!("[rank 0] selftest passed")) && stdout.contains(&format!("each of {n} ranks (mpi backend")),
+            "{stdout}"
+        );
+    }
+}
+
+#[test]
+fn large_buffers_split_into_chunks_are_right_under_mpirun() {
+    for (n, max) in [("2", "3"), ("4", "5")] {
+        let s = Scratch::new(&format!("chunks-{n}"));
+        let out = gang(&["run", "-n", n, "--", rank_bin().to_str().unwrap(), "selftest", "--max-count", max], &s);
+        let stdout = assert_success(&out);
+        assert!(stdout.contains(&format!("at most {max} elements per call")), "{stdout}");
+    }
+}
+
+#[test]
+fn hello_reports_what_each_of_4_ranks_saw() {
+    let s = Scratch::new("hello");
+    let out = gang(&["hello", "-n", "4"], &s);
+    let stdout = assert_success(&out);
+    assert!(stdout.contains("4 ranks met at a barrier"), "{stdout}");
+    for r in 0..4 {
+        let row = stdout
+            .lines()
+            .find(|l| l.split_whitespace().nth(2) == Some(&r.to_string()))
+            .unwrap_or_else(|| panic!("no row for rank {r}:\n{stdout}"));
+        assert!(row.ends_with("yes"), "rank {r} saw wrong values: {row}");
+    }
+    assert!(stdout.contains("every rank saw the right values"), "{stdout}");
+}
+
+#[test]
+fn the_same_program_runs_as_local_threads_without_mpirun() {
+    let out = Command::new(rank_bin()).args(["--local", "4", "selftest"]).output().unwrap();
+    let stdout = assert_success(&out);
+    assert!(stdout.contains("each of 4 ranks (local backend"), "{stdout}");
+}
+
+#[test]
+fn a_rank_that_panics_while_its_peers_wait_in_a_barrier_ends_the_gang() {
+    let s = Scratch::new("panic");
+    let out = gang(&["run", "-n", "4", "--", example("fault").to_str().unwrap(), "panic", "1"], &s);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(gang::EXIT_RANK_PANIC), "stderr:\n{stderr}");
+    assert!(stderr.contains("rank 1") && stderr.contains("injected panic on rank 1"), "{stderr}");
+    let failures = s.run_dir().failures().unwrap();
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert_eq!(failures[0].rank, 1);
+    assert_no_rank_alive(&s);
+}
+
+#[test]
+fn a_rank_that_returns_an_error_ends_the_gang_and_is_named() {
+    let s = Scratch::new("error");
+    let out = gang(&["run", "-n", "2", "--", example("fault").to_str().unwrap(), "error", "0"], &s);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(gang::EXIT_RANK_ERROR), "stderr:\n{stderr}");
+    assert!(stderr.contains("rank 0") && stderr.contains("injected error on rank 0"), "{stderr}");
+    assert_no_rank_alive(&s);
+}
+
+#[test]
+fn a_rank_that_exits_3_makes_gang_exit_non_zero_naming_that_rank() {
+    let s = Scratch::new("exit3");
+    let out = gang(&["run", "-n", "4", "--", example("fault").to_str().unwrap(), "exit", "3", "2"], &s);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(3), "stderr:\n{stderr}");
+    assert!(stderr.contains("rank 2") && stderr.contains("code 3"), "{stderr}");
+    assert_no_rank_alive(&s);
+}
+
+#[test]
+fn a_world_smaller_than_the_launcher_intended_is_refused_naming_the_variables() {
+    // What a program built against another MPI sees under this MPI's launcher: MPI makes
+    // it a world of one while the launcher's variables say four.
+    let out = Command::new(rank_bin())
+        .arg("hello")
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("GANG_WORLD_SIZE", "4")
+        .env("OMPI_COMM_WORLD_SIZE", "4")
+        .env("OMPI_COMM_WORLD_RANK", "2")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = wait_guarded(out, &["gang-rank hello (mismatched world)"]);
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(stderr.contains("world of 1") && stderr.contains("GANG_WORLD_SIZE=4"), "{stderr}");
+}
