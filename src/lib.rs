@@ -34,3 +34,8 @@ pub use context::{execute, init, BackendChoice, Config, Context, MpiThreading, E
 pub use env::{LauncherKind, RankEnv};
 pub use error::{Error, Result};
 pub use gang_protocol::device::Device;
+
+/// The README's examples, compiled and run as doc tests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

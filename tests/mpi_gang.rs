@@ -142,7 +142,7 @@ fn every_collective_is_right_on_every_rank_under_mpirun_at_2_and_4_ranks() {
         let out = gang(&["run", "-n", n, "--", rank_bin().to_str().unwrap(), "selftest"], &s);
         let stdout = assert_success(&out);
         assert!(
-            stdout.contains(&format!("[rank 0] selftest passed")) && stdout.contains(&format!("each of {n} ranks (mpi backend")),
+            stdout.contains("[rank 0] selftest passed") && stdout.contains(&format!("each of {n} ranks (mpi backend")),
             "{stdout}"
         );
     }

@@ -27,7 +27,7 @@ fn run() -> Result<()> {
             if args.len() > 1 {
                 bail!("hello takes no arguments\n{USAGE}");
             }
-            execute(config, |ctx| hello(ctx))?;
+            execute(config, hello)?;
         }
         "selftest" => {
             match args.get(1..).unwrap_or_default() {
@@ -93,8 +93,8 @@ fn hello(ctx: &Context) -> gang::Result<()> {
             println!("run {id} (attempt {}), records in {}", ctx.attempt(), dir.display());
         }
         println!(
-            "{:>4}  {:<16} {:>7} {:>4}  {:<8} {:>12} {:>8} {:>10}  {}",
-            "rank", "host", "local", "node", "device", "sum(rank)", "max", "count", "right"
+            "{:>4}  {:<16} {:>7} {:>4}  {:<8} {:>12} {:>8} {:>10}  right",
+            "rank", "host", "local", "node", "device", "sum(rank)", "max", "count"
         );
         for l in lines.iter() {
             println!("{}", String::from_utf8_lossy(l));

@@ -94,7 +94,19 @@ impl GangProcess {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("could not start gang");
+        // A program this test process has just written (a copy of gang, a stand-in
+        // gang-rank) can be briefly "busy" while another test thread's fork still holds
+        // the write descriptor open; that clears as soon as that child execs.
+        let mut tries = 0;
+        let mut child = loop {
+            match cmd.spawn() {
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 50 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                r => break r.expect("could not start gang"),
+            }
+        };
         let out = Some(collect(child.stdout.take().unwrap()));
         let err = Some(collect(child.stderr.take().unwrap()));
         GangProcess {
