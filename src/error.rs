@@ -59,6 +59,40 @@ pub enum Error {
     /// A caller passed arguments that cannot work (wrong buffer count, unsupported
     /// reduction), detected before any communication.
     InvalidArgument(String),
+    /// Input data that cannot be read: corrupt, truncated, missing dataset, wrong type.
+    /// Names the file, the partition (when known) and the rank (when known).
+    Input {
+        /// The file.
+        path: PathBuf,
+        /// Where in the file: `row group 3`, `dataset /x`, `partition 5 (rows 0..1000)`.
+        location: Option<String>,
+        /// The rank that read it, filled in by the stage that ran the read.
+        rank: Option<usize>,
+        /// What is wrong and, where possible, what to do.
+        detail: String,
+    },
+    /// Two inputs whose schemas differ where they must agree.
+    SchemaMismatch {
+        /// The file whose schema was taken as the reference.
+        first: PathBuf,
+        /// The file that differs.
+        second: PathBuf,
+        /// The field that differs.
+        field: String,
+        /// How it differs.
+        detail: String,
+    },
+    /// An output location that cannot be used (already committed, not writable, ...).
+    Output {
+        /// The output path.
+        path: PathBuf,
+        /// What is wrong and what to do.
+        detail: String,
+    },
+    /// An Arrow error without a file to name.
+    Arrow(arrow_schema::ArrowError),
+    /// A Parquet error without a file to name.
+    Parquet(parquet::errors::ParquetError),
     /// An I/O error about a file or directory.
     Io {
         /// The path concerned.
@@ -92,6 +126,26 @@ impl std::fmt::Display for Error {
                  launcher"
             ),
             Error::InvalidArgument(msg) => write!(f, "invalid argument: {msg}"),
+            Error::Input { path, location, rank, detail } => {
+                write!(f, "{}", path.display())?;
+                match (location, rank) {
+                    (Some(l), Some(r)) => write!(f, " ({l}, rank {r})")?,
+                    (Some(l), None) => write!(f, " ({l})")?,
+                    (None, Some(r)) => write!(f, " (rank {r})")?,
+                    (None, None) => {}
+                }
+                write!(f, ": {detail}")
+            }
+            Error::SchemaMismatch { first, second, field, detail } => write!(
+                f,
+                "schema mismatch in field {field:?} between {} and {}: {detail}; every input \
+                 file must have the same schema (select common columns with --columns)",
+                first.display(),
+                second.display()
+            ),
+            Error::Output { path, detail } => write!(f, "output {}: {detail}", path.display()),
+            Error::Arrow(e) => write!(f, "arrow: {e}"),
+            Error::Parquet(e) => write!(f, "parquet: {e}"),
             Error::Io { path, source } => write!(f, "{}: {source}", path.display()),
             Error::External(e) => write!(f, "{e}"),
         }
@@ -103,6 +157,8 @@ impl std::error::Error for Error {
         match self {
             Error::Io { source, .. } => Some(source),
             Error::External(e) => Some(e.as_ref()),
+            Error::Arrow(e) => Some(e),
+            Error::Parquet(e) => Some(e),
             _ => None,
         }
     }
@@ -117,6 +173,33 @@ impl Error {
     /// An I/O error about `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Error {
         Error::Io { path: path.into(), source }
+    }
+}
+
+impl Error {
+    /// An input error about `path`.
+    pub fn input(path: impl Into<PathBuf>, location: Option<String>, detail: impl Into<String>) -> Error {
+        Error::Input { path: path.into(), location, rank: None, detail: detail.into() }
+    }
+
+    /// Fills in the rank of an [`Error::Input`] that does not name one yet.
+    pub fn with_rank(self, r: usize) -> Error {
+        match self {
+            Error::Input { path, location, rank: None, detail } => Error::Input { path, location, rank: Some(r), detail },
+            other => other,
+        }
+    }
+}
+
+impl From<arrow_schema::ArrowError> for Error {
+    fn from(e: arrow_schema::ArrowError) -> Self {
+        Error::Arrow(e)
+    }
+}
+
+impl From<parquet::errors::ParquetError> for Error {
+    fn from(e: parquet::errors::ParquetError) -> Self {
+        Error::Parquet(e)
     }
 }
 

@@ -25,6 +25,7 @@
 
 pub mod comm;
 mod context;
+pub mod data;
 pub mod env;
 mod error;
 pub mod selftest;
