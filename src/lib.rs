@@ -26,6 +26,8 @@
 pub mod comm;
 mod context;
 pub mod data;
+pub mod jobs;
+pub mod stage;
 pub mod env;
 mod error;
 pub mod selftest;

@@ -15,8 +15,9 @@ pub struct JobArgs {
     /// How to launch.
     #[command(flatten)]
     pub launch: LaunchOptions,
-    /// Extra arguments passed to the job in every rank (after `--`).
-    #[arg(last = true, value_name = "EXTRA")]
+    /// The job's own options, passed to `gang-rank <job>` in every rank (launch options
+    /// such as -n come first; `--` may separate them).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0.., value_name = "JOB OPTIONS")]
     pub extra: Vec<OsString>,
 }
 
@@ -46,6 +47,16 @@ macro_rules! builtin_jobs {
 builtin_jobs! {
     /// Every rank says hello (rank, host, device): a check of the whole stack.
     Hello => "hello",
+    /// Checks every collective on every rank (`--max-count N` splits buffers into N-element calls).
+    Selftest => "selftest",
+    /// A synthetic classification or regression dataset with a known true model (`--output DIR`).
+    Gen => "gen",
+    /// Count, mean, std, min, max and nulls of every numeric column (`--input SPEC`).
+    Stats => "stats",
+    /// Standardize the feature columns with the dataset's statistics (a map stage).
+    Standardize => "standardize",
+    /// Convert between Parquet, Arrow IPC and HDF5, re-partitioned into K files.
+    Convert => "convert",
 }
 
 /// Name of the rank-side program.

@@ -6,11 +6,23 @@
 //! - [`read_partition`]: one partition as an iterator of batches (`parquet`, `hdf5`, `ipc`).
 //! - [`pipeline`]: the next batches decoded while the current one is processed.
 
-use crate::error::Result;
-use arrow_array::RecordBatch;
+mod hdf5;
+mod ipc;
+mod parquet;
+pub mod pipeline;
+pub mod plan;
+
+pub use self::hdf5::Hdf5Writer;
+pub use pipeline::{Prefetch, PrefetchOptions};
+pub use plan::{Hdf5TwoD, Input, PartitionPlan, PlanOptions};
+
+use crate::error::{Error, Result};
+use arrow_array::{new_null_array, Array, ArrayRef, RecordBatch, RecordBatchOptions, StringArray};
+use arrow_schema::SchemaRef;
 use serde::{Deserialize, Serialize};
 use std::ops::Range;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// Batches of one partition, in order.
 pub type BatchIter = Box<dyn Iterator<Item = Result<RecordBatch>> + Send>;
@@ -70,4 +82,65 @@ impl Partition {
             Slice::Batches(r) => format!("partition {} (record batches {}..{})", self.id, r.start, r.end),
         }
     }
+}
+
+/// The batches of one partition, with the columns of `schema` (the plan's schema: the
+/// projected file columns and the Hive keys as constant Utf8 columns), at most
+/// `opts.batch_size` rows each.
+///
+/// # Errors
+/// [`Error::Input`] naming the file and the partition for anything wrong with the file:
+/// unreadable, corrupt or truncated, changed since planning (missing column, row group or
+/// dataset), or a decode error midway (then as an item of the iterator).
+pub fn read_partition(p: &Partition, schema: &SchemaRef, opts: &PlanOptions) -> Result<BatchIter> {
+    if opts.batch_size == 0 {
+        return Err(Error::InvalidArgument("batch_size must be at least 1".into()));
+    }
+    match p.format {
+        FileFormat::Parquet => parquet::read(p, schema, opts),
+        FileFormat::Ipc => ipc::read(p, schema, opts),
+        FileFormat::Hdf5 => self::hdf5::read(p, schema, opts),
+    }
+}
+
+/// An input error about partition `p`.
+pub(crate) fn partition_error(p: &Partition, detail: impl std::fmt::Display) -> Error {
+    Error::input(&p.file, Some(p.describe()), detail.to_string())
+}
+
+/// `true` if `name` is a Hive key of `p` rather than a column of its file.
+pub(crate) fn is_hive_key(p: &Partition, name: &str) -> bool {
+    p.hive.iter().any(|(k, _)| k == name)
+}
+
+/// Puts the columns of a decoded `batch` into the order and types of `schema`, adding the
+/// Hive keys of `p` as constant columns.
+pub(crate) fn assemble(batch: &RecordBatch, schema: &SchemaRef, p: &Partition) -> Result<RecordBatch> {
+    let n = batch.num_rows();
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+    for field in schema.fields() {
+        if let Some((_, v)) = p.hive.iter().find(|(k, _)| k == field.name()) {
+            columns.push(if v == plan::HIVE_NULL {
+                new_null_array(field.data_type(), n)
+            } else {
+                Arc::new(StringArray::from_iter_values(std::iter::repeat_n(v.as_str(), n)))
+            });
+            continue;
+        }
+        let c = batch.column_by_name(field.name()).ok_or_else(|| {
+            partition_error(p, format!("no column {:?} (the file changed since the plan was made?)", field.name()))
+        })?;
+        if c.data_type() != field.data_type() {
+            return Err(partition_error(
+                p,
+                format!("column {:?} is {} here but {} in the plan", field.name(), c.data_type(), field.data_type()),
+            ));
+        }
+        if !field.is_nullable() && c.null_count() > 0 {
+            return Err(partition_error(p, format!("column {:?} has nulls but was planned as non-nullable", field.name())));
+        }
+        columns.push(c.clone());
+    }
+    RecordBatch::try_new_with_options(schema.clone(), columns, &RecordBatchOptions::new().with_row_count(Some(n)))
+        .map_err(|e| partition_error(p, e))
 }

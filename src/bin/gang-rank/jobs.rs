@@ -1,0 +1,410 @@
+//! The built-in jobs: command-line options and the glue between the library's pieces.
+
+use anyhow::{bail, Context as _, Result};
+use arrow_array::RecordBatch;
+use clap::Args;
+use gang::data::plan::{Input, PartitionPlan, PlanOptions};
+use gang::data::{Prefetch, PrefetchOptions};
+use gang::jobs::gen::GenSpec;
+use gang::jobs::stats::{combine_across_ranks, TableSummary};
+use gang::jobs::standardize::{feature_columns, standardize as standardize_batch};
+use gang::stage::map::StageOutput;
+use gang::stage::{MapStage, OutputFormat, StageReport};
+use gang::{execute, Config, Context, ReduceOp};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Options of `selftest`.
+#[derive(Debug, Args)]
+pub struct SelftestArgs {
+    /// Split every collective into calls of at most this many elements.
+    #[arg(long, value_name = "N")]
+    max_count: Option<usize>,
+}
+
+/// Where the input is and how to cut it.
+#[derive(Debug, Args)]
+pub struct InputArgs {
+    /// Input: a Parquet file or directory (Hive `key=value/` layouts included), an Arrow IPC
+    /// file (.arrow/.ipc/.feather), or an HDF5 file with datasets (`file.h5:ds1,ds2`; all
+    /// numeric root datasets when none are named). Repeatable.
+    #[arg(long = "input", required = true, value_name = "SPEC")]
+    inputs: Vec<String>,
+    /// Read only these columns (comma-separated).
+    #[arg(long, value_delimiter = ',', value_name = "A,B,...")]
+    columns: Option<Vec<String>>,
+    /// Rows per batch.
+    #[arg(long, default_value_t = 65536)]
+    batch_size: usize,
+    /// Rows per partition (row groups are never split).
+    #[arg(long, default_value_t = 1 << 20)]
+    partition_rows: u64,
+}
+
+impl InputArgs {
+    fn inputs(&self) -> gang::Result<Vec<Input>> {
+        self.inputs.iter().map(|s| Input::parse(s)).collect()
+    }
+
+    fn options(&self) -> PlanOptions {
+        PlanOptions {
+            target_rows: self.partition_rows.max(1),
+            columns: self.columns.clone(),
+            batch_size: self.batch_size.max(1),
+            ..PlanOptions::default()
+        }
+    }
+}
+
+/// Where and how to write.
+#[derive(Debug, Args)]
+pub struct OutputArgs {
+    /// Output directory (committed exactly once: complete with `_SUCCESS`, or absent).
+    #[arg(long, value_name = "DIR")]
+    output: PathBuf,
+    /// Output format: parquet (zstd), parquet:snappy, parquet:none, ipc, ipc:zstd, hdf5.
+    #[arg(long, default_value = "parquet")]
+    format: String,
+    /// Replace a committed result in the output directory.
+    #[arg(long)]
+    overwrite: bool,
+}
+
+impl OutputArgs {
+    fn format(&self) -> Result<OutputFormat> {
+        self.format.parse::<OutputFormat>().map_err(|e| anyhow::anyhow!("--format {}: {e}", self.format))
+    }
+}
+
+/// Options of `gen`.
+#[derive(Debug, Args)]
+pub struct GenArgs {
+    #[command(flatten)]
+    output: OutputArgs,
+    /// Total rows.
+    #[arg(long, default_value_t = 1_000_000)]
+    rows: u64,
+    /// Feature columns (f0 .. f{k-1}, float32).
+    #[arg(long, default_value_t = 32)]
+    features: usize,
+    /// Classes of the label y; 0 makes a regression target.
+    #[arg(long, default_value_t = 2)]
+    classes: usize,
+    /// Output files.
+    #[arg(long, default_value_t = 8)]
+    partitions: usize,
+    /// Seed of everything.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Label noise: probability of a random class, or the noise's standard deviation.
+    #[arg(long, default_value_t = 0.05)]
+    noise: f64,
+    /// Rows per batch (Parquet row group size).
+    #[arg(long, default_value_t = 65536)]
+    batch_size: usize,
+}
+
+/// Options of `stats`.
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    input: InputArgs,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Options of `standardize`.
+#[derive(Debug, Args)]
+pub struct StandardizeArgs {
+    #[command(flatten)]
+    input: InputArgs,
+    #[command(flatten)]
+    output: OutputArgs,
+    /// Float columns to leave as they are (labels).
+    #[arg(long, value_delimiter = ',', default_value = "y")]
+    keep: Vec<String>,
+}
+
+/// Options of `convert`.
+#[derive(Debug, Args)]
+pub struct ConvertArgs {
+    #[command(flatten)]
+    input: InputArgs,
+    #[command(flatten)]
+    output: OutputArgs,
+    /// Number of output files (rows split evenly, input order kept).
+    #[arg(long, value_name = "K")]
+    partitions: usize,
+}
+
+pub fn hello(config: Config) -> Result<()> {
+    execute(config, hello_rank)?;
+    Ok(())
+}
+
+/// What one rank saw, sent to rank 0 as a line of text.
+fn hello_rank(ctx: &Context) -> gang::Result<()> {
+    let comm = ctx.comm();
+    let (rank, n) = (ctx.rank(), ctx.world());
+    comm.barrier()?;
+    let sum = comm.allreduce_scalar(rank as u64, ReduceOp::Sum)?;
+    let max = comm.allreduce_scalar(rank as u64, ReduceOp::Max)?;
+    let mut v = [1.0f64, rank as f64];
+    comm.allreduce(&mut v, ReduceOp::Sum)?;
+    let expected_sum = (n * (n - 1) / 2) as u64;
+    let right = sum == expected_sum && max == (n - 1) as u64 && v[0] == n as f64;
+    let all_right = comm.allreduce_scalar(right, ReduceOp::And)?;
+    let line = format!(
+        "{rank:>4}  {:<16} {:>3}/{:<3} {:>4}  {:<8} {:>12} {:>8} {:>10}  {}",
+        ctx.host(),
+        ctx.local_rank(),
+        ctx.local_size(),
+        ctx.node_index(),
+        ctx.device().to_string(),
+        sum,
+        max,
+        v[0],
+        if right { "yes" } else { "NO" }
+    );
+    let lines = comm.allgather_bytes(line.as_bytes())?;
+    if rank == 0 {
+        println!("gang hello: {n} ranks met at a barrier and allreduced ({})", ctx.backend_description());
+        if let (Some(id), Some(dir)) = (ctx.run_id(), ctx.run_dir()) {
+            println!("run {id} (attempt {}), records in {}", ctx.attempt(), dir.display());
+        }
+        println!(
+            "{:>4}  {:<16} {:>7} {:>4}  {:<8} {:>12} {:>8} {:>10}  right",
+            "rank", "host", "local", "node", "device", "sum(rank)", "max", "count"
+        );
+        for l in lines.iter() {
+            println!("{}", String::from_utf8_lossy(l));
+        }
+        println!(
+            "expected: sum(rank) = {expected_sum}, max = {}, count = {n}: {}",
+            n - 1,
+            if all_right { "every rank saw the right values" } else { "SOME RANK SAW WRONG VALUES" }
+        );
+    }
+    if !all_right {
+        return Err(gang::Error::External("a rank saw wrong collective results".into()));
+    }
+    Ok(())
+}
+
+pub fn selftest(mut config: Config, a: &SelftestArgs) -> Result<()> {
+    if let Some(max) = a.max_count {
+        if max == 0 || max > gang::comm::MPI_MAX_COUNT {
+            bail!("--max-count must be between 1 and {}", gang::comm::MPI_MAX_COUNT);
+        }
+        config = config.with_max_count(max);
+    }
+    execute(config, |ctx| {
+        let report = gang::selftest::selftest(ctx.comm())?;
+        let ok = ctx.comm().allreduce_scalar(true, ReduceOp::And)?;
+        if ctx.rank() == 0 && ok {
+            println!(
+                "selftest passed: {} collectives checked on each of {} ranks ({} backend, at most {} elements per call)",
+                report.checks,
+                ctx.world(),
+                ctx.comm().backend_name(),
+                report.max_count
+            );
+        }
+        Ok(())
+    })?;
+    Ok(())
+}
+
+fn print_report(ctx: &Context, what: &str, r: &StageReport, dir: &Path) {
+    if ctx.rank() == 0 {
+        println!(
+            "{what}: {} rows in {} partitions ({:.1} MB) committed to {} in {:.2} s{}",
+            r.rows,
+            r.partitions,
+            r.bytes as f64 / 1e6,
+            dir.display(),
+            r.seconds,
+            if r.skipped > 0 { format!(" ({} partitions already committed by an earlier attempt)", r.skipped) } else { String::new() }
+        );
+    }
+}
+
+pub fn gen(config: Config, a: &GenArgs) -> Result<()> {
+    let spec = GenSpec {
+        rows: a.rows,
+        features: a.features,
+        classes: a.classes,
+        partitions: a.partitions,
+        seed: a.seed,
+        noise: a.noise,
+    };
+    spec.validate()?;
+    let format = a.output.format()?;
+    let fingerprint = format!(
+        "gen-{:016x}",
+        gang::stage::manifest::fnv1a64(format!("{}|{format}", serde_json::to_string(&spec)?).as_bytes())
+    );
+    execute(config, |ctx| {
+        let mut out = StageOutput::begin(ctx, "gen", &a.output.output, format, a.output.overwrite, &fingerprint)?;
+        let schema = spec.schema();
+        for p in (ctx.rank()..spec.partitions).step_by(ctx.world()) {
+            if out.skip_if_committed(p) {
+                continue;
+            }
+            let batches = spec.generate(p, a.batch_size.max(1)).map_err(|e| out.fail(e))?;
+            out.commit(p, &schema, batches.into_iter().map(Ok))?;
+        }
+        let report = out.finish(spec.partitions)?;
+        if ctx.rank() == 0 {
+            let model = serde_json::json!({ "spec": spec, "true_model": spec.true_model() });
+            let path = a.output.output.join("_true_model.json");
+            std::fs::write(&path, serde_json::to_vec_pretty(&model).map_err(gang::Error::external)?)
+                .map_err(|e| gang::Error::io(&path, e))?;
+        }
+        print_report(ctx, "gen", &report, &a.output.output);
+        Ok(())
+    })?;
+    Ok(())
+}
+
+/// Statistics of the planned input over the whole gang (every rank gets them).
+fn dataset_stats(ctx: &Context, plan: &PartitionPlan, options: &PlanOptions) -> gang::Result<TableSummary> {
+    let empty = TableSummary::new(&plan.schema);
+    let mine: Vec<_> = plan.for_rank(ctx.rank(), ctx.world()).into_iter().cloned().collect();
+    let ids: Vec<usize> = mine.iter().map(|p| p.id).collect();
+    let mut summaries: Vec<(usize, TableSummary)> = ids.iter().map(|&id| (id, empty.clone())).collect();
+    let stream = Prefetch::new(mine, plan.schema.clone(), options.clone(), PrefetchOptions::default());
+    let mut result = Ok(());
+    for item in stream {
+        match item {
+            Ok((id, batch)) => {
+                let slot = summaries.iter_mut().find(|(i, _)| *i == id).expect("a planned partition");
+                slot.1.add(&batch)?;
+            }
+            Err(e) => {
+                result = Err(e.with_rank(ctx.rank()));
+                break;
+            }
+        }
+    }
+    if let Err(e) = result {
+        // Peers are about to wait in the gather below: stop the gang (does not return
+        // under MPI).
+        ctx.fail_gang("stats", &e);
+        return Err(e);
+    }
+    combine_across_ranks(ctx.comm(), &empty, &summaries)
+}
+
+pub fn stats(config: Config, a: &StatsArgs) -> Result<()> {
+    let inputs = a.input.inputs()?;
+    let options = a.input.options();
+    execute(config, |ctx| {
+        let started = Instant::now();
+        let plan = PartitionPlan::discover_on_root(ctx.comm(), &inputs, &options)?;
+        let stats = dataset_stats(ctx, &plan, &options)?;
+        if ctx.rank() == 0 {
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&stats.to_json()).map_err(gang::Error::external)?);
+            } else {
+                print!("{}", stats.to_table());
+                println!(
+                    "({} partitions over {} ranks, {:.2} s)",
+                    plan.partitions.len(),
+                    ctx.world(),
+                    started.elapsed().as_secs_f64()
+                );
+            }
+        }
+        Ok(())
+    })?;
+    Ok(())
+}
+
+pub fn standardize(config: Config, a: &StandardizeArgs) -> Result<()> {
+    let inputs = a.input.inputs()?;
+    let options = a.input.options();
+    let format = a.output.format()?;
+    execute(config, |ctx| {
+        let plan = PartitionPlan::discover_on_root(ctx.comm(), &inputs, &options)?;
+        let stats = dataset_stats(ctx, &plan, &options)?;
+        let columns = feature_columns(&plan.schema, &a.keep);
+        if ctx.rank() == 0 {
+            println!("standardize: {} feature columns ({}), keeping {:?}", columns.len(), columns.join(","), a.keep);
+        }
+        let report = MapStage::new(ctx, inputs.clone())
+            .options(options.clone())
+            .output(&a.output.output, format)
+            .overwrite(a.output.overwrite)
+            .name("standardize")
+            .run(|batch| standardize_batch(&batch, &stats, &columns))?;
+        print_report(ctx, "standardize", &report, &a.output.output);
+        Ok(())
+    })?;
+    Ok(())
+}
+
+pub fn convert(config: Config, a: &ConvertArgs) -> Result<()> {
+    if a.partitions == 0 {
+        bail!("--partitions must be at least 1");
+    }
+    let inputs = a.input.inputs()?;
+    let options = a.input.options();
+    let format = a.output.format()?;
+    execute(config, |ctx| {
+        let plan = PartitionPlan::discover_on_root(ctx.comm(), &inputs, &options)?;
+        let total = plan.total_rows();
+        let k = a.partitions as u64;
+        if k > total.max(1) {
+            return Err(gang::Error::InvalidArgument(format!("--partitions {k} exceeds the {total} input rows")));
+        }
+        let fingerprint = format!(
+            "{}-k{k}",
+            gang::stage::map::fingerprint("convert", &plan, format)
+        );
+        let mut out = StageOutput::begin(ctx, "convert", &a.output.output, format, a.output.overwrite, &fingerprint)?;
+        // Global row offset of every input partition, in plan order.
+        let mut starts = Vec::with_capacity(plan.partitions.len());
+        let mut acc = 0u64;
+        for p in &plan.partitions {
+            starts.push(acc);
+            acc += p.rows;
+        }
+        for part in (ctx.rank()..a.partitions).step_by(ctx.world()) {
+            if out.skip_if_committed(part) {
+                continue;
+            }
+            let (lo, hi) = (total * part as u64 / k, total * (part as u64 + 1) / k);
+            let batches = rows_of(&plan, &starts, &options, lo, hi).map_err(|e| out.fail(e.with_rank(ctx.rank())))?;
+            out.commit(part, &plan.schema, batches.into_iter().map(Ok))?;
+        }
+        let report = out.finish(a.partitions)?;
+        print_report(ctx, "convert", &report, &a.output.output);
+        Ok(())
+    })
+    .context("convert")?;
+    Ok(())
+}
+
+/// Global rows `lo..hi` of the planned input, as batches.
+fn rows_of(plan: &PartitionPlan, starts: &[u64], options: &PlanOptions, lo: u64, hi: u64) -> gang::Result<Vec<RecordBatch>> {
+    let mut out = Vec::new();
+    for (p, &start) in plan.partitions.iter().zip(starts) {
+        let end = start + p.rows;
+        if end <= lo || start >= hi {
+            continue;
+        }
+        let mut row = start;
+        for b in gang::data::read_partition(p, &plan.schema, options)? {
+            let b = b?;
+            let (b_lo, b_hi) = (row, row + b.num_rows() as u64);
+            row = b_hi;
+            let (s, e) = (b_lo.max(lo), b_hi.min(hi));
+            if s < e {
+                out.push(b.slice((s - b_lo) as usize, (e - s) as usize));
+            }
+        }
+    }
+    Ok(out)
+}

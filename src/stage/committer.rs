@@ -1,0 +1,505 @@
+//! The output committer: partitions written exactly once, output complete or absent.
+//!
+//! The discipline of Hadoop's `FileOutputCommitter` (algorithm 1) as Spark uses it:
+//!
+//! ```text
+//! dir/
+//!   _temporary/_STAGE                      fingerprint + format of the stage in progress
+//!   _temporary/attempt-<a>/part-00003.parquet.r<rank>        a task writing (invisible)
+//!   _temporary/committed/part-00003.parquet(.json)           task committed: data + sidecar
+//!   part-00003.parquet ...   _SUCCESS                        job committed (manifest)
+//! ```
+//!
+//! - **Begin** ([`OutputCommitter::begin`], collective): rank 0 inspects the directory and
+//!   either starts a fresh stage, resumes an unfinished stage with the same fingerprint, or
+//!   refuses; every rank gets the same answer.
+//! - **Task commit** ([`OutputCommitter::write_partition`]): a partition is written under
+//!   the attempt directory, fsynced, renamed into `committed/`, then its sidecar (rows,
+//!   bytes, CRC-32, schema) is renamed beside it. Only data *and* sidecar make a partition
+//!   committed; a relaunched gang skips those ([`OutputCommitter::is_committed`]).
+//! - **Job commit** ([`OutputCommitter::finish`], collective): after a barrier rank 0 checks
+//!   that every partition is committed, moves them into `dir/`, writes the `_SUCCESS`
+//!   manifest through a temporary file and a rename, and removes `_temporary`.
+//!
+//! A stage that fails leaves nothing in `dir/` but `_temporary` (readers skip `_*` names).
+//! Only a crash of rank 0 in the middle of the job commit can leave some part files visible
+//! without `_SUCCESS`; relaunching the stage completes the commit.
+//!
+//! The output directory must be on a file system that every rank sees (checked at begin).
+
+use super::manifest::{schema_json, Manifest, PartStats, Sidecar, SUCCESS};
+use super::writer::{open_sink, same_fields, OutputFormat};
+use crate::context::Context;
+use crate::error::{Error, Result};
+use arrow_array::RecordBatch;
+use arrow_schema::SchemaRef;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Directory of work in progress inside the output directory.
+pub const TEMPORARY: &str = "_temporary";
+const STAGE: &str = "_STAGE";
+const COMMITTED: &str = "committed";
+
+/// What `_temporary/_STAGE` records about the stage in progress.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct StageRecord {
+    fingerprint: String,
+    format: String,
+}
+
+/// Writes the partitions of one stage into an output directory and commits them.
+#[derive(Debug)]
+pub struct OutputCommitter {
+    dir: PathBuf,
+    format: OutputFormat,
+    fingerprint: String,
+    rank: usize,
+    attempt: u32,
+    resumed: bool,
+}
+
+impl OutputCommitter {
+    /// Prepares `dir` for a stage (collective: every rank calls it; rank 0 decides and all
+    /// ranks get its answer, so they either all proceed or all fail).
+    ///
+    /// - A new or empty directory: a fresh stage.
+    /// - A directory holding a committed result (`_SUCCESS`): refused unless `overwrite`,
+    ///   which removes the result first.
+    /// - An unfinished stage with the same `fingerprint`: resumed (partitions already
+    ///   committed are kept; see [`OutputCommitter::is_committed`]). With `overwrite` on the
+    ///   first attempt of a gang (`ctx.attempt() == 0`) it is discarded instead; a gang
+    ///   relaunched by the launcher (attempt > 0) always resumes.
+    /// - An unfinished stage with another fingerprint, or part files without a manifest:
+    ///   refused unless `overwrite`, which discards them.
+    /// - Files gang did not write: always refused (gang never deletes them).
+    ///
+    /// # Errors
+    /// [`Error::Output`] for a refused or unusable directory (the message says what to
+    /// do), including one that some rank cannot see; [`Error::Io`] from the file system.
+    pub fn begin(ctx: &Context, dir: impl AsRef<Path>, format: OutputFormat, overwrite: bool, fingerprint: &str) -> Result<OutputCommitter> {
+        let dir = dir.as_ref().to_path_buf();
+        let attempt = ctx.attempt();
+        let decided = (ctx.rank() == 0).then(|| prepare(&dir, format, overwrite, fingerprint, attempt));
+        let resumed: bool = agree(ctx, "output begin", &dir, decided)?;
+        // Every rank must see what rank 0 made: the output must be on a shared file system.
+        let stage_file = dir.join(TEMPORARY).join(STAGE);
+        let seen = ctx.comm().allgather_bytes(&[u8::from(stage_file.is_file())])?;
+        let blind: Vec<String> = seen.iter().enumerate().filter(|(_, b)| b[0] == 0).map(|(r, _)| r.to_string()).collect();
+        if !blind.is_empty() {
+            return Err(Error::Output {
+                path: dir,
+                detail: format!(
+                    "rank(s) {} cannot see {} that rank 0 created: the output directory must be on a \
+                     file system shared by every rank",
+                    blind.join(", "),
+                    stage_file.display()
+                ),
+            });
+        }
+        Ok(OutputCommitter { dir, format, fingerprint: fingerprint.to_string(), rank: ctx.rank(), attempt, resumed })
+    }
+
+    /// The output directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The output format.
+    pub fn format(&self) -> OutputFormat {
+        self.format
+    }
+
+    /// The stage's fingerprint.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// Whether an unfinished stage with the same fingerprint was found and resumed.
+    pub fn resumed(&self) -> bool {
+        self.resumed
+    }
+
+    /// File name of partition `id` in the output directory: `part-00003.parquet`.
+    pub fn part_name(&self, id: usize) -> String {
+        format!("part-{id:05}.{}", self.format.extension())
+    }
+
+    fn committed_dir(&self) -> PathBuf {
+        self.dir.join(TEMPORARY).join(COMMITTED)
+    }
+
+    fn attempt_dir(&self) -> PathBuf {
+        self.dir.join(TEMPORARY).join(format!("attempt-{}", self.attempt))
+    }
+
+    fn sidecar_path(&self, id: usize) -> PathBuf {
+        self.committed_dir().join(format!("{}.json", self.part_name(id)))
+    }
+
+    /// Where the data of committed partition `id` is now: in `committed/`, or already moved
+    /// into the output directory by an interrupted job commit.
+    fn committed_data(&self, id: usize) -> Option<PathBuf> {
+        let name = self.part_name(id);
+        [self.committed_dir().join(&name), self.dir.join(&name)].into_iter().find(|p| p.is_file())
+    }
+
+    /// The stats of partition `id` if it is committed (data and sidecar both present).
+    ///
+    /// # Errors
+    /// [`Error::Output`] if the sidecar exists but cannot be parsed.
+    pub fn committed_stats(&self, id: usize) -> Result<Option<PartStats>> {
+        let side = self.sidecar_path(id);
+        if !side.is_file() || self.committed_data(id).is_none() {
+            return Ok(None);
+        }
+        Ok(Some(read_json::<Sidecar>(&side)?.stats))
+    }
+
+    /// Whether partition `id` is committed (a relaunched stage skips it).
+    pub fn is_committed(&self, id: usize) -> bool {
+        matches!(self.committed_stats(id), Ok(Some(_)))
+    }
+
+    /// Writes partition `id` from `batches` (each of schema `schema`) and commits it:
+    /// temporary attempt file, fsync, rename into `committed/`, then the sidecar.
+    ///
+    /// An error from `batches` is returned unchanged (the caller names file, partition and
+    /// rank); the temporary file is removed.
+    ///
+    /// # Errors
+    /// Errors of `batches`; [`Error::InvalidArgument`] if a batch has another schema;
+    /// writer and I/O errors.
+    pub fn write_partition<I>(&self, id: usize, schema: &SchemaRef, batches: I) -> Result<PartStats>
+    where
+        I: IntoIterator<Item = Result<RecordBatch>>,
+    {
+        let name = self.part_name(id);
+        let attempt_dir = self.attempt_dir();
+        let tmp_data = attempt_dir.join(format!("{name}.r{}", self.rank));
+        let tmp_side = attempt_dir.join(format!("{name}.r{}.json", self.rank));
+        let written = write_file(self.format, &tmp_data, schema, batches, id);
+        let (rows, digest) = match written {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = fs::remove_file(&tmp_data);
+                return Err(e);
+            }
+        };
+        let stats = PartStats { id, file: name.clone(), rows, bytes: digest.bytes, crc32: digest.crc32, rank: self.rank };
+        let sidecar = Sidecar { stats: stats.clone(), schema: schema_json(schema) };
+        write_json_durably(&tmp_side, &sidecar)?;
+        let committed = self.committed_dir();
+        rename(&tmp_data, &committed.join(&name))?;
+        rename(&tmp_side, &self.sidecar_path(id))?;
+        sync_dir(&committed)?;
+        Ok(stats)
+    }
+
+    /// Commits the job (collective): after a barrier, rank 0 checks that partitions
+    /// `0..partitions` are all committed, moves them into the output directory, writes the
+    /// `_SUCCESS` manifest and removes `_temporary`. Every rank returns the manifest.
+    ///
+    /// # Errors
+    /// [`Error::Output`] if a partition is missing or the partitions' schemas differ (the
+    /// output stays invisible); I/O errors; communication errors if a peer failed.
+    pub fn finish(self, ctx: &Context, partitions: usize) -> Result<Manifest> {
+        ctx.comm().barrier()?;
+        let done = (ctx.rank() == 0).then(|| self.commit_job(partitions));
+        agree(ctx, "output commit", &self.dir, done)
+    }
+
+    fn commit_job(&self, partitions: usize) -> Result<Manifest> {
+        let mut parts = Vec::with_capacity(partitions);
+        let mut moves = Vec::with_capacity(partitions);
+        let mut schema: Option<(usize, serde_json::Value)> = None;
+        for id in 0..partitions {
+            let side_path = self.sidecar_path(id);
+            let (Some(data), true) = (self.committed_data(id), side_path.is_file()) else {
+                return Err(Error::Output {
+                    path: self.dir.clone(),
+                    detail: format!(
+                        "partition {id} of {partitions} was never committed ({} is missing); the stage \
+                         did not finish, run it again to complete it",
+                        side_path.display()
+                    ),
+                });
+            };
+            let side: Sidecar = read_json(&side_path)?;
+            match &schema {
+                None => schema = Some((id, side.schema.clone())),
+                Some((first, s)) if *s != side.schema => {
+                    return Err(Error::Output {
+                        path: self.dir.clone(),
+                        detail: format!(
+                            "partition {id} has schema {} but partition {first} has {s}: every partition \
+                             of a stage must have the same schema",
+                            side.schema
+                        ),
+                    })
+                }
+                Some(_) => {}
+            }
+            let len = fs::metadata(&data).map_err(|e| Error::io(&data, e))?.len();
+            if len != side.stats.bytes {
+                return Err(Error::Output {
+                    path: data,
+                    detail: format!("{len} bytes, but {} were committed: the file was damaged", side.stats.bytes),
+                });
+            }
+            moves.push(data);
+            parts.push(side.stats);
+        }
+        // Only once every partition checked out does anything become visible.
+        for (data, stats) in moves.iter().zip(&parts) {
+            let visible = self.dir.join(&stats.file);
+            if *data != visible {
+                rename(data, &visible)?;
+            }
+        }
+        sync_dir(&self.dir)?;
+        let manifest = Manifest {
+            version: 1,
+            fingerprint: self.fingerprint.clone(),
+            format: self.format.to_string(),
+            total_rows: parts.iter().map(|p| p.rows).sum(),
+            total_bytes: parts.iter().map(|p| p.bytes).sum(),
+            partitions: parts,
+            schema: schema.map(|(_, s)| s).unwrap_or(serde_json::Value::Null),
+            committed_unix_ns: gang_protocol::now_unix_ns(),
+        };
+        let tmp = self.dir.join(TEMPORARY).join(format!("{SUCCESS}.tmp"));
+        write_json_durably(&tmp, &manifest)?;
+        rename(&tmp, &self.dir.join(SUCCESS))?;
+        sync_dir(&self.dir)?;
+        let temporary = self.dir.join(TEMPORARY);
+        fs::remove_dir_all(&temporary).map_err(|e| Error::io(&temporary, e))?;
+        sync_dir(&self.dir)?;
+        Ok(manifest)
+    }
+}
+
+/// Rank 0's inspection and preparation of the output directory; returns whether an
+/// unfinished stage is resumed.
+fn prepare(dir: &Path, format: OutputFormat, overwrite: bool, fingerprint: &str, attempt: u32) -> Result<bool> {
+    match fs::metadata(dir) {
+        Ok(m) if !m.is_dir() => {
+            return Err(output(dir, "is a file, not a directory; give a directory path for the output"));
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+        Err(e) => return Err(Error::io(dir, e)),
+    }
+    let mut foreign = Vec::new();
+    let mut parts = 0usize;
+    for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let name = entry.map_err(|e| Error::io(dir, e))?.file_name().to_string_lossy().into_owned();
+        if is_gang_part(&name) {
+            parts += 1;
+        } else if name != SUCCESS && name != TEMPORARY && !name.starts_with('.') {
+            foreign.push(name);
+        }
+    }
+    if !foreign.is_empty() {
+        foreign.sort();
+        let shown: Vec<&str> = foreign.iter().take(5).map(String::as_str).collect();
+        return Err(output(
+            dir,
+            &format!(
+                "holds {} file(s) gang did not write ({}{}); gang writes only into a new or empty \
+                 directory or its own output, and never deletes other files, even with --overwrite: \
+                 choose another output directory",
+                foreign.len(),
+                shown.join(", "),
+                if foreign.len() > shown.len() { ", ..." } else { "" }
+            ),
+        ));
+    }
+    let temporary = dir.join(TEMPORARY);
+    let stage_path = temporary.join(STAGE);
+    let stage: Option<std::result::Result<StageRecord, Error>> = stage_path.is_file().then(|| read_json(&stage_path));
+    let wanted = StageRecord { fingerprint: fingerprint.to_string(), format: format.to_string() };
+    let same_stage = matches!(&stage, Some(Ok(s)) if *s == wanted);
+    if dir.join(SUCCESS).exists() {
+        if !overwrite {
+            return Err(output(dir, "already holds a committed result (_SUCCESS); pass --overwrite to replace it"));
+        }
+        clear(dir)?;
+    } else if same_stage && !(overwrite && attempt == 0) {
+        // Resume: in-flight files of dead attempts go; committed partitions stay.
+        for entry in fs::read_dir(&temporary).map_err(|e| Error::io(&temporary, e))? {
+            let path = entry.map_err(|e| Error::io(&temporary, e))?.path();
+            if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("attempt-")) {
+                fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
+            }
+        }
+        make_dir(&temporary.join(format!("attempt-{attempt}")))?;
+        sync_dir(&temporary)?;
+        return Ok(true);
+    } else if let Some(found) = &stage {
+        if !overwrite && !same_stage {
+            let what = match found {
+                Ok(s) => format!(
+                    "holds an unfinished stage of another job (fingerprint {}, format {}; this stage is {} \
+                     writing {})",
+                    s.fingerprint, s.format, wanted.fingerprint, wanted.format
+                ),
+                Err(e) => format!("holds an unfinished stage gang cannot read ({e})"),
+            };
+            return Err(output(dir, &format!("{what}; pass --overwrite to discard it")));
+        }
+        clear(dir)?;
+    } else if parts > 0 {
+        if !overwrite {
+            return Err(output(
+                dir,
+                &format!("holds {parts} part file(s) but no _SUCCESS manifest (an incomplete output); pass --overwrite to replace them"),
+            ));
+        }
+        clear(dir)?;
+    } else if temporary.exists() {
+        // A stage that died before recording itself.
+        fs::remove_dir_all(&temporary).map_err(|e| Error::io(&temporary, e))?;
+    }
+    make_dir(&temporary)?;
+    make_dir(&temporary.join(COMMITTED))?;
+    make_dir(&temporary.join(format!("attempt-{attempt}")))?;
+    write_json_durably(&stage_path, &wanted)?;
+    sync_dir(&temporary)?;
+    sync_dir(dir)?;
+    Ok(false)
+}
+
+/// Removes what gang wrote in `dir`: the manifest first (so that an interrupted clear never
+/// leaves a manifest naming missing files), then part files and `_temporary`.
+fn clear(dir: &Path) -> Result<()> {
+    let success = dir.join(SUCCESS);
+    if success.exists() {
+        fs::remove_file(&success).map_err(|e| Error::io(&success, e))?;
+        sync_dir(dir)?;
+    }
+    for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let path = entry.map_err(|e| Error::io(dir, e))?.path();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if is_gang_part(&name) {
+            fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+        } else if name == TEMPORARY {
+            fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
+        }
+    }
+    sync_dir(dir)
+}
+
+/// `part-NNNNN.<ext>` with one of gang's output extensions.
+fn is_gang_part(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix("part-") else { return false };
+    let Some((digits, ext)) = rest.split_once('.') else { return false };
+    digits.len() >= 5 && digits.bytes().all(|b| b.is_ascii_digit()) && ["parquet", "arrow", "h5"].contains(&ext)
+}
+
+fn write_file<I>(format: OutputFormat, path: &Path, schema: &SchemaRef, batches: I, id: usize) -> Result<(u64, super::writer::FileDigest)>
+where
+    I: IntoIterator<Item = Result<RecordBatch>>,
+{
+    let mut sink = open_sink(format, path, schema)?;
+    let mut rows = 0u64;
+    for (i, batch) in batches.into_iter().enumerate() {
+        let batch = batch?;
+        if !same_fields(batch.schema_ref(), schema) {
+            return Err(Error::InvalidArgument(format!(
+                "batch {i} of output partition {id} has schema {} but the partition's schema is {}: \
+                 every batch of a stage must have one schema",
+                schema_json(batch.schema_ref()),
+                schema_json(schema)
+            )));
+        }
+        sink.write(&batch)?;
+        rows += batch.num_rows() as u64;
+    }
+    Ok((rows, sink.finish()?))
+}
+
+fn output(dir: &Path, detail: &str) -> Error {
+    Error::Output { path: dir.to_path_buf(), detail: detail.to_string() }
+}
+
+fn make_dir(path: &Path) -> Result<()> {
+    fs::create_dir_all(path).map_err(|e| Error::io(path, e))
+}
+
+fn rename(from: &Path, to: &Path) -> Result<()> {
+    fs::rename(from, to).map_err(|e| Error::io(to, e))
+}
+
+/// Makes the entries of `dir` (creations, renames, removals) durable.
+fn sync_dir(dir: &Path) -> Result<()> {
+    fs::File::open(dir).and_then(|f| f.sync_all()).map_err(|e| Error::io(dir, e))
+}
+
+fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
+    let bytes = fs::read(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_slice(&bytes).map_err(|e| output(path, &format!("not a record gang wrote: {e}")))
+}
+
+/// Writes `value` as JSON to `path` and fsyncs it.
+fn write_json_durably<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let text = serde_json::to_vec_pretty(value).map_err(Error::external)?;
+    let mut f = fs::File::create(path).map_err(|e| Error::io(path, e))?;
+    f.write_all(&text).and_then(|_| f.sync_all()).map_err(|e| Error::io(path, e))
+}
+
+/// The result of a decision rank 0 took, as every rank sees it.
+#[derive(Serialize, Deserialize)]
+enum Outcome<T> {
+    Ok(T),
+    Output { path: PathBuf, detail: String },
+    Failed(String),
+}
+
+/// Broadcasts rank 0's `decided` (which only rank 0 passes) so that every rank returns the
+/// same success or the same failure: rank 0 its own error, the others an
+/// [`Error::Output`] with the same text, or [`Error::GangFailed`] naming rank 0 for other
+/// errors.
+fn agree<T: Serialize + DeserializeOwned>(ctx: &Context, stage: &str, dir: &Path, decided: Option<Result<T>>) -> Result<T> {
+    let (mut buf, mine) = match decided {
+        Some(Ok(v)) => (serde_json::to_vec(&Outcome::Ok(v)).map_err(Error::external)?, None),
+        Some(Err(e)) => {
+            let o: Outcome<T> = match &e {
+                Error::Output { path, detail } => Outcome::Output { path: path.clone(), detail: detail.clone() },
+                other => Outcome::Failed(other.to_string()),
+            };
+            (serde_json::to_vec(&o).map_err(Error::external)?, Some(e))
+        }
+        None => (Vec::new(), None),
+    };
+    ctx.comm().broadcast_bytes(0, &mut buf)?;
+    if let Some(e) = mine {
+        return Err(e);
+    }
+    let outcome: Outcome<T> = serde_json::from_slice(&buf)
+        .map_err(|e| Error::GangFailed { rank: 0, stage: stage.into(), message: format!("unreadable decision of rank 0 about {}: {e}", dir.display()) })?;
+    match outcome {
+        Outcome::Ok(v) => Ok(v),
+        Outcome::Output { path, detail } => Err(Error::Output { path, detail }),
+        Outcome::Failed(message) => Err(Error::GangFailed { rank: 0, stage: stage.into(), message }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn part_names_are_recognised() {
+        assert!(is_gang_part("part-00003.parquet"));
+        assert!(is_gang_part("part-123456.arrow"));
+        assert!(!is_gang_part("part-0003.parquet"));
+        assert!(!is_gang_part("part-00000-5b1c.snappy.parquet"));
+        assert!(!is_gang_part("data.parquet"));
+    }
+}

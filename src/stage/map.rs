@@ -1,0 +1,341 @@
+//! Map stages: every input partition goes through a function, batch by batch, into one
+//! output partition, committed exactly once.
+//!
+//! [`MapStage`] is the builder for the common case (read a planned dataset, map, write);
+//! [`StageOutput`] is the rank's side of any stage that writes partitions (the built-in
+//! jobs `gen` and `convert` use it directly): it skips committed partitions, commits new
+//! ones, counts, and stops the gang when a partition fails.
+
+use super::committer::OutputCommitter;
+use super::manifest::{fnv1a64, schema_json, Manifest, PartStats};
+use super::writer::OutputFormat;
+use crate::context::Context;
+use crate::data::plan::{Input, PartitionPlan, PlanOptions};
+use crate::data::{BatchIter, Partition, Prefetch, PrefetchOptions};
+use crate::error::{Error, Result};
+use crate::ReduceOp;
+use arrow_array::RecordBatch;
+use arrow_schema::SchemaRef;
+use std::iter::Peekable;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What a stage did, over the whole gang.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StageReport {
+    /// Output partitions in the committed result.
+    pub partitions: usize,
+    /// Partitions found already committed by an earlier attempt, and skipped.
+    pub skipped: usize,
+    /// Rows in the committed result.
+    pub rows: u64,
+    /// Bytes of the committed result's files.
+    pub bytes: u64,
+    /// Wall-clock seconds of the stage on this rank, from begin to job commit.
+    pub seconds: f64,
+    /// The `_SUCCESS` manifest.
+    pub manifest: Manifest,
+}
+
+/// The rank's side of a stage that writes partitions: begin, commit partitions, finish.
+///
+/// A failure while producing or writing a partition stops the gang under MPI
+/// ([`Context::fail_gang`], which does not return) so that no peer waits in the job
+/// commit; on the Local backend the error is returned (and [`crate::execute`] stops the
+/// peers).
+#[derive(Debug)]
+pub struct StageOutput<'c> {
+    ctx: &'c Context,
+    label: String,
+    committer: OutputCommitter,
+    skipped: u64,
+    started: Instant,
+}
+
+impl<'c> StageOutput<'c> {
+    /// Begins the output of stage `name` (collective; see [`OutputCommitter::begin`]).
+    ///
+    /// # Errors
+    /// As [`OutputCommitter::begin`], on every rank alike.
+    pub fn begin(ctx: &'c Context, name: &str, dir: impl Into<PathBuf>, format: OutputFormat, overwrite: bool, fingerprint: &str) -> Result<Self> {
+        let started = Instant::now();
+        let committer = OutputCommitter::begin(ctx, dir.into(), format, overwrite, fingerprint)?;
+        Ok(StageOutput { ctx, label: format!("stage {name}"), committer, skipped: 0, started })
+    }
+
+    /// The committer (for its directory, format and part names).
+    pub fn committer(&self) -> &OutputCommitter {
+        &self.committer
+    }
+
+    /// Whether partition `id` was committed by an earlier attempt; counts it as skipped if so.
+    pub fn skip_if_committed(&mut self, id: usize) -> bool {
+        let done = self.committer.is_committed(id);
+        self.skipped += u64::from(done);
+        done
+    }
+
+    /// Writes and commits partition `id` (see [`OutputCommitter::write_partition`]).
+    ///
+    /// # Errors
+    /// On the Local backend, the error of `batches` or of writing; under MPI the gang is
+    /// stopped instead.
+    pub fn commit<I>(&mut self, id: usize, schema: &SchemaRef, batches: I) -> Result<PartStats>
+    where
+        I: IntoIterator<Item = Result<RecordBatch>>,
+    {
+        self.committer.write_partition(id, schema, batches).map_err(|e| self.fail(e))
+    }
+
+    /// Stops the gang with `err` under MPI (does not return); returns `err` on the Local
+    /// backend. For failures of a partition outside [`StageOutput::commit`].
+    pub fn fail(&self, err: Error) -> Error {
+        if self.ctx.comm().backend_name() == "mpi" {
+            self.ctx.fail_gang(&self.label, &err);
+        }
+        err
+    }
+
+    /// Commits the job (collective) with partitions `0..partitions` and reports.
+    ///
+    /// # Errors
+    /// As [`OutputCommitter::finish`].
+    pub fn finish(self, partitions: usize) -> Result<StageReport> {
+        let manifest = self.committer.finish(self.ctx, partitions)?;
+        let skipped = self.ctx.comm().allreduce_scalar(self.skipped, ReduceOp::Sum)?;
+        Ok(StageReport {
+            partitions: manifest.partitions.len(),
+            skipped: skipped as usize,
+            rows: manifest.total_rows,
+            bytes: manifest.total_bytes,
+            seconds: self.started.elapsed().as_secs_f64(),
+            manifest,
+        })
+    }
+}
+
+/// Reads one partition: `(partition, schema of the plan, options) -> batches`.
+pub type PartitionReader = Arc<dyn Fn(&Partition, &SchemaRef, &PlanOptions) -> Result<BatchIter> + Send + Sync>;
+
+/// Called after each partition a rank commits.
+type CommitHook<'c> = Box<dyn FnMut(&PartStats) + 'c>;
+
+/// A map stage: input partitions -> `f(batch)` -> output partitions, committed exactly once.
+///
+/// ```no_run
+/// # fn main() -> gang::Result<()> {
+/// use gang::data::plan::Input;
+/// use gang::stage::{MapStage, OutputFormat};
+///
+/// gang::execute(gang::Config::from_env()?, |ctx| {
+///     let report = MapStage::new(ctx, vec![Input::parse("data/")?])
+///         .output("out/", OutputFormat::default())
+///         .name("identity")
+///         .run(Ok)?;
+///     println!("{} rows in {} partitions", report.rows, report.partitions);
+///     Ok(())
+/// })?;
+/// # Ok(())
+/// # }
+/// ```
+pub struct MapStage<'c> {
+    ctx: &'c Context,
+    inputs: Vec<Input>,
+    options: PlanOptions,
+    output: Option<(PathBuf, OutputFormat)>,
+    overwrite: bool,
+    prefetch: usize,
+    name: String,
+    reader: PartitionReader,
+    on_commit: Option<CommitHook<'c>>,
+}
+
+impl std::fmt::Debug for MapStage<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MapStage")
+            .field("name", &self.name)
+            .field("inputs", &self.inputs)
+            .field("output", &self.output)
+            .field("overwrite", &self.overwrite)
+            .field("prefetch", &self.prefetch)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'c> MapStage<'c> {
+    /// A stage over `inputs`, named `map`, prefetching 2 batches, not overwriting.
+    pub fn new(ctx: &'c Context, inputs: Vec<Input>) -> Self {
+        MapStage {
+            ctx,
+            inputs,
+            options: PlanOptions::default(),
+            output: None,
+            overwrite: false,
+            prefetch: 2,
+            name: "map".into(),
+            reader: Arc::new(default_reader),
+            on_commit: None,
+        }
+    }
+
+    /// Planning and reading options (partition size, columns, batch size).
+    pub fn options(mut self, options: PlanOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Where and how to write the output (required).
+    pub fn output(mut self, dir: impl Into<PathBuf>, format: OutputFormat) -> Self {
+        self.output = Some((dir.into(), format));
+        self
+    }
+
+    /// Replace a committed result in the output directory (`--overwrite`).
+    pub fn overwrite(mut self, overwrite: bool) -> Self {
+        self.overwrite = overwrite;
+        self
+    }
+
+    /// Batches decoded ahead of the function, on background threads that decode several
+    /// partitions in parallel (at least one batch per thread; see [`PrefetchOptions`]).
+    pub fn prefetch(mut self, depth: usize) -> Self {
+        self.prefetch = depth;
+        self
+    }
+
+    /// The stage's name, part of its fingerprint and of its error messages.
+    pub fn name(mut self, name: &str) -> Self {
+        self.name = name.to_string();
+        self
+    }
+
+    /// Reads partitions with `reader` instead of the data plane's readers.
+    pub fn reader(mut self, reader: PartitionReader) -> Self {
+        self.reader = reader;
+        self
+    }
+
+    /// Calls `f` after each partition this rank commits (progress, tests).
+    pub fn on_commit(mut self, f: impl FnMut(&PartStats) + 'c) -> Self {
+        self.on_commit = Some(Box::new(f));
+        self
+    }
+
+    /// Plans the input on rank 0, writes this rank's uncommitted partitions through `f`,
+    /// and commits the output (collective).
+    ///
+    /// The fingerprint of the stage is its name, the planned partitions (file, slice, rows),
+    /// the input schema and the output format, not the world size: a gang relaunched with
+    /// another number of ranks resumes the same stage.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] without [`MapStage::output`]; planning errors and
+    /// [`Error::Output`] on every rank alike. A partition that fails to read or map gives
+    /// [`Error::Input`] naming file, partition and rank; under MPI it stops the gang
+    /// instead of returning.
+    pub fn run<F>(mut self, mut f: F) -> Result<StageReport>
+    where
+        F: FnMut(RecordBatch) -> Result<RecordBatch>,
+    {
+        let (dir, format) = self
+            .output
+            .clone()
+            .ok_or_else(|| Error::InvalidArgument(format!("map stage {}: no output directory (call .output(dir, format))", self.name)))?;
+        let plan = PartitionPlan::discover_on_root(self.ctx.comm(), &self.inputs, &self.options)?;
+        let fingerprint = fingerprint(&self.name, &plan, format);
+        let mut out = StageOutput::begin(self.ctx, &self.name, dir, format, self.overwrite, &fingerprint)?;
+        let rank = self.ctx.rank();
+        let todo: Vec<Partition> =
+            plan.for_rank(rank, self.ctx.world()).into_iter().filter(|p| !out.skip_if_committed(p.id)).cloned().collect();
+        let (reader, schema, options) = (self.reader.clone(), plan.schema.clone(), self.options.clone());
+        let prefetch = PrefetchOptions { depth: self.prefetch, ..PrefetchOptions::default() };
+        let mut stream = Prefetch::with_reader(todo.clone(), prefetch, move |p| {
+            let batches = reader(p, &schema, &options).map_err(|e| input_error(e, p, rank))?;
+            let part = p.clone();
+            Ok(Box::new(batches.map(move |b| b.map_err(|e| input_error(e, &part, rank)))) as BatchIter)
+        })
+        .peekable();
+        for part in &todo {
+            let stats = self.map_partition(&mut out, &plan, part, &mut stream, &mut f).map_err(|e| out.fail(e))?;
+            if let Some(cb) = self.on_commit.as_mut() {
+                cb(&stats);
+            }
+        }
+        drop(stream);
+        out.finish(plan.partitions.len())
+    }
+
+    /// Maps and commits `part`, whose batches are the next ones of `stream`.
+    fn map_partition<F>(
+        &self,
+        out: &mut StageOutput<'_>,
+        plan: &PartitionPlan,
+        part: &Partition,
+        stream: &mut Peekable<Prefetch>,
+        f: &mut F,
+    ) -> Result<PartStats>
+    where
+        F: FnMut(RecordBatch) -> Result<RecordBatch>,
+    {
+        let rank = self.ctx.rank();
+        let fn_err = |e: Error| Error::Input {
+            path: part.file.clone(),
+            location: Some(part.describe()),
+            rank: Some(rank),
+            detail: format!("the function of map stage {:?} failed: {e}", self.name),
+        };
+        // This partition's batches: up to the first batch of the next partition. An error
+        // ends the stream; it fails this partition (it names its own).
+        let batches = std::iter::from_fn(|| match stream.peek()? {
+            Ok((id, _)) if *id != part.id => None,
+            _ => stream.next().map(|r| r.map(|(_, b)| b)),
+        });
+        let mut mapped = batches.map(|b| b.and_then(|b| f(b).map_err(fn_err)));
+        match mapped.next().transpose()? {
+            Some(first) => {
+                let schema = first.schema();
+                out.commit(part.id, &schema, std::iter::once(Ok(first)).chain(mapped))
+            }
+            None => {
+                drop(mapped);
+                // An empty partition: the function applied to no rows gives the schema.
+                let schema = f(RecordBatch::new_empty(plan.schema.clone())).map_err(fn_err)?.schema();
+                out.commit(part.id, &schema, std::iter::empty())
+            }
+        }
+    }
+}
+
+/// The data plane's reader.
+fn default_reader(part: &Partition, schema: &SchemaRef, options: &PlanOptions) -> Result<BatchIter> {
+    crate::data::read_partition(part, schema, options)
+}
+
+/// Names the file, partition and rank in a reading error.
+fn input_error(e: Error, part: &Partition, rank: usize) -> Error {
+    match e {
+        Error::Input { path, location, rank: r, detail } => {
+            Error::Input { path, location: location.or_else(|| Some(part.describe())), rank: r.or(Some(rank)), detail }
+        }
+        Error::GangFailed { .. } => e,
+        other => Error::Input { path: part.file.clone(), location: Some(part.describe()), rank: Some(rank), detail: other.to_string() },
+    }
+}
+
+/// `name-<16 hex digits>`: a stable hash of the stage name, planned partitions, input
+/// schema and output format.
+pub fn fingerprint(name: &str, plan: &PartitionPlan, format: OutputFormat) -> String {
+    let parts: Vec<serde_json::Value> = plan
+        .partitions
+        .iter()
+        .map(|p| serde_json::json!([p.file.to_string_lossy(), p.slice, p.rows, p.hive, p.datasets]))
+        .collect();
+    let doc = serde_json::json!({
+        "stage": name,
+        "format": format.to_string(),
+        "schema": schema_json(&plan.schema),
+        "partitions": parts,
+    });
+    format!("{name}-{:016x}", fnv1a64(doc.to_string().as_bytes()))
+}

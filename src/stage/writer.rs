@@ -1,0 +1,460 @@
+//! Writers of output partitions: Parquet, Arrow IPC and HDF5 behind one [`BatchSink`].
+//!
+//! Every sink checksums (CRC-32) and counts the bytes of its file while writing them when it
+//! writes through a Rust `Write` (Parquet, IPC), or by reading the file back once when a C
+//! library writes it (HDF5), and fsyncs the file before [`BatchSink::finish`] returns: the
+//! output committer renames only durable files.
+
+use crate::data::FileFormat;
+use crate::error::{Error, Result};
+use arrow_array::RecordBatch;
+use arrow_schema::SchemaRef;
+use std::fmt;
+use std::fs::File;
+use std::io::{BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+/// Compression of Parquet output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ParquetCompression {
+    /// Zstandard at this level (1..=22); the default is level 3.
+    Zstd(i32),
+    /// Snappy.
+    Snappy,
+    /// No compression.
+    None,
+}
+
+impl Default for ParquetCompression {
+    fn default() -> Self {
+        ParquetCompression::Zstd(3)
+    }
+}
+
+/// The format of a stage's output files.
+///
+/// Parsed from the strings of the command line: `parquet` (zstd level 3), `parquet:zstd`,
+/// `parquet:zstd:LEVEL`, `parquet:snappy`, `parquet:none`, `ipc`, `ipc:zstd`, `hdf5`.
+///
+/// ```
+/// use gang::stage::{OutputFormat, ParquetCompression};
+///
+/// let f: OutputFormat = "parquet:snappy".parse().unwrap();
+/// assert_eq!(f, OutputFormat::Parquet { compression: ParquetCompression::Snappy });
+/// assert_eq!(f.extension(), "parquet");
+/// assert_eq!(f.to_string().parse::<OutputFormat>().unwrap(), f);
+/// assert!("csv".parse::<OutputFormat>().is_err());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OutputFormat {
+    /// Apache Parquet.
+    Parquet {
+        /// Column chunk compression.
+        compression: ParquetCompression,
+    },
+    /// Arrow IPC file format.
+    Ipc {
+        /// Zstandard-compress record batch buffers (IPC metadata v5).
+        zstd: bool,
+    },
+    /// HDF5: one 1-D dataset per numeric column.
+    Hdf5,
+}
+
+impl Default for OutputFormat {
+    fn default() -> Self {
+        OutputFormat::Parquet { compression: ParquetCompression::default() }
+    }
+}
+
+impl OutputFormat {
+    /// File name extension of the output files, without the dot.
+    pub fn extension(&self) -> &'static str {
+        match self {
+            OutputFormat::Parquet { .. } => "parquet",
+            OutputFormat::Ipc { .. } => "arrow",
+            OutputFormat::Hdf5 => "h5",
+        }
+    }
+
+    /// The file format, as the readers know it.
+    pub fn file_format(&self) -> FileFormat {
+        match self {
+            OutputFormat::Parquet { .. } => FileFormat::Parquet,
+            OutputFormat::Ipc { .. } => FileFormat::Ipc,
+            OutputFormat::Hdf5 => FileFormat::Hdf5,
+        }
+    }
+}
+
+impl fmt::Display for OutputFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OutputFormat::Parquet { compression: ParquetCompression::Zstd(l) } => write!(f, "parquet:zstd:{l}"),
+            OutputFormat::Parquet { compression: ParquetCompression::Snappy } => f.write_str("parquet:snappy"),
+            OutputFormat::Parquet { compression: ParquetCompression::None } => f.write_str("parquet:none"),
+            OutputFormat::Ipc { zstd: true } => f.write_str("ipc:zstd"),
+            OutputFormat::Ipc { zstd: false } => f.write_str("ipc"),
+            OutputFormat::Hdf5 => f.write_str("hdf5"),
+        }
+    }
+}
+
+impl FromStr for OutputFormat {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<OutputFormat> {
+        let lower = s.trim().to_ascii_lowercase();
+        let parts: Vec<&str> = lower.split(':').collect();
+        let zstd_level = |l: &str| -> Result<i32> {
+            match l.parse::<i32>() {
+                Ok(v) if (1..=22).contains(&v) => Ok(v),
+                _ => Err(Error::InvalidArgument(format!("output format {s:?}: the zstd level must be 1..=22"))),
+            }
+        };
+        let parquet = |compression| OutputFormat::Parquet { compression };
+        Ok(match parts.as_slice() {
+            ["parquet"] | ["parquet", "zstd"] => parquet(ParquetCompression::default()),
+            ["parquet", "zstd", l] => parquet(ParquetCompression::Zstd(zstd_level(l)?)),
+            ["parquet", "snappy"] => parquet(ParquetCompression::Snappy),
+            ["parquet", "none" | "uncompressed"] => parquet(ParquetCompression::None),
+            ["ipc" | "arrow"] => OutputFormat::Ipc { zstd: false },
+            ["ipc" | "arrow", "zstd"] => OutputFormat::Ipc { zstd: true },
+            ["hdf5" | "h5"] => OutputFormat::Hdf5,
+            _ => {
+                return Err(Error::InvalidArgument(format!(
+                    "unknown output format {s:?}: use parquet, parquet:zstd[:LEVEL], parquet:snappy, \
+                     parquet:none, ipc, ipc:zstd or hdf5"
+                )))
+            }
+        })
+    }
+}
+
+/// Size and CR-32 of a finished output file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileDigest {
+    /// Length of the file in bytes.
+    pub bytes: u64,
+    /// CRC-32 (IEEE, as `crc32fast` and zlib compute it) of the whole file.
+    pub crc32: u32,
+}
+
+impl FileDigest {
+    /// Reads `path` once and computes its digest.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the file cannot be read.
+    pub fn of_file(path: &Path) -> Result<FileDigest> {
+        let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
+        let mut hasher = crc32fast::Hasher::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut bytes = 0u64;
+        loop {
+            let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            bytes += n as u64;
+        }
+        Ok(FileDigest { bytes, crc32: hasher.finalize() })
+    }
+}
+
+/// A writer of one output file: batches in, a durable file out.
+pub trait BatchSink: Send {
+    /// Appends a batch; its schema must be the sink's.
+    ///
+    /// # Errors
+    /// Writer and I/O errors, naming the file.
+    fn write(&mut self, batch: &RecordBatch) -> Result<()>;
+
+    /// Completes the file (footer), fsyncs it and returns its size and checksum.
+    ///
+    /// # Errors
+    /// Writer and I/O errors, naming the file.
+    fn finish(self: Box<Self>) -> Result<FileDigest>;
+}
+
+/// Opens a sink that writes `schema`'d batches to a new file at `path` (replacing any file
+/// there).
+///
+/// # Errors
+/// [`Error::Io`] if the file cannot be created; [`Error::Output`] if the format cannot
+/// hold the schema.
+pub fn open_sink(format: OutputFormat, path: &Path, schema: &SchemaRef) -> Result<Box<dyn BatchSink>> {
+    let inner: Box<dyn BatchSink> = match format {
+        OutputFormat::Parquet { compression } => Box::new(ParquetSink::create(path, schema, compression)?),
+        OutputFormat::Ipc { zstd } => Box::new(IpcSink::create(path, schema, zstd)?),
+        OutputFormat::Hdf5 => hdf5_sink(path, schema)?,
+    };
+    Ok(Box::new(SchemaChecked { path: path.to_path_buf(), schema: schema.clone(), inner }))
+}
+
+/// Same field names, types and nullability (metadata may differ).
+pub(crate) fn same_fields(a: &SchemaRef, b: &SchemaRef) -> bool {
+    a.fields().len() == b.fields().len()
+        && a.fields().iter().zip(b.fields()).all(|(x, y)| {
+            x.name() == y.name() && x.data_type() == y.data_type() && x.is_nullable() == y.is_nullable()
+        })
+}
+
+/// Refuses batches of another schema: the Parquet writer does not check (arrow-rs 60 writes
+/// a batch with fewer columns into a file whose footer then disagrees with its data).
+struct SchemaChecked {
+    path: PathBuf,
+    schema: SchemaRef,
+    inner: Box<dyn BatchSink>,
+}
+
+impl BatchSink for SchemaChecked {
+    fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        if !same_fields(batch.schema_ref(), &self.schema) {
+            return Err(Error::Output {
+                path: self.path.clone(),
+                detail: format!(
+                    "a batch with schema {} does not match the file's schema {}",
+                    super::manifest::schema_json(batch.schema_ref()),
+                    super::manifest::schema_json(&self.schema)
+                ),
+            });
+        }
+        self.inner.write(batch)
+    }
+
+    fn finish(self: Box<Self>) -> Result<FileDigest> {
+        self.inner.finish()
+    }
+}
+
+fn hdf5_sink(path: &Path, schema: &SchemaRef) -> Result<Box<dyn BatchSink>> {
+    let writer = crate::data::Hdf5Writer::create(path, schema)?;
+    Ok(Box::new(Hdf5Sink { path: path.to_path_buf(), writer }))
+}
+
+/// HDF5 through the data plane's writer (the HDF5 C library writes the file itself, so the
+/// file is checksummed by reading it back once).
+struct Hdf5Sink {
+    path: PathBuf,
+    writer: crate::data::Hdf5Writer,
+}
+
+impl BatchSink for Hdf5Sink {
+    fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        self.writer.write(batch)
+    }
+
+    fn finish(self: Box<Self>) -> Result<FileDigest> {
+        let Hdf5Sink { path, writer } = *self;
+        writer.finish()?;
+        sync(&File::open(&path).map_err(|e| Error::io(&path, e))?, &path)?;
+        FileDigest::of_file(&path)
+    }
+}
+
+/// A `Write` that checksums and counts what passes through it.
+struct ChecksumWriter<W> {
+    inner: W,
+    hasher: crc32fast::Hasher,
+    bytes: u64,
+}
+
+impl<W: Write> ChecksumWriter<W> {
+    fn new(inner: W) -> Self {
+        ChecksumWriter { inner, hasher: crc32fast::Hasher::new(), bytes: 0 }
+    }
+
+    fn digest(&self) -> FileDigest {
+        FileDigest { bytes: self.bytes, crc32: self.hasher.clone().finalize() }
+    }
+}
+
+impl<W: Write> Write for ChecksumWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn create_file(path: &Path) -> Result<File> {
+    File::create(path).map_err(|e| Error::io(path, e))
+}
+
+/// Flushed data and metadata on disk.
+fn sync(file: &File, path: &Path) -> Result<()> {
+    file.sync_all().map_err(|e| Error::io(path, e))
+}
+
+/// Parquet through `parquet::arrow::ArrowWriter`, which buffers internally.
+struct ParquetSink {
+    path: PathBuf,
+    writer: parquet::arrow::ArrowWriter<ChecksumWriter<File>>,
+}
+
+impl ParquetSink {
+    fn create(path: &Path, schema: &SchemaRef, compression: ParquetCompression) -> Result<Self> {
+        use parquet::basic::{Compression, ZstdLevel};
+        let codec = match compression {
+            ParquetCompression::Zstd(level) => Compression::ZSTD(ZstdLevel::try_new(level).map_err(|e| parquet_err(path, e))?),
+            ParquetCompression::Snappy => Compression::SNAPPY,
+            ParquetCompression::None => Compression::UNCOMPRESSED,
+        };
+        let props = parquet::file::properties::WriterProperties::builder().set_compression(codec).build();
+        let file = ChecksumWriter::new(create_file(path)?);
+        let writer = parquet::arrow::ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(|e| parquet_err(path, e))?;
+        Ok(ParquetSink { path: path.to_path_buf(), writer })
+    }
+}
+
+fn parquet_err(path: &Path, e: parquet::errors::ParquetError) -> Error {
+    Error::Output { path: path.to_path_buf(), detail: format!("writing Parquet: {e}") }
+}
+
+fn arrow_err(path: &Path, what: &str, e: arrow_schema::ArrowError) -> Error {
+    Error::Output { path: path.to_path_buf(), detail: format!("writing {what}: {e}") }
+}
+
+impl BatchSink for ParquetSink {
+    fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        self.writer.write(batch).map_err(|e| parquet_err(&self.path, e))
+    }
+
+    fn finish(self: Box<Self>) -> Result<FileDigest> {
+        let ParquetSink { path, writer } = *self;
+        let mut w = writer.into_inner().map_err(|e| parquet_err(&path, e))?;
+        w.flush().map_err(|e| Error::io(&path, e))?;
+        sync(&w.inner, &path)?;
+        Ok(w.digest())
+    }
+}
+
+/// Arrow IPC file format through `arrow_ipc::writer::FileWriter`.
+struct IpcSink {
+    path: PathBuf,
+    writer: arrow_ipc::writer::FileWriter<BufWriter<ChecksumWriter<File>>>,
+}
+
+impl IpcSink {
+    fn create(path: &Path, schema: &SchemaRef, zstd: bool) -> Result<Self> {
+        let mut options = arrow_ipc::writer::IpcWriteOptions::default();
+        if zstd {
+            options = options
+                .try_with_compression(Some(arrow_ipc::CompressionType::ZSTD))
+                .map_err(|e| arrow_err(path, "Arrow IPC", e))?;
+        }
+        let file = BufWriter::with_capacity(1 << 20, ChecksumWriter::new(create_file(path)?));
+        let writer = arrow_ipc::writer::FileWriter::try_new_with_options(file, schema, options)
+            .map_err(|e| arrow_err(path, "Arrow IPC", e))?;
+        Ok(IpcSink { path: path.to_path_buf(), writer })
+    }
+}
+
+impl BatchSink for IpcSink {
+    fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        self.writer.write(batch).map_err(|e| arrow_err(&self.path, "Arrow IPC", e))
+    }
+
+    fn finish(self: Box<Self>) -> Result<FileDigest> {
+        let IpcSink { path, writer } = *self;
+        let buffered = writer.into_inner().map_err(|e| arrow_err(&path, "Arrow IPC", e))?;
+        let w = buffered.into_inner().map_err(|e| Error::io(&path, e.into_error()))?;
+        sync(&w.inner, &path)?;
+        Ok(w.digest())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::{Float64Array, Int64Array};
+    use arrow_schema::{DataType, Field, Schema};
+    use std::sync::Arc;
+
+    fn batch(n: i64) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("x", DataType::Float64, true),
+        ]));
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from_iter_values(0..n)),
+                Arc::new(Float64Array::from_iter_values((0..n).map(|i| i as f64 * 0.5))),
+            ],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn formats_parse_and_print_back() {
+        for s in ["parquet:zstd:3", "parquet:zstd:9", "parquet:snappy", "parquet:none", "ipc", "ipc:zstd", "hdf5"] {
+            let f: OutputFormat = s.parse().unwrap();
+            assert_eq!(f.to_string(), s);
+        }
+        assert_eq!("parquet".parse::<OutputFormat>().unwrap(), OutputFormat::default());
+        assert_eq!("PARQUET:ZSTD".parse::<OutputFormat>().unwrap(), OutputFormat::default());
+        let e = "parquet:zstd:99".parse::<OutputFormat>().unwrap_err().to_string();
+        assert!(e.contains("1..=22"), "{e}");
+        let e = "orc".parse::<OutputFormat>().unwrap_err().to_string();
+        assert!(e.contains("unknown output format \"orc\""), "{e}");
+        assert_eq!(OutputFormat::Ipc { zstd: true }.extension(), "arrow");
+        assert_eq!(OutputFormat::Hdf5.file_format(), FileFormat::Hdf5);
+    }
+
+    #[test]
+    fn sinks_write_readable_files_with_a_digest_of_what_is_on_disk() {
+        let dir = std::env::temp_dir().join(format!("gang-writer-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let b = batch(1000);
+        for fmt in ["parquet", "parquet:snappy", "parquet:none", "ipc", "ipc:zstd"] {
+            let format: OutputFormat = fmt.parse().unwrap();
+            let path = dir.join(format!("out-{}.{}", fmt.replace(':', "-"), format.extension()));
+            let mut sink = open_sink(format, &path, &b.schema()).unwrap();
+            sink.write(&b).unwrap();
+            sink.write(&b.slice(0, 10)).unwrap();
+            let digest = sink.finish().unwrap();
+            assert_eq!(digest, FileDigest::of_file(&path).unwrap(), "{fmt}");
+            let rows: usize = match format {
+                OutputFormat::Parquet { .. } => {
+                    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(File::open(&path).unwrap())
+                        .unwrap()
+                        .build()
+                        .unwrap()
+                        .map(|b| b.unwrap().num_rows())
+                        .sum()
+                }
+                _ => arrow_ipc::reader::FileReader::try_new(File::open(&path).unwrap(), None)
+                    .unwrap()
+                    .map(|b| b.unwrap().num_rows())
+                    .sum(),
+            };
+            assert_eq!(rows, 1010, "{fmt}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_batch_of_another_schema_is_refused_naming_the_file() {
+        let dir = std::env::temp_dir().join(format!("gang-writer-schema-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("x.parquet");
+        let b = batch(3);
+        let mut sink = open_sink(OutputFormat::default(), &path, &b.schema()).unwrap();
+        let other = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![Field::new("y", DataType::Int64, false)])),
+            vec![Arc::new(Int64Array::from(vec![1, 2]))],
+        )
+        .unwrap();
+        let e = sink.write(&other).unwrap_err().to_string();
+        assert!(e.contains("x.parquet"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,113 @@
+//! What the multi-process tests share: finding the binaries, scratch directories, and
+//! running `gang` with a hang guard.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A gang that has not finished within this is hung: the test fails (the bound guards
+/// against hangs; it is not a performance assertion).
+pub const HANG_GUARD: Duration = Duration::from_secs(120);
+
+/// `target/<profile>`, from the path of the running test executable.
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+}
+
+/// The `gang` launcher, built by `cargo test --workspace`.
+pub fn gang_bin() -> PathBuf {
+    let p = target_dir().join("gang");
+    assert!(
+        p.is_file(),
+        "the launcher {} is missing: run the tests with `cargo test --workspace` (or build it first \
+         with `cargo build --workspace`)",
+        p.display()
+    );
+    p
+}
+
+/// An example program of the `gang` package.
+pub fn example(name: &str) -> PathBuf {
+    let p = target_dir().join("examples").join(name);
+    assert!(p.is_file(), "example {} is missing: `cargo test` builds it", p.display());
+    p
+}
+
+/// Fails loudly when there is no `mpirun`.
+pub fn require_mpirun() {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join("mpirun").is_file()))
+        .unwrap_or(false);
+    assert!(found, "mpirun is not on PATH: install Open MPI (apt-get install openmpi-bin libopenmpi-dev); these tests need a real MPI");
+}
+
+/// A directory under the system temp dir, removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    /// A fresh, empty scratch directory for `tag`.
+    pub fn new(tag: &str) -> Scratch {
+        let p = std::env::temp_dir().join(format!("gang-test-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Scratch(p)
+    }
+
+    /// `name` inside the scratch directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs `gang ARGS` with run directories under `runs` and captured output.
+pub fn gang(args: &[&str], runs: &Path) -> Output {
+    require_mpirun();
+    let child = Command::new(gang_bin())
+        .args(args)
+        .env("GANG_RUN_ROOT", runs)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start gang");
+    wait_guarded(child, &format!("gang {args:?}"))
+}
+
+/// Waits for `child`, killing it (and failing) if it outlives [`HANG_GUARD`].
+pub fn wait_guarded(mut child: Child, what: &str) -> Output {
+    let start = Instant::now();
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if start.elapsed() > HANG_GUARD {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "{what} hung for {HANG_GUARD:?}\nstdout:\n{}\nstderr:\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// stdout and stderr as text.
+pub fn text(out: &Output) -> (String, String) {
+    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// stdout of a successful run; panics with both streams otherwise.
+pub fn assert_success(out: &Output) -> String {
+    let (stdout, stderr) = text(out);
+    assert!(out.status.success(), "gang failed: {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
+    stdout
+}

@@ -1,0 +1,152 @@
+//! Map stages as real gangs: `gang run -n N -- examples/map_stage` under mpirun. The same
+//! output at 1, 2 and 4 ranks; a rank killed in the middle of the stage, then the stage run
+//! again: the output of an uninterrupted run; a failing function names file, partition and
+//! rank and leaves nothing visible.
+//!
+//! These tests need the `gang` launcher (built by `cargo test --workspace` or
+//! `cargo build --workspace`) and Open MPI's `mpirun` on PATH; without either they fail and
+//! say so rather than pass.
+
+mod stage_common;
+
+use stage_common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A gang that has not finished within this is hung (a guard, not a performance bound).
+const HANG_GUARD: Duration = Duration::from_secs(120);
+
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+}
+
+fn gang_bin() -> PathBuf {
+    let p = target_dir().join("gang");
+    assert!(p.is_file(), "the launcher {} is missing: run `cargo test --workspace` (or `cargo build --workspace` first)", p.display());
+    p
+}
+
+fn map_stage_bin() -> PathBuf {
+    let p = target_dir().join("examples").join("map_stage");
+    assert!(p.is_file(), "example {} is missing: `cargo test` builds it", p.display());
+    p
+}
+
+fn require_mpirun() {
+    let found = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join("mpirun").is_file())).unwrap_or(false);
+    assert!(found, "mpirun is not on PATH: install Open MPI (apt-get install openmpi-bin libopenmpi-dev); these tests need a real MPI");
+}
+
+/// `gang run -n N -- map_stage INPUT OUTPUT extra...` with `env`, killed if it hangs.
+fn run_map(s: &Scratch, n: usize, output: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
+    require_mpirun();
+    let runs = s.path("runs");
+    std::fs::create_dir_all(&runs).unwrap();
+    let mut cmd = Command::new(gang_bin());
+    cmd.args(["run", "-n", &n.to_string(), "--"])
+        .arg(map_stage_bin())
+        .arg(s.path("in"))
+        .arg(output)
+        .args(extra)
+        .env("GANG_RUN_ROOT", &runs)
+        .env_remove("GANG_TEST_DIE")
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    wait_guarded(cmd.spawn().expect("start gang"))
+}
+
+fn wait_guarded(mut child: Child) -> Output {
+    let start = Instant::now();
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if start.elapsed() > HANG_GUARD {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!("the gang hung for {HANG_GUARD:?}\nstdout:\n{}\nstderr:\n{}", text(&out.stdout), text(&out.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn assert_success(out: &Output) -> String {
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "gang failed: {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
+    stdout
+}
+
+/// `committed P partitions, skipped S, rows N` from the example's rank 0.
+fn summary(stdout: &str) -> (usize, usize, u64) {
+    let line = stdout.lines().find(|l| l.contains("committed ")).unwrap_or_else(|| panic!("no summary in:\n{stdout}"));
+    let line = &line[line.find("committed ").unwrap()..];
+    let nums: Vec<u64> = line.split(|c: char| !c.is_ascii_digit()).filter(|t| !t.is_empty()).map(|t| t.parse().unwrap()).collect();
+    (nums[0] as usize, nums[1] as usize, nums[2])
+}
+
+const FILES: usize = 12;
+
+#[test]
+fn the_output_is_the_same_at_1_2_and_4_ranks_under_mpirun() {
+    let s = Scratch::new("mpi-ranks");
+    let total = write_input(&s.path("in"), FILES);
+    for n in [1, 2, 4] {
+        let out = s.path(&format!("out-{n}"));
+        let stdout = assert_success(&run_map(&s, n, &out, &[], &[]));
+        assert_eq!(summary(&stdout), (FILES, 0, total), "{n} ranks:\n{stdout}");
+        assert_eq!(read_output(&out), expected_rows(FILES), "{n} ranks");
+    }
+}
+
+#[test]
+fn a_rank_killed_in_the_middle_of_the_stage_then_a_rerun_gives_the_uninterrupted_output() {
+    let s = Scratch::new("mpi-kill");
+    write_input(&s.path("in"), FILES);
+    let out = s.path("out");
+    // Rank 1 of 4 aborts right after committing its second partition.
+    let killed = run_map(&s, 4, &out, &[], &[("GANG_TEST_DIE", "1:2")]);
+    let stderr = text(&killed.stderr);
+    assert!(!killed.status.success(), "the gang survived a killed rank:\n{stderr}");
+    assert!(stderr.contains("rank 1 dies after committing 2 partition(s)"), "{stderr}");
+    assert!(!out.join("_SUCCESS").exists(), "a failed stage wrote _SUCCESS");
+    assert!(visible(&out).is_empty(), "a failed stage left visible files: {:?}", visible(&out));
+    let committed = std::fs::read_dir(out.join("_temporary/committed"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".json"))
+        .count();
+    assert!(committed >= 2, "only {committed} partitions were committed before the kill");
+
+    // The same command without the fault, with another world size: resumes.
+    let stdout = assert_success(&run_map(&s, 2, &out, &[], &[]));
+    let (partitions, skipped, rows) = summary(&stdout);
+    assert_eq!(partitions, FILES);
+    assert_eq!(skipped, committed, "{stdout}");
+    let got = read_output(&out);
+    let want = expected_rows(FILES);
+    assert_eq!(rows, want.len() as u64);
+    // No row missing, none twice.
+    assert_eq!(got, want);
+}
+
+#[test]
+fn a_failing_function_fails_the_gang_naming_file_partition_and_rank_with_nothing_visible() {
+    let s = Scratch::new("mpi-fail");
+    write_input(&s.path("in"), FILES);
+    let out = s.path("out");
+    let failed = run_map(&s, 2, &out, &["--fail-on-id", "5010"], &[]);
+    let stderr = text(&failed.stderr);
+    assert!(!failed.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("in-05.parquet") && stderr.contains("partition 5") && stderr.contains("rank ") && stderr.contains("injected failure on id 5010"),
+        "{stderr}"
+    );
+    assert!(!out.join("_SUCCESS").exists());
+    assert!(visible(&out).is_empty(), "{:?}", visible(&out));
+}
