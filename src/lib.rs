@@ -26,11 +26,13 @@
 pub mod comm;
 mod context;
 pub mod data;
+pub mod fault;
 pub mod jobs;
 pub mod stage;
 pub mod env;
 mod error;
 pub mod selftest;
+mod sys;
 
 pub use comm::{Comm, LocalGroup, LocalMember, RankBuffers, ReduceOp, Scalar};
 pub use context::{execute, init, BackendChoice, Config, Context, MpiThreading, EXIT_RANK_ERROR, EXIT_RANK_PANIC};
