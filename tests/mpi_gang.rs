@@ -6,103 +6,28 @@
 //! `cargo build --workspace`), and Open MPI's `mpirun` on PATH; without either they fail
 //! and say so rather than pass.
 
+mod common;
+
+use common::{assert_success, example, text, wait_guarded, Scratch};
 use gang_protocol::RunDir;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-/// A gang that has not finished within this is hung: the test fails (the bound guards
-/// against hangs; it is not a performance assertion).
-const HANG_GUARD: Duration = Duration::from_secs(90);
-
-fn target_dir() -> PathBuf {
-    // .../target/debug/deps/mpi_gang-xxxx -> .../target/debug
-    let exe = std::env::current_exe().expect("test executable path");
-    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
-}
-
-fn gang_bin() -> PathBuf {
-    let p = target_dir().join("gang");
-    assert!(
-        p.is_file(),
-        "the launcher {} is missing: run the tests with `cargo test --workspace` (or build it \
-         first with `cargo build --workspace`)",
-        p.display()
-    );
-    p
-}
 
 fn rank_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_gang-rank"))
 }
 
-fn example(name: &str) -> PathBuf {
-    let p = target_dir().join("examples").join(name);
-    assert!(p.is_file(), "example {} is missing: `cargo test` builds it", p.display());
-    p
+/// The one run directory the launcher created under the scratch root.
+fn run_dir(s: &Scratch) -> RunDir {
+    let mut runs: Vec<PathBuf> = std::fs::read_dir(&s.0).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(runs.len(), 1, "expected one run directory in {}", s.0.display());
+    RunDir::open(runs.remove(0))
 }
 
-fn require_mpirun() {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join("mpirun").is_file()))
-        .unwrap_or(false);
-    assert!(found, "mpirun is not on PATH: install Open MPI (apt-get install openmpi-bin libopenmpi-dev); these tests need a real MPI");
-}
-
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Scratch {
-        let p = std::env::temp_dir().join(format!("gang-mpi-test-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        Scratch(p)
-    }
-
-    /// The one run directory the launcher created under this root.
-    fn run_dir(&self) -> RunDir {
-        let mut runs: Vec<PathBuf> = std::fs::read_dir(&self.0).unwrap().map(|e| e.unwrap().path()).collect();
-        assert_eq!(runs.len(), 1, "expected one run directory in {}", self.0.display());
-        RunDir::open(runs.remove(0))
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Runs `gang` with `args`, killing it if it outlives the hang guard.
-fn gang(args: &[&str], scratch: &Scratch) -> Output {
-    require_mpirun();
-    let mut cmd = Command::new(gang_bin());
-    cmd.args(args).env("GANG_RUN_ROOT", &scratch.0).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let child = cmd.spawn().expect("start gang");
-    wait_guarded(child, args)
-}
-
-fn wait_guarded(mut child: Child, what: &[&str]) -> Output {
-    let start = Instant::now();
-    loop {
-        if child.try_wait().expect("wait").is_some() {
-            return child.wait_with_output().expect("output");
-        }
-        if start.elapsed() > HANG_GUARD {
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("output");
-            panic!(
-                "gang {what:?} hung for {HANG_GUARD:?}\nstdout:\n{}\nstderr:\n{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn text(out: &Output) -> (String, String) {
-    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+/// Runs `gang ARGS` with the run directory under the scratch root.
+fn gang(args: &[&str], s: &Scratch) -> Output {
+    common::gang(args, &s.0)
 }
 
 fn alive(pid: u32) -> bool {
@@ -115,7 +40,7 @@ fn alive(pid: u32) -> bool {
 
 /// No process of the gang (supervisor or rank program) is still running.
 fn assert_no_rank_alive(scratch: &Scratch) {
-    let run = scratch.run_dir();
+    let run = run_dir(scratch);
     let starts = run.starts().unwrap();
     assert!(!starts.is_empty(), "no rank started");
     // Leave the kernel a moment to finish reaping.
@@ -127,12 +52,6 @@ fn assert_no_rank_alive(scratch: &Scratch) {
         assert!(!alive(s.pid), "rank {} (pid {}) is still alive", s.rank, s.pid);
         assert!(!alive(s.supervisor_pid), "supervisor of rank {} is still alive", s.rank);
     }
-}
-
-fn assert_success(out: &Output) -> String {
-    let (stdout, stderr) = text(out);
-    assert!(out.status.success(), "gang failed: {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
-    stdout
 }
 
 #[test]
@@ -188,7 +107,7 @@ fn a_rank_that_panics_while_its_peers_wait_in_a_barrier_ends_the_gang() {
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(gang::EXIT_RANK_PANIC), "stderr:\n{stderr}");
     assert!(stderr.contains("rank 1") && stderr.contains("injected panic on rank 1"), "{stderr}");
-    let failures = s.run_dir().failures().unwrap();
+    let failures = run_dir(&s).failures().unwrap();
     assert_eq!(failures.len(), 1, "{failures:?}");
     assert_eq!(failures[0].rank, 1);
     assert_no_rank_alive(&s);
@@ -229,7 +148,7 @@ fn a_world_smaller_than_the_launcher_intended_is_refused_naming_the_variables() 
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let out = wait_guarded(out, &["gang-rank hello (mismatched world)"]);
+    let out = wait_guarded(out, "gang-rank hello (mismatched world)");
     let (_, stderr) = text(&out);
     assert!(!out.status.success());
     assert!(stderr.contains("world of 1") && stderr.contains("GANG_WORLD_SIZE=4"), "{stderr}");

@@ -1,6 +1,7 @@
 //! Map stages on the Local backend: the same output whatever the number of ranks, resume
 //! after a failure, errors that name file, partition and rank.
 
+mod common;
 mod stage_common;
 
 use gang::data::plan::{Input, PlanOptions};

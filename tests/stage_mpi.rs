@@ -7,37 +7,13 @@
 //! `cargo build --workspace`) and Open MPI's `mpirun` on PATH; without either they fail and
 //! say so rather than pass.
 
+mod common;
 mod stage_common;
 
+use common::{assert_success, example, gang_bin, require_mpirun, text, wait_guarded};
 use stage_common::*;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
-
-/// A gang that has not finished within this is hung (a guard, not a performance bound).
-const HANG_GUARD: Duration = Duration::from_secs(120);
-
-fn target_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
-}
-
-fn gang_bin() -> PathBuf {
-    let p = target_dir().join("gang");
-    assert!(p.is_file(), "the launcher {} is missing: run `cargo test --workspace` (or `cargo build --workspace` first)", p.display());
-    p
-}
-
-fn map_stage_bin() -> PathBuf {
-    let p = target_dir().join("examples").join("map_stage");
-    assert!(p.is_file(), "example {} is missing: `cargo test` builds it", p.display());
-    p
-}
-
-fn require_mpirun() {
-    let found = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join("mpirun").is_file())).unwrap_or(false);
-    assert!(found, "mpirun is not on PATH: install Open MPI (apt-get install openmpi-bin libopenmpi-dev); these tests need a real MPI");
-}
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
 
 /// `gang run -n N -- map_stage INPUT OUTPUT extra...` with `env`, killed if it hangs.
 fn run_map(s: &Scratch, n: usize, output: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
@@ -46,7 +22,7 @@ fn run_map(s: &Scratch, n: usize, output: &Path, extra: &[&str], env: &[(&str, &
     std::fs::create_dir_all(&runs).unwrap();
     let mut cmd = Command::new(gang_bin());
     cmd.args(["run", "-n", &n.to_string(), "--"])
-        .arg(map_stage_bin())
+        .arg(example("map_stage"))
         .arg(s.path("in"))
         .arg(output)
         .args(extra)
@@ -55,32 +31,7 @@ fn run_map(s: &Scratch, n: usize, output: &Path, extra: &[&str], env: &[(&str, &
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    wait_guarded(cmd.spawn().expect("start gang"))
-}
-
-fn wait_guarded(mut child: Child) -> Output {
-    let start = Instant::now();
-    loop {
-        if child.try_wait().expect("wait").is_some() {
-            return child.wait_with_output().expect("output");
-        }
-        if start.elapsed() > HANG_GUARD {
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("output");
-            panic!("the gang hung for {HANG_GUARD:?}\nstdout:\n{}\nstderr:\n{}", text(&out.stdout), text(&out.stderr));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn assert_success(out: &Output) -> String {
-    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
-    assert!(out.status.success(), "gang failed: {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
-    stdout
+    wait_guarded(cmd.spawn().expect("start gang"), "gang run map_stage")
 }
 
 /// `committed P partitions, skipped S, rows N` from the example's rank 0.
@@ -112,7 +63,7 @@ fn a_rank_killed_in_the_middle_of_the_stage_then_a_rerun_gives_the_uninterrupted
     let out = s.path("out");
     // Rank 1 of 4 aborts right after committing its second partition.
     let killed = run_map(&s, 4, &out, &[], &[("GANG_TEST_DIE", "1:2")]);
-    let stderr = text(&killed.stderr);
+    let stderr = text(&killed).1;
     assert!(!killed.status.success(), "the gang survived a killed rank:\n{stderr}");
     assert!(stderr.contains("rank 1 dies after committing 2 partition(s)"), "{stderr}");
     assert!(!out.join("_SUCCESS").exists(), "a failed stage wrote _SUCCESS");
@@ -141,7 +92,7 @@ fn a_failing_function_fails_the_gang_naming_file_partition_and_rank_with_nothing
     write_input(&s.path("in"), FILES);
     let out = s.path("out");
     let failed = run_map(&s, 2, &out, &["--fail-on-id", "5010"], &[]);
-    let stderr = text(&failed.stderr);
+    let stderr = text(&failed).1;
     assert!(!failed.status.success(), "{stderr}");
     assert!(
         stderr.contains("in-05.parquet") && stderr.contains("partition 5") && stderr.contains("rank ") && stderr.contains("injected failure on id 5010"),
