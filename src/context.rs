@@ -144,6 +144,8 @@ pub struct Context {
     device: Device,
     env: RankEnv,
     run_dir: Option<RunDir>,
+    // Barrier sections this context has entered (see `crate::section`).
+    sections_entered: std::sync::atomic::AtomicU64,
     // Keeps MPI alive while the context lives; dropped after `comm` (field order).
     _mpi: Option<Arc<MpiRuntime>>,
 }
@@ -231,6 +233,20 @@ impl Context {
             "mpi" => crate::comm::mpi::library_version(),
             _ => format!("local ({} threads)", self.world()),
         }
+    }
+
+    /// The number of barrier sections this context entered before, then counts one more
+    /// (for the entry check of `crate::section`).
+    pub(crate) fn next_section_index(&self) -> u64 {
+        self.sections_entered.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Reports progress: step `step` of `total` (0 when unknown) of `what` (`"train"`,
+    /// `"map"`). Cheap (atomics, no system call): call it every step. Under `gang run` the
+    /// heartbeats carry it to the launcher, which restarts a gang whose progress stops for
+    /// `--stall-timeout` seconds; report `step == total` when a counted phase is over.
+    pub fn progress(&self, step: u64, total: u64, what: &str) {
+        crate::heartbeat::report(step, total, what);
     }
 
     /// Records why this rank failed in the run directory and stops the whole gang: under
@@ -343,6 +359,7 @@ fn init_mpi(config: &Config, env: RankEnv) -> Result<Context> {
     }
     let (rank, size) = (comm.rank(), comm.size());
     install_abort_on_panic(PanicInfo { rank, attempt: env.attempt, run_dir: env.run_dir.clone() });
+    crate::heartbeat::start(rank, env.attempt);
     if let Err(e) = env.check_against_mpi(rank, size) {
         // Every process checks on its own (with a mismatched MPI they are separate worlds
         // and no collective is possible), so a process that finds a disagreement must not
@@ -359,7 +376,18 @@ fn init_mpi(config: &Config, env: RankEnv) -> Result<Context> {
     let node_index = env.node_index.unwrap_or(derived_node);
     let device = env.device(local_rank);
     let run_dir = env.run_dir.clone().map(|d| RunDir::open(d).with_attempt(env.attempt));
-    Ok(Context { comm, local_rank, local_size, node_index, host, device, env, run_dir, _mpi: Some(runtime) })
+    Ok(Context {
+        comm,
+        local_rank,
+        local_size,
+        node_index,
+        host,
+        device,
+        env,
+        run_dir,
+        sections_entered: Default::default(),
+        _mpi: Some(runtime),
+    })
 }
 
 fn local_context(mut comm: Comm, env: RankEnv, config: &Config) -> Context {
@@ -379,6 +407,7 @@ fn local_context(mut comm: Comm, env: RankEnv, config: &Config) -> Context {
         device,
         env,
         run_dir,
+        sections_entered: Default::default(),
         _mpi: None,
     }
 }

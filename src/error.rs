@@ -43,6 +43,15 @@ pub enum Error {
         /// What that rank called.
         other_called: &'static str,
     },
+    /// The ranks entered different barrier sections (or the same name a different number
+    /// of times): a program bug that would otherwise pair unrelated collectives.
+    SectionMismatch {
+        /// This rank.
+        rank: usize,
+        /// What every rank entered, in rank order: the section name and how many sections
+        /// that rank had entered before it.
+        entered: Vec<(String, u64)>,
+    },
     /// The launch environment is inconsistent (variables that disagree with each other or
     /// with MPI). The message names the variables.
     Environment(String),
@@ -116,6 +125,24 @@ impl std::fmt::Display for Error {
                 "collective mismatch: rank {rank} called {called} while rank {other_rank} called \
                  {other_called}; every rank must call the same collectives in the same order"
             ),
+            Error::SectionMismatch { rank, entered } => {
+                write!(f, "barrier section mismatch (seen by rank {rank}): ")?;
+                // Group ranks that entered the same thing, so a large gang reads short.
+                let mut groups: Vec<(&(String, u64), Vec<usize>)> = Vec::new();
+                for (r, e) in entered.iter().enumerate() {
+                    match groups.iter_mut().find(|(g, _)| *g == e) {
+                        Some((_, ranks)) => ranks.push(r),
+                        None => groups.push((e, vec![r])),
+                    }
+                }
+                for (i, ((name, index), ranks)) in groups.iter().enumerate() {
+                    let sep = if i == 0 { "" } else { "; " };
+                    let who = if ranks.len() == 1 { "rank" } else { "ranks" };
+                    let list = ranks.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
+                    write!(f, "{sep}{who} {list} entered {name:?} as section #{index}")?;
+                }
+                write!(f, "; every rank must enter the same barrier sections in the same order")
+            }
             Error::Environment(msg) => write!(f, "{msg}"),
             Error::WorldSizeMismatch { mpi, intended, variable } => write!(
                 f,

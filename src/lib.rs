@@ -23,20 +23,26 @@
 //! with its rank in the run directory for the launcher to report.
 #![warn(missing_docs)]
 
+pub mod checkpoint;
 pub mod comm;
 mod context;
 pub mod data;
 pub mod fault;
+pub mod heartbeat;
 pub mod jobs;
 pub mod stage;
+pub mod train;
 pub mod env;
 mod error;
+pub mod section;
 pub mod selftest;
 mod sys;
 
 pub use comm::{Comm, LocalGroup, LocalMember, RankBuffers, ReduceOp, Scalar};
 pub use context::{execute, init, BackendChoice, Config, Context, MpiThreading, EXIT_RANK_ERROR, EXIT_RANK_PANIC};
 pub use env::{LauncherKind, RankEnv};
+pub use checkpoint::CheckpointStore;
+pub use section::{Gang, TaskInfo};
 pub use error::{Error, Result};
 pub use gang_protocol::device::Device;
 

@@ -1,1 +1,51 @@
-//! k
+//! Training kernels of gang on plain slices: models, losses, gradients, optimizers.
+//!
+//! No MPI, no files: the rank runtime reads a shard of rows, calls
+//! [`Model::loss_and_grad`] for the gradient **sum** over its rows, allreduces the one flat
+//! gradient buffer (sum), and every rank applies the same [`OptimizerState::step_scaled`]
+//! with `1 / global_rows`. Data are row-major `f32` (`x` is `[n, features]`).
+//!
+//! Everything is deterministic: fixed seeds ([`SplitMix64`]) and a fixed reduction order
+//! (chunks of [`CHUNK_ROWS`] rows, summed in chunk order), so the same inputs give a
+//! bitwise-identical gradient whatever the number of rayon threads. Bitwise equality
+//! across *machines* additionally needs the same binary and the same CPU family: the
+//! losses call the platform's `expf`/`log1pf` (glibc picks an FMA or non-FMA variant at
+//! run time), while every sum and product in this crate is plain IEEE arithmetic in a
+//! fixed order (LLVM never fuses multiply-add on its own).
+//!
+//! ```
+//! use gang_kernels::{Model, ModelKind, Optimizer, OptimizerState, Targets};
+//!
+//! // y = 1 when x0 + x1 > 0.
+//! let x: Vec<f32> = vec![1.0, 0.5, -1.0, -0.2, 0.3, 0.4, -0.7, 0.1];
+//! let y: Vec<i64> = vec![1, 0, 1, 0];
+//! let mut model = Model::new(ModelKind::Logistic, 2, 42)?;
+//! let mut opt = OptimizerState::new(Optimizer::sgd(0.5), model.num_params())?;
+//! let mut grad = model.grad_buffer();
+//! let first = model.loss(&x, Targets::Class(&y))?.mean_loss();
+//! for _ in 0..100 {
+//!     grad.fill(0.0);
+//!     let stats = model.loss_and_grad(&x, Targets::Class(&y), &mut grad)?;
+//!     // (allreduce `grad` and the stats across ranks here)
+//!     opt.step_scaled(model.params_mut(), &grad, 1.0 / stats.n as f32)?;
+//! }
+//! let last = model.loss(&x, Targets::Class(&y))?;
+//! assert!(last.mean_loss() < first / 2.0);
+//! assert_eq!(model.predict_class(&x)?, y);
+//! # Ok::<(), gang_kernels::Error>(())
+//! ```
+//!
+//! Parameters are laid out as PyTorch's `nn.Linear` layers (`layer{i}.weight` is
+//! `[out, in]`), see [`Model::tensors`].
+#![forbid(unsafe_code)]
+
+mod dense;
+mod error;
+mod model;
+mod optim;
+mod rng;
+
+pub use error::{Error, Result};
+pub use model::{BatchStats, Model, ModelKind, Output, Targets, TensorView, CHUNK_ROWS};
+pub use optim::{Optimizer, OptimizerState};
+pub use rng::SplitMix64;

@@ -57,6 +57,10 @@ builtin_jobs! {
     Standardize => "standardize",
     /// Convert between Parquet, Arrow IPC and HDF5, re-partitioned into K files.
     Convert => "convert",
+    /// Data-parallel training (`--input DATA --label y --model logistic --output model.safetensors`).
+    Train => "train",
+    /// Apply a trained model to a dataset (`--model M --input DATA --output DIR`).
+    Predict => "predict",
 }
 
 /// Name of the rank-side program.

@@ -12,6 +12,7 @@
 //! leftovers and names the rank that failed first.
 
 mod detect;
+mod heartbeat;
 mod info;
 mod jobs;
 mod outcome;

@@ -1,8 +1,15 @@
-//! How a gang ended: the root cause from the run directory's records, the summary line and
-//! the exit code of `gang run`. Pure functions of the records.
+//! How a gang ended: the root cause from the run directory's records (and the launcher's
+//! own stall detection), the summary lines and the exit code of `gang run`. Pure functions.
 
+use crate::heartbeat::Stall;
+use gang_protocol::heartbeat::Progress;
 use gang_protocol::{signal_name, ExitRecord, ExitStatus, FailureKind, FailureRecord};
 use std::path::Path;
+use std::time::Duration;
+
+/// Exit code of `gang run` when the gang was stopped because a rank stalled (as
+/// `timeout(1)`).
+pub const EXIT_STALLED: i32 = 124;
 
 /// The verdict on one attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -11,6 +18,85 @@ pub struct Outcome {
     pub code: i32,
     /// What to print to stderr, if anything.
     pub message: Option<String>,
+    /// The root cause of a failed attempt (`None` on success or when stopped by a signal).
+    pub cause: Option<Cause>,
+}
+
+/// Why an attempt failed: the first failing rank and its error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cause {
+    /// A rank recorded why it failed.
+    Recorded {
+        /// World rank.
+        rank: usize,
+        /// Panic or error.
+        kind: FailureKind,
+        /// Its message.
+        message: String,
+    },
+    /// A rank's process ended unsuccessfully without saying why.
+    Exited {
+        /// World rank.
+        rank: usize,
+        /// How it ended.
+        status: ExitStatus,
+    },
+    /// The launcher found a rank stalled and stopped the gang.
+    Stalled(Stall),
+    /// `mpirun`/`srun` failed before any rank reported a failure.
+    Launcher {
+        /// `mpirun` or `srun`.
+        name: String,
+        /// How it ended.
+        status: ExitStatus,
+    },
+}
+
+impl Cause {
+    /// The rank the cause is about, if any.
+    pub fn rank(&self) -> Option<usize> {
+        match self {
+            Cause::Recorded { rank, .. } | Cause::Exited { rank, .. } => Some(*rank),
+            Cause::Stalled(s) => Some(s.rank),
+            Cause::Launcher { .. } => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Cause::Recorded { rank, kind, message } => {
+                write!(f, "rank {rank} {}", describe_failure(*kind, message))
+            }
+            Cause::Exited { rank, status } => write!(f, "rank {rank} {status}"),
+            Cause::Stalled(s) => write!(f, "{s}"),
+            Cause::Launcher { name, status } => {
+                write!(f, "{name} {status} before any rank reported a failure")
+            }
+        }
+    }
+}
+
+/// A failed attempt, for the restart lines and the final summary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedAttempt {
+    /// Attempt number.
+    pub attempt: u32,
+    /// Root cause.
+    pub cause: Cause,
+    /// The last progress the failing rank reported, if any (a stall names its own).
+    pub progress: Option<Progress>,
+}
+
+impl std::fmt::Display for FailedAttempt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.cause)?;
+        match (&self.cause, &self.progress) {
+            (Cause::Stalled(_), _) | (_, None) => Ok(()),
+            (_, Some(p)) => write!(f, " at {p}"),
+        }
+    }
 }
 
 /// The exit code that reports `status`: the code itself, 128+signal for a signal, `None`
@@ -23,25 +109,28 @@ pub fn code_of(status: ExitStatus) -> Option<i32> {
     }
 }
 
-fn describe_failure(f: &FailureRecord) -> String {
-    let what = match f.kind {
+fn describe_failure(kind: FailureKind, message: &str) -> String {
+    let what = match kind {
         FailureKind::Panic => "panicked",
         FailureKind::Error => "returned an error",
         _ => "failed",
     };
-    format!("{what}: {}", f.message)
+    format!("{what}: {message}")
 }
 
 /// Judges an attempt.
 ///
 /// * `stopped_by`: the signal that made `gang` stop the gang, if any;
+/// * `stall`: the stall for which `gang` stopped the gang, if any;
 /// * `failures`, `exits`: the records of the attempt (any order);
 /// * `launcher`: how `mpirun`/`srun` itself ended, named `launcher_name`.
 ///
 /// The root cause is the earliest failure record (a rank that knew why it failed), else
-/// the earliest unsuccessful exit record, else the launcher's own status.
+/// the stall, else the earliest unsuccessful exit record (after a stall every rank was
+/// killed, so exits say nothing), else the launcher's own status.
 pub fn judge(
     stopped_by: Option<i32>,
+    stall: Option<&Stall>,
     failures: &[FailureRecord],
     exits: &[ExitRecord],
     launcher: ExitStatus,
@@ -57,6 +146,7 @@ pub fn judge(
                 "gang: received {}; the gang was stopped. Records: {records}",
                 signal_name(sig)
             )),
+            cause: None,
         };
     }
     if let Some(f) = failures.iter().min_by_key(|f| (f.time_unix_ns, f.rank)) {
@@ -71,10 +161,25 @@ pub fn judge(
                 "gang: rank {} failed first: {} (attempt {}, host {}). The gang was stopped. \
                  Records: {records}",
                 f.rank,
-                describe_failure(f),
+                describe_failure(f.kind, &f.message),
                 f.attempt,
                 f.host
             )),
+            cause: Some(Cause::Recorded {
+                rank: f.rank,
+                kind: f.kind,
+                message: f.message.clone(),
+            }),
+        };
+    }
+    if let Some(s) = stall {
+        return Outcome {
+            code: EXIT_STALLED,
+            message: Some(format!(
+                "gang: {s} (attempt {}). The gang was stopped. Records: {records}",
+                s.attempt
+            )),
+            cause: Some(Cause::Stalled(s.clone())),
         };
     }
     if let Some(e) = exits
@@ -89,12 +194,17 @@ pub fn judge(
                  Records: {records}",
                 e.rank, e.status, e.attempt, e.host
             )),
+            cause: Some(Cause::Exited {
+                rank: e.rank,
+                status: e.status,
+            }),
         };
     }
     match launcher_code {
         None => Outcome {
             code: 0,
             message: None,
+            cause: None,
         },
         Some(code) => Outcome {
             code,
@@ -102,8 +212,83 @@ pub fn judge(
                 "gang: {launcher_name} {launcher} before any rank reported a failure (see its \
                  messages above). Records: {records}"
             )),
+            cause: Some(Cause::Launcher {
+                name: launcher_name.to_string(),
+                status: launcher,
+            }),
         },
     }
+}
+
+/// Delay before restart number `restart` (1 for the first): `base`, doubling with each
+/// restart, capped at [`MAX_BACKOFF`] (or at `base` itself when that is larger).
+pub fn backoff(base: Duration, restart: u32) -> Duration {
+    let cap = base.max(MAX_BACKOFF);
+    let factor = 1u32 << restart.saturating_sub(1).min(16);
+    base.saturating_mul(factor).min(cap)
+}
+
+/// Upper bound of the doubling restart backoff.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// `1 s`, `0.25 s`, `30 s`.
+pub fn seconds(d: Duration) -> String {
+    format!("{} s", d.as_secs_f64())
+}
+
+/// The line printed when a failed attempt is followed by restart `restart` of `max`.
+pub fn restart_line(failed: &FailedAttempt, delay: Duration, restart: u32, max: u32) -> String {
+    format!(
+        "gang: attempt {} failed: {failed}; restarting in {} (restart {restart} of {max})",
+        failed.attempt,
+        seconds(delay)
+    )
+}
+
+/// The failed attempts in a few words: the first and the last, each with whether it was
+/// restarted, and how many there were in between. `restarted` is how many of `failed`
+/// (from the first) were followed by a restart.
+pub fn history(failed: &[FailedAttempt], restarted: usize, max: u32) -> String {
+    let part = |i: usize| {
+        let f = &failed[i];
+        if i < restarted {
+            format!("attempt {}: {f}; restarted ({} of {max})", f.attempt, i + 1)
+        } else {
+            format!("attempt {}: {f}", f.attempt)
+        }
+    };
+    match failed.len() {
+        0 => String::new(),
+        1 => part(0),
+        2 => format!("{}; {}", part(0), part(1)),
+        n => format!(
+            "{}; ... ({} more failed attempt{}); {}",
+            part(0),
+            n - 2,
+            if n == 3 { "" } else { "s" },
+            part(n - 1)
+        ),
+    }
+}
+
+/// The summary of a job that succeeded on attempt `attempt` after the restarts of `failed`.
+pub fn success_summary(failed: &[FailedAttempt], max: u32, attempt: u32, run_dir: &Path) -> String {
+    format!(
+        "gang: {}; attempt {attempt} succeeded. Records: {}",
+        history(failed, failed.len(), max),
+        run_dir.display()
+    )
+}
+
+/// The summary of a job whose restart budget `max` is used up (the last of `failed` was not
+/// restarted).
+pub fn exhausted_summary(failed: &[FailedAttempt], max: u32, run_dir: &Path) -> String {
+    format!(
+        "gang: giving up: all {max} restart{} used (--max-restarts {max}); {}. Records: {}",
+        if max == 1 { "" } else { "s" },
+        history(failed, failed.len().saturating_sub(1), max),
+        run_dir.display()
+    )
 }
 
 #[cfg(test)]
@@ -131,6 +316,7 @@ mod tests {
     fn judge_(failures: &[FailureRecord], exits: &[ExitRecord], launcher: ExitStatus) -> Outcome {
         judge(
             None,
+            None,
             failures,
             exits,
             launcher,
@@ -153,7 +339,8 @@ mod tests {
             o,
             Outcome {
                 code: 0,
-                message: None
+                message: None,
+                cause: None
             }
         );
     }
@@ -237,6 +424,7 @@ mod tests {
     fn a_stop_signal_wins() {
         let o = judge(
             Some(15),
+            None,
             &[],
             &[exit(0, ExitStatus::Signal(15), 1)],
             ExitStatus::Code(1),
@@ -245,5 +433,104 @@ mod tests {
         );
         assert_eq!(o.code, 143);
         assert!(o.message.unwrap().contains("received SIGTERM"));
+    }
+
+    fn failed(attempt: u32, cause: Cause, progress: Option<Progress>) -> FailedAttempt {
+        FailedAttempt { attempt, cause, progress }
+    }
+
+    fn killed(rank: usize) -> Cause {
+        Cause::Exited { rank, status: ExitStatus::Signal(9) }
+    }
+
+    fn at(step: u64) -> Option<Progress> {
+        Some(Progress { step, total: 100, what: "train".into(), updates: step + 1 })
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_thirty_seconds() {
+        let s = Duration::from_secs;
+        let got: Vec<Duration> = (1..=7).map(|r| backoff(s(1), r)).collect();
+        assert_eq!(got, [s(1), s(2), s(4), s(8), s(16), s(30), s(30)]);
+        assert_eq!(backoff(Duration::ZERO, 3), Duration::ZERO);
+        assert_eq!(backoff(Duration::from_millis(200), 2), Duration::from_millis(400));
+        assert_eq!(backoff(s(45), 3), s(45), "a base above the cap is kept");
+        assert_eq!(backoff(s(1), 1000), s(30));
+        assert_eq!(seconds(s(1)), "1 s");
+        assert_eq!(seconds(Duration::from_millis(250)), "0.25 s");
+    }
+
+    #[test]
+    fn causes_read_as_the_rank_and_its_error() {
+        let f = failed(0, killed(1), at(40));
+        assert_eq!(f.to_string(), "rank 1 was killed by signal 9 (SIGKILL) at train step 40 of 100");
+        let e = Cause::Recorded { rank: 2, kind: FailureKind::Panic, message: "boom at x.rs:3".into() };
+        assert_eq!(failed(1, e, None).to_string(), "rank 2 panicked: boom at x.rs:3");
+        let l = Cause::Launcher { name: "mpirun".into(), status: ExitStatus::Code(2) };
+        assert_eq!(l.to_string(), "mpirun exited with code 2 before any rank reported a failure");
+        assert_eq!(l.rank(), None);
+        let stall = Stall {
+            rank: 1,
+            attempt: 0,
+            kind: crate::heartbeat::StallKind::Silent,
+            secs: 5,
+            progress: at(40),
+            others: vec![],
+        };
+        // A stall names its progress itself, once.
+        assert_eq!(
+            failed(0, Cause::Stalled(stall), at(40)).to_string(),
+            "rank 1 stalled (no heartbeat for 5 s, last progress: train step 40 of 100)"
+        );
+    }
+
+    #[test]
+    fn restart_lines_and_summaries_name_the_root_causes() {
+        let f0 = failed(0, killed(1), at(40));
+        assert_eq!(
+            restart_line(&f0, Duration::from_secs(1), 1, 3),
+            "gang: attempt 0 failed: rank 1 was killed by signal 9 (SIGKILL) at train step 40 \
+             of 100; restarting in 1 s (restart 1 of 3)"
+        );
+        let dir = Path::new("/runs/r");
+        assert_eq!(
+            success_summary(std::slice::from_ref(&f0), 2, 1, dir),
+            "gang: attempt 0: rank 1 was killed by signal 9 (SIGKILL) at train step 40 of 100; \
+             restarted (1 of 2); attempt 1 succeeded. Records: /runs/r"
+        );
+        let f1 = failed(1, Cause::Exited { rank: 0, status: ExitStatus::Code(3) }, None);
+        assert_eq!(
+            exhausted_summary(&[f0.clone(), f1.clone()], 1, dir),
+            "gang: giving up: all 1 restart used (--max-restarts 1); attempt 0: rank 1 was \
+             killed by signal 9 (SIGKILL) at train step 40 of 100; restarted (1 of 1); \
+             attempt 1: rank 0 exited with code 3. Records: /runs/r"
+        );
+        // Only the first and the last failure are spelled out.
+        let many = [f0.clone(), f1.clone(), f1.clone(), failed(3, killed(2), None)];
+        let h = history(&many, 3, 3);
+        assert!(h.starts_with("attempt 0: rank 1 was killed"), "{h}");
+        assert!(h.contains("; ... (2 more failed attempts); attempt 3: rank 2 was killed"), "{h}");
+        assert!(h.ends_with("(SIGKILL)"), "{h}");
+    }
+
+    #[test]
+    fn a_stall_is_the_cause_unless_a_rank_recorded_one() {
+        let stall = Stall {
+            rank: 1,
+            attempt: 0,
+            kind: crate::heartbeat::StallKind::NoProgress,
+            secs: 12,
+            progress: at(40),
+            others: vec![0],
+        };
+        // After a stall every rank was killed by the launcher: those exits are not the cause.
+        let exits = [exit(0, ExitStatus::Signal(15), 1), exit(1, ExitStatus::Signal(15), 2)];
+        let o = judge(None, Some(&stall), &[], &exits, ExitStatus::Code(1), "mpirun", Path::new("/r"));
+        assert_eq!(o.code, EXIT_STALLED);
+        assert_eq!(o.cause, Some(Cause::Stalled(stall.clone())));
+        assert!(o.message.unwrap().starts_with("gang: rank 1 stalled (no progress for 12 s"));
+        let failures = [failure(2, FailureKind::Error, "disk full", 5)];
+        let o = judge(None, Some(&stall), &failures, &exits, ExitStatus::Code(1), "mpirun", Path::new("/r"));
+        assert_eq!(o.cause.unwrap().rank(), Some(2));
     }
 }

@@ -67,6 +67,10 @@ pub struct RankEnv {
     pub launcher: LauncherKind,
     /// `GANG_MPI`.
     pub flavour: MpiFlavour,
+    /// `GANG_HEARTBEAT`: the heartbeat address, empty for none.
+    pub heartbeat: String,
+    /// `GANG_TOKEN`: the run's heartbeat token.
+    pub token: String,
 }
 
 impl RankEnv {
@@ -82,6 +86,8 @@ impl RankEnv {
                     vars::ATTEMPT => self.attempt.to_string().into(),
                     vars::LAUNCHER => self.launcher.as_str().into(),
                     vars::MPI_FLAVOUR => self.flavour.as_str().into(),
+                    vars::HEARTBEAT => self.heartbeat.clone().into(),
+                    vars::TOKEN => self.token.clone().into(),
                     other => unreachable!("gang_protocol::vars::ALL gained {other}: set it here"),
                 };
                 (name.to_string(), value)
@@ -234,6 +240,8 @@ mod tests {
                 attempt: 0,
                 launcher,
                 flavour,
+                heartbeat: "unix:/runs/100-7/heartbeat.sock".into(),
+                token: "t0k".into(),
             },
         }
     }
@@ -381,5 +389,9 @@ mod tests {
         assert_eq!(get(vars::ATTEMPT), Some("0"));
         assert_eq!(get(vars::LAUNCHER), Some("mpirun"));
         assert_eq!(get(vars::MPI_FLAVOUR), Some("mpich"));
+        assert_eq!(get(vars::HEARTBEAT), Some("unix:/runs/100-7/heartbeat.sock"));
+        assert_eq!(get(vars::TOKEN), Some("t0k"));
+        // The token travels in the environment, never on a command line.
+        assert!(!argv(&plan).iter().any(|a| a.contains("t0k")));
     }
 }

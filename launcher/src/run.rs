@@ -2,11 +2,14 @@
 //! rank, reap whatever is left, and report the root cause.
 
 use crate::detect::{self, LauncherChoice, SlurmAllocation};
+use crate::heartbeat;
 use crate::outcome;
 use crate::plan::{self, LaunchPlan, LauncherKind, MpiFlavour, PlanInput, RankEnv};
 use crate::sys;
 use anyhow::{bail, Context, Result};
-use gang_protocol::{hostname, vars, ExitStatus, RunDir};
+use gang_protocol::heartbeat::Progress;
+use gang_protocol::{hostname, signal_name, vars, ExitStatus, RunDir};
+use std::collections::BTreeMap;
 use signal_hook::iterator::Signals;
 use std::ffi::{OsStr, OsString};
 use std::io::IsTerminal;
@@ -38,6 +41,34 @@ pub struct LaunchOptions {
     /// ./.gang/runs].
     #[arg(long, value_name = "ROOT")]
     pub run_dir: Option<PathBuf>,
+    /// Relaunch the whole gang up to K times when it fails (a rank failed or stalled, or
+    /// the launcher failed). One budget for the whole job, not per node or rank. A gang
+    /// stopped by SIGINT/SIGTERM is never restarted.
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    pub max_restarts: u32,
+    /// Seconds to wait before the first restart; the wait doubles with every further
+    /// restart, up to 30 s.
+    #[arg(long, value_name = "SECONDS", default_value = "1", value_parser = parse_seconds)]
+    pub restart_backoff: Duration,
+    /// Stop (and restart, if the budget allows) the gang when a rank that sends heartbeats
+    /// has sent none, or a rank that reports progress has reported none, for this many
+    /// seconds. Ranks of programs that do not use the gang library send nothing and are
+    /// never checked. 0 turns stall detection off. A stall that is not restarted ends
+    /// `gang` with exit code 124.
+    #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = parse_seconds)]
+    pub stall_timeout: Duration,
+}
+
+/// Parses a non-negative number of seconds (fractions allowed).
+///
+/// # Errors
+/// Not a number, negative, or not finite.
+pub fn parse_seconds(s: &str) -> Result<Duration, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    Duration::try_from_secs_f64(v).map_err(|_| format!("{s:?} is not a non-negative, finite number of seconds"))
 }
 
 /// Arguments of `gang run`.
@@ -56,8 +87,10 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 /// How long the launcher may keep running after a rank recorded a failure before gang
 /// stops it (mpirun normally ends the job itself within a second or two).
 const FAILURE_GRACE: Duration = Duration::from_secs(10);
-/// How often the wait loop looks at the launcher and the run directory.
+/// How often the wait loop looks at the launcher and the heartbeat socket.
 const POLL: Duration = Duration::from_millis(100);
+/// How often the wait loop reads the run directory and checks for stalls.
+const SCAN: Duration = Duration::from_millis(500);
 /// Upper bound on waiting for SIGKILLed leftovers to disappear.
 const REAP_LIMIT: Duration = Duration::from_secs(5);
 
@@ -162,22 +195,19 @@ pub fn run(opts: &LaunchOptions, command: &[OsString]) -> Result<i32> {
             root.join(&run_id).display()
         )
     })?;
-    let attempt = 0;
-    let run = run.with_attempt(attempt);
-
     let supervisor =
         std::env::current_exe().context("could not find the gang executable itself")?;
-    let plan = plan::build(&PlanInput {
+    let input = |attempt: u32, heartbeat: &str, token: &str| PlanInput {
         launcher,
-        launcher_path,
+        launcher_path: launcher_path.clone(),
         flavour,
         ranks: opts.ranks,
         cpus,
         is_root: sys::effective_uid() == 0,
-        hostfile,
-        supervisor,
+        hostfile: hostfile.clone(),
+        supervisor: supervisor.clone(),
         tag_output: !opts.no_tag_output,
-        program,
+        program: program.clone(),
         args: args.to_vec(),
         env: RankEnv {
             run_id: run_id.clone(),
@@ -186,22 +216,13 @@ pub fn run(opts: &LaunchOptions, command: &[OsString]) -> Result<i32> {
             attempt,
             launcher,
             flavour,
+            heartbeat: heartbeat.to_string(),
+            token: token.to_string(),
         },
-    })?;
-    execute(&plan, launcher, &run, &run_id)
-}
+    };
+    // Fail on a bad plan (e.g. --hostfile with srun) before anything is started.
+    plan::build(&input(0, "", ""))?;
 
-/// Why the wait loop is stopping the gang.
-#[derive(Debug, Clone, Copy)]
-enum StopReason {
-    /// `gang` received this signal.
-    Signal(i32),
-    /// A rank recorded a failure but the launcher kept running.
-    RankFailed,
-}
-
-/// Spawns the plan, waits for it while handling signals, cleans up, judges.
-fn execute(plan: &LaunchPlan, launcher: LauncherKind, run: &RunDir, run_id: &str) -> Result<i32> {
     // Orphaned ranks are re-parented to us, so they can be found and killed below.
     if let Err(e) = sys::become_subreaper() {
         eprintln!(
@@ -220,7 +241,151 @@ fn execute(plan: &LaunchPlan, launcher: LauncherKind, run: &RunDir, run_id: &str
             }
         }
     });
+    let listener = match heartbeat::Listener::bind(&run) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            eprintln!(
+                "gang: warning: no heartbeat channel ({e}); stalled ranks will not be detected"
+            );
+            None
+        }
+    };
+    let (address, token) = match &listener {
+        Some(l) => (l.address().to_string(), l.token().to_string()),
+        None => (String::new(), String::new()),
+    };
+    let watch = Watch {
+        sig_rx: &sig_rx,
+        listener: listener.as_ref(),
+        stall_timeout: opts.stall_timeout,
+    };
+    let code = attempts(opts, launcher, &run, &run_id, &watch, |attempt| {
+        plan::build(&input(attempt, &address, &token))
+    });
+    signals_handle.close();
+    code
+}
 
+/// What every attempt is watched with.
+struct Watch<'a> {
+    sig_rx: &'a mpsc::Receiver<i32>,
+    listener: Option<&'a heartbeat::Listener>,
+    stall_timeout: Duration,
+}
+
+/// Runs attempt after attempt until one succeeds, the user stops the gang, or the restart
+/// budget is used up; prints the restarts and the summary; returns the exit code.
+fn attempts(
+    opts: &LaunchOptions,
+    launcher: LauncherKind,
+    run: &RunDir,
+    run_id: &str,
+    watch: &Watch<'_>,
+    plan_for: impl Fn(u32) -> Result<LaunchPlan>,
+) -> Result<i32> {
+    let max = opts.max_restarts;
+    let mut failed: Vec<outcome::FailedAttempt> = Vec::new();
+    let mut attempt: u32 = 0;
+    loop {
+        let plan = plan_for(attempt)?;
+        let this = run.clone().with_attempt(attempt);
+        let ended = execute(&plan, launcher, &this, run_id, watch)?;
+        let verdict = ended.verdict;
+        if verdict.code == 0 {
+            if !failed.is_empty() {
+                eprintln!("{}", outcome::success_summary(&failed, max, attempt, run.path()));
+            }
+            return Ok(0);
+        }
+        let Some(cause) = verdict.cause.clone() else {
+            // Stopped by the user's signal: never restarted.
+            if let Some(m) = &verdict.message {
+                eprintln!("{m}");
+            }
+            if !failed.is_empty() {
+                eprintln!("gang: not restarting: {}", outcome::history(&failed, failed.len(), max));
+            }
+            return Ok(verdict.code);
+        };
+        let progress = match &cause {
+            outcome::Cause::Stalled(_) => None,
+            c => c.rank().and_then(|r| ended.progress.get(&r).cloned()),
+        };
+        failed.push(outcome::FailedAttempt { attempt, cause, progress });
+        let restart = failed.len() as u32;
+        // A signal that came while the attempt was ending also means: stop.
+        let pending_signal = watch.sig_rx.try_recv().ok();
+        if restart <= max && ended.leftovers.is_empty() && pending_signal.is_none() {
+            let delay = outcome::backoff(opts.restart_backoff, restart);
+            let last = failed.last().expect("just pushed");
+            eprintln!("{}", outcome::restart_line(last, delay, restart, max));
+            if let Ok(sig) = watch.sig_rx.recv_timeout(delay) {
+                eprintln!(
+                    "gang: received {} while waiting to restart; not restarting. {}. Records: {}",
+                    signal_name(sig),
+                    outcome::history(&failed, failed.len() - 1, max),
+                    run.path().display()
+                );
+                return Ok(128 + sig);
+            }
+            attempt += 1;
+            continue;
+        }
+        if let Some(m) = &verdict.message {
+            eprintln!("{m}");
+        }
+        if let Some(sig) = pending_signal {
+            eprintln!("gang: received {}; not restarting", signal_name(sig));
+            return Ok(128 + sig);
+        }
+        if !ended.leftovers.is_empty() {
+            eprintln!(
+                "gang: not restarting: rank processes {:?} of attempt {attempt} could not be \
+                 stopped, and two gangs must never run at once",
+                ended.leftovers
+            );
+        } else if max > 0 {
+            eprintln!("{}", outcome::exhausted_summary(&failed, max, run.path()));
+        }
+        return Ok(verdict.code);
+    }
+}
+
+/// How one attempt ended.
+struct Ended {
+    /// The verdict of [`outcome::judge`].
+    verdict: outcome::Outcome,
+    /// The last progress of every rank that reported some.
+    progress: BTreeMap<usize, Progress>,
+    /// Recorded rank processes on this host that were still running after cleanup.
+    leftovers: Vec<u32>,
+}
+
+/// Why the wait loop is stopping the gang.
+#[derive(Debug, Clone, Copy)]
+enum StopReason {
+    /// `gang` received this signal.
+    Signal(i32),
+    /// A rank recorded a failure but the launcher kept running.
+    RankFailed,
+    /// A rank stalled.
+    Stalled,
+}
+
+/// Spawns the plan, waits for it while handling signals and watching heartbeats, cleans
+/// up, judges.
+fn execute(
+    plan: &LaunchPlan,
+    launcher: LauncherKind,
+    run: &RunDir,
+    run_id: &str,
+    w: &Watch<'_>,
+) -> Result<Ended> {
+    let mut tracker = heartbeat::Tracker::new(
+        w.listener.map_or("", |l| l.token()),
+        run.attempt(),
+        plan_world(plan),
+    );
     let mut cmd = Command::new(&plan.program);
     cmd.args(&plan.args)
         .envs(plan.env.iter().map(|(k, v)| (k, v)));
@@ -240,14 +405,29 @@ fn execute(plan: &LaunchPlan, launcher: LauncherKind, run: &RunDir, run_id: &str
         .with_context(|| format!("could not start {}", plan.program.display()))?;
     let pgid = child.id();
 
-    let (status, stop) = watch(&mut child, pgid, &sig_rx, run)?;
-    signals_handle.close();
+    let (status, stop, stall) = watch(&mut child, pgid, w, run, &mut tracker)?;
 
     // Whatever is left of the launcher's process group, the recorded ranks on this host and
     // our orphaned descendants is a leftover of this gang.
     let _ = sys::signal_group(pgid, sys::SIGKILL);
-    kill_recorded_ranks(run, run_id);
+    let leftovers = kill_recorded_ranks(run, run_id);
     kill_orphans();
+    if let Some(l) = w.listener {
+        l.drain(&mut tracker, Instant::now());
+        let summary = tracker.summary();
+        if let Err(e) = run.write_heartbeats(&summary) {
+            eprintln!("gang: could not write the heartbeat summary: {e}");
+        }
+        if summary.wrong_token > 0 {
+            eprintln!(
+                "gang: warning: dropped {} heartbeat message{} without this run's token \
+                 (attempt {})",
+                summary.wrong_token,
+                if summary.wrong_token == 1 { "" } else { "s" },
+                run.attempt()
+            );
+        }
+    }
 
     let launcher_status = match (status.code(), status.signal()) {
         (Some(c), _) => ExitStatus::Code(c),
@@ -268,31 +448,44 @@ fn execute(plan: &LaunchPlan, launcher: LauncherKind, run: &RunDir, run_id: &str
     };
     let verdict = outcome::judge(
         stopped_by,
+        stall.as_ref(),
         &failures,
         &exits,
         launcher_status,
         name,
         run.path(),
     );
-    if let Some(m) = &verdict.message {
-        eprintln!("{m}");
-    }
     if matches!(stop, Some(StopReason::RankFailed)) {
         eprintln!("gang: {name} did not end the gang after the failure; gang stopped it");
     }
-    Ok(verdict.code)
+    let progress = (0..plan_world(plan))
+        .filter_map(|r| Some((r, tracker.progress_of(r)?.clone())))
+        .collect();
+    Ok(Ended { verdict, progress, leftovers })
+}
+
+/// The world size of a plan, from its `GANG_WORLD_SIZE`.
+fn plan_world(plan: &LaunchPlan) -> usize {
+    plan.env
+        .iter()
+        .find(|(k, _)| k == vars::WORLD_SIZE)
+        .and_then(|(_, v)| v.to_str()?.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Waits for the launcher. On the first signal sends SIGTERM to its process group, on a
 /// second signal or after [`STOP_GRACE`] SIGKILL. Also stops the gang when a rank recorded
-/// a failure and the launcher is still running [`FAILURE_GRACE`] later.
+/// a failure and the launcher is still running [`FAILURE_GRACE`] later, and when a rank
+/// stalls (see [`heartbeat`]).
 fn watch(
     child: &mut Child,
     pgid: u32,
-    sig_rx: &mpsc::Receiver<i32>,
+    w: &Watch<'_>,
     run: &RunDir,
-) -> Result<(std::process::ExitStatus, Option<StopReason>)> {
+    tracker: &mut heartbeat::Tracker,
+) -> Result<(std::process::ExitStatus, Option<StopReason>, Option<heartbeat::Stall>)> {
     let mut stop: Option<StopReason> = None;
+    let mut stall: Option<heartbeat::Stall> = None;
     let mut term_sent: Option<Instant> = None;
     let mut kill_sent = false;
     let mut failure_seen: Option<Instant> = None;
@@ -302,30 +495,49 @@ fn watch(
             .try_wait()
             .context("could not wait for the launcher")?
         {
-            return Ok((status, stop));
+            return Ok((status, stop, stall));
         }
-        match sig_rx.recv_timeout(POLL) {
+        match w.sig_rx.recv_timeout(POLL) {
             Ok(sig) if term_sent.is_none() => {
                 stop = Some(StopReason::Signal(sig));
                 term_sent = Some(Instant::now());
                 let _ = sys::signal_group(pgid, sys::SIGTERM);
             }
-            Ok(_) if !kill_sent => {
+            Ok(sig) if !kill_sent => {
                 // A second signal: the user wants it gone now.
+                if !matches!(stop, Some(StopReason::Signal(_))) {
+                    stop = Some(StopReason::Signal(sig));
+                }
                 kill_sent = true;
                 let _ = sys::signal_group(pgid, sys::SIGKILL);
             }
+            // A user's signal always wins over a stall or failure: it must not be restarted.
+            Ok(sig) if !matches!(stop, Some(StopReason::Signal(_))) => {
+                stop = Some(StopReason::Signal(sig));
+            }
             _ => {}
         }
-        if failure_seen.is_none() && last_scan.elapsed() >= Duration::from_millis(500) {
+        if let Some(l) = w.listener {
+            l.drain(tracker, Instant::now());
+        }
+        if last_scan.elapsed() >= SCAN {
             last_scan = Instant::now();
-            let failed = run.failures().map(|f| !f.is_empty()).unwrap_or(false)
-                || run
-                    .exits()
-                    .map(|e| e.iter().any(|e| !e.status.success()))
-                    .unwrap_or(false);
-            if failed {
+            let failed_record = run.failures().map(|f| !f.is_empty()).unwrap_or(false);
+            let exits = run.exits().unwrap_or_default();
+            for e in &exits {
+                tracker.rank_finished(e.rank);
+            }
+            if failure_seen.is_none() && (failed_record || exits.iter().any(|e| !e.status.success())) {
                 failure_seen = Some(Instant::now());
+            }
+            if term_sent.is_none() {
+                if let Some(s) = tracker.check(Instant::now(), w.stall_timeout) {
+                    eprintln!("gang: {s}; stopping the gang");
+                    stall = Some(s);
+                    stop = Some(StopReason::Stalled);
+                    term_sent = Some(Instant::now());
+                    let _ = sys::signal_group(pgid, sys::SIGTERM);
+                }
             }
         }
         if term_sent.is_none() && failure_seen.is_some_and(|t| t.elapsed() >= FAILURE_GRACE) {
@@ -342,13 +554,14 @@ fn watch(
 
 /// SIGKILLs every supervisor and rank program recorded as started on this host that is
 /// still running, then waits (bounded) until they are gone. A pid counts as ours only if
-/// its environment carries this run's id, so a reused pid is never hit.
-fn kill_recorded_ranks(run: &RunDir, run_id: &str) {
+/// its environment carries this run's id, so a reused pid is never hit. Returns those
+/// still running at the end.
+fn kill_recorded_ranks(run: &RunDir, run_id: &str) -> Vec<u32> {
     let starts = match run.starts() {
         Ok(s) => s,
         Err(e) => {
             eprintln!("gang: could not read the start records to clean up: {e}");
-            return;
+            return Vec::new();
         }
     };
     let host = hostname();
@@ -367,6 +580,7 @@ fn kill_recorded_ranks(run: &RunDir, run_id: &str) {
         while sys::reap_one_child().is_some() {}
         std::thread::sleep(Duration::from_millis(10));
     }
+    ours.into_iter().filter(|&p| sys::is_running(p)).collect()
 }
 
 /// SIGKILLs and reaps every remaining descendant that was re-parented to us (we are their

@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod device;
+pub mod heartbeat;
 
 use serde::{Deserialize, Serialize};
 use std::fs;
@@ -41,8 +42,14 @@ pub mod vars {
     pub const LAUNCHER: &str = "GANG_LAUNCHER";
     /// The MPI flavour the launcher detected: `openmpi` or `mpich`.
     pub const MPI_FLAVOUR: &str = "GANG_MPI";
+    /// Where ranks send heartbeats: `unix:/path` or `udp:127.0.0.1:PORT` (see
+    /// [`crate::heartbeat::Address`]); empty when the launcher has no heartbeat channel.
+    pub const HEARTBEAT: &str = "GANG_HEARTBEAT";
+    /// The run's secret token, which every heartbeat must carry.
+    pub const TOKEN: &str = "GANG_TOKEN";
     /// All variable names above, for forwarding them to remote nodes (`mpirun -x`).
-    pub const ALL: [&str; 6] = [RUN_ID, RUN_DIR, WORLD_SIZE, ATTEMPT, LAUNCHER, MPI_FLAVOUR];
+    pub const ALL: [&str; 8] =
+        [RUN_ID, RUN_DIR, WORLD_SIZE, ATTEMPT, LAUNCHER, MPI_FLAVOUR, HEARTBEAT, TOKEN];
 }
 
 /// Why a rank failed, as the rank itself saw it.
@@ -168,10 +175,40 @@ pub struct StartRecord {
     pub time_unix_ns: u128,
 }
 
+/// What the launcher heard on the heartbeat channel during one attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatSummary {
+    /// Attempt number.
+    pub attempt: u32,
+    /// One entry per rank that sent at least one accepted heartbeat, by rank.
+    pub ranks: Vec<RankHeartbeats>,
+    /// Messages dropped because they did not carry the run's token.
+    pub wrong_token: u64,
+    /// Messages dropped because they were not heartbeats (or too long).
+    pub malformed: u64,
+    /// Messages with the right token from another attempt or an out-of-range rank.
+    pub stale: u64,
+}
+
+/// What one rank sent during an attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RankHeartbeats {
+    /// World rank.
+    pub rank: usize,
+    /// Process id from its heartbeats.
+    pub pid: u32,
+    /// Accepted heartbeats.
+    pub beats: u64,
+    /// Its latest progress.
+    pub progress: Option<heartbeat::Progress>,
+}
+
 /// Layout of a run directory:
 ///
 /// ```text
 /// <root>/<run_id>/
+///     heartbeat.sock                        the launcher's heartbeat socket (while it runs)
+///     attempt-<k>/heartbeats.json           HeartbeatSummary, written by the launcher
 ///     attempt-<k>/failures/rank-<r>.json   FailureRecord, written by a failing rank
 ///     attempt-<k>/ranks/rank-<r>.start.json StartRecord, written by the rank supervisor
 ///     attempt-<k>/ranks/rank-<r>.exit.json  ExitRecord, written by the rank supervisor
@@ -237,6 +274,27 @@ impl RunDir {
     /// Records how the rank program ended.
     pub fn write_exit(&self, rec: &ExitRecord) -> io::Result<()> {
         write_json(&self.ranks_dir(), &format!("rank-{}.exit.json", rec.rank), rec)
+    }
+
+    /// Where the launcher's heartbeat socket lives.
+    pub fn heartbeat_socket(&self) -> PathBuf {
+        self.path.join(heartbeat::SOCKET_NAME)
+    }
+
+    /// Records what the launcher heard from the ranks during this attempt.
+    pub fn write_heartbeats(&self, summary: &HeartbeatSummary) -> io::Result<()> {
+        write_json(&self.attempt_dir(), "heartbeats.json", summary)
+    }
+
+    /// The heartbeat summary of this attempt, if the launcher wrote one.
+    pub fn heartbeats(&self) -> io::Result<Option<HeartbeatSummary>> {
+        match fs::read(self.attempt_dir().join("heartbeats.json")) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Failure records of this attempt, earliest first.

@@ -69,9 +69,15 @@ impl Drop for Scratch {
 
 /// Runs `gang ARGS` with run directories under `runs` and captured output.
 pub fn gang(args: &[&str], runs: &Path) -> Output {
+    gang_env(args, runs, &[])
+}
+
+/// [`gang`] with extra environment variables (`GANG_FAULT`, ...) for this run only.
+pub fn gang_env(args: &[&str], runs: &Path, env: &[(&str, &str)]) -> Output {
     require_mpirun();
     let child = Command::new(gang_bin())
         .args(args)
+        .envs(env.iter().copied())
         .env("GANG_RUN_ROOT", runs)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

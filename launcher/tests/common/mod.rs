@@ -211,7 +211,35 @@ pub fn run_dir_under(root: &Path) -> Option<PathBuf> {
 
 /// `(supervisor_pid, pid)` of every start record of attempt 0 in `run_dir`.
 pub fn started_pids(run_dir: &Path) -> Vec<(u32, u32)> {
-    let ranks = run_dir.join("attempt-0").join("ranks");
+    started_pids_of(run_dir, 0)
+}
+
+/// The attempt directories (`attempt-<k>`) of `run_dir`, as sorted attempt numbers.
+pub fn attempts(run_dir: &Path) -> Vec<u32> {
+    let mut v: Vec<u32> = fs::read_dir(run_dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix("attempt-")?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Asserts that no process of any attempt of the run is still running.
+pub fn assert_all_attempts_gone(run_dir: &Path) {
+    for a in attempts(run_dir) {
+        for (sup, pid) in started_pids_of(run_dir, a) {
+            assert!(!is_running(sup), "supervisor {sup} of attempt {a} is still running");
+            assert!(!is_running(pid), "rank program {pid} of attempt {a} is still running");
+        }
+    }
+    assert_gang_gone(run_dir);
+}
+
+/// `(supervisor_pid, pid)` of every start record of attempt `attempt` in `run_dir`.
+pub fn started_pids_of(run_dir: &Path, attempt: u32) -> Vec<(u32, u32)> {
+    let ranks = run_dir.join(format!("attempt-{attempt}")).join("ranks");
     let Ok(entries) = fs::read_dir(ranks) else {
         return Vec::new();
     };

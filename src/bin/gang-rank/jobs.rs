@@ -33,9 +33,9 @@ pub struct InputArgs {
     /// Read only these columns (comma-separated).
     #[arg(long, value_delimiter = ',', value_name = "A,B,...")]
     columns: Option<Vec<String>>,
-    /// Rows per batch.
+    /// Rows per batch read.
     #[arg(long, default_value_t = 65536)]
-    batch_size: usize,
+    read_batch: usize,
     /// Rows per partition (row groups are never split).
     #[arg(long, default_value_t = 1 << 20)]
     partition_rows: u64,
@@ -50,7 +50,7 @@ impl InputArgs {
         PlanOptions {
             target_rows: self.partition_rows.max(1),
             columns: self.columns.clone(),
-            batch_size: self.batch_size.max(1),
+            batch_size: self.read_batch.max(1),
             ..PlanOptions::default()
         }
     }
@@ -124,6 +124,70 @@ pub struct StandardizeArgs {
     /// Float columns to leave as they are (labels).
     #[arg(long, value_delimiter = ',', default_value = "y")]
     keep: Vec<String>,
+}
+
+/// Options of `train`.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    input: InputArgs,
+    /// The label column: integers 0..k (classification) or floats (regression).
+    #[arg(long)]
+    label: String,
+    /// Feature columns (default: every numeric column but the label and `id`).
+    #[arg(long, value_delimiter = ',', value_name = "A,B,...")]
+    features: Option<Vec<String>>,
+    /// logistic, softmax, linear, mlp:H or mlp:H1,H2 (ReLU hidden layers).
+    #[arg(long, default_value = "logistic")]
+    model: String,
+    /// Passes over the data.
+    #[arg(long, default_value_t = 10)]
+    epochs: u64,
+    /// Rows per step over the whole gang.
+    #[arg(long, default_value_t = 1024)]
+    batch_size: usize,
+    /// Learning rate.
+    #[arg(long, default_value_t = 0.01)]
+    lr: f32,
+    /// sgd or adam.
+    #[arg(long, default_value = "adam")]
+    optimizer: String,
+    /// SGD momentum.
+    #[arg(long, default_value_t = 0.9)]
+    momentum: f32,
+    /// Weight decay (L2 for SGD, decoupled for Adam).
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f32,
+    /// Seed of the initial weights and the shuffles.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Checkpoint directory (training resumes from its newest complete checkpoint).
+    #[arg(long, value_name = "DIR")]
+    checkpoint_dir: Option<PathBuf>,
+    /// Checkpoint every this many steps.
+    #[arg(long, default_value_t = 100)]
+    checkpoint_every: u64,
+    /// Complete checkpoints to keep.
+    #[arg(long, default_value_t = 3)]
+    keep: usize,
+    /// Where to write the model (safetensors).
+    #[arg(long, value_name = "FILE")]
+    output: PathBuf,
+    /// Where to write the loss curve (default: the model's path with .svg).
+    #[arg(long, value_name = "FILE")]
+    curve: Option<PathBuf>,
+}
+
+/// Options of `predict`.
+#[derive(Debug, Args)]
+pub struct PredictArgs {
+    #[command(flatten)]
+    input: InputArgs,
+    #[command(flatten)]
+    output: OutputArgs,
+    /// The model written by `gang train`.
+    #[arg(long, value_name = "FILE")]
+    model: PathBuf,
 }
 
 /// Options of `convert`.
@@ -407,4 +471,145 @@ fn rows_of(plan: &PartitionPlan, starts: &[u64], options: &PlanOptions, lo: u64,
         }
     }
     Ok(out)
+}
+
+pub fn train(config: Config, a: &TrainArgs) -> Result<()> {
+    use gang::train::{self, data, model_file, CheckpointConfig, TrainConfig};
+    use gang_kernels::Optimizer;
+    let inputs = a.input.inputs()?;
+    let options = a.input.options();
+    let optimizer = match a.optimizer.as_str() {
+        "sgd" => Optimizer::Sgd { lr: a.lr, momentum: a.momentum, weight_decay: a.weight_decay },
+        "adam" => match Optimizer::adam(a.lr) {
+            Optimizer::Adam { beta1, beta2, eps, .. } => Optimizer::Adam { lr: a.lr, beta1, beta2, eps, weight_decay: a.weight_decay },
+            other => other,
+        },
+        other => bail!("--optimizer {other}: expected sgd or adam"),
+    };
+    if a.checkpoint_every == 0 {
+        bail!("--checkpoint-every must be at least 1");
+    }
+    execute(config, |ctx| {
+        let started = Instant::now();
+        let plan = PartitionPlan::discover_on_root(ctx.comm(), &inputs, &options)?;
+        let features = data::feature_columns(&plan.schema, &a.label, a.features.as_deref())?;
+        let (shard, classes) = data::load_shard(ctx, &plan, &options, &a.label, &features)?;
+        let kind = train::parse_model(&a.model, classes)?;
+        let rows = ctx.comm().allreduce_scalar(shard.rows as u64, ReduceOp::Sum)?;
+        if ctx.rank() == 0 {
+            println!(
+                "train {kind}: {rows} rows x {} features, label {} ({}), {} ranks, batch {}, {} lr {} (attempt {})",
+                features.len(),
+                a.label,
+                if classes > 0 { format!("{classes} classes") } else { "real-valued".to_string() },
+                ctx.world(),
+                a.batch_size,
+                optimizer.name(),
+                a.lr,
+                ctx.attempt()
+            );
+        }
+        let cfg = TrainConfig {
+            model: kind,
+            epochs: a.epochs,
+            batch_size: a.batch_size,
+            optimizer,
+            seed: a.seed,
+            checkpoint: a.checkpoint_dir.as_ref().map(|d| CheckpointConfig { dir: d.clone(), every: a.checkpoint_every, keep: a.keep }),
+        };
+        let classification = classes > 0;
+        let report = train::train(ctx, &shard, &cfg, |e| {
+            if ctx.rank() == 0 {
+                let acc = if classification { format!("  accuracy {:.4}", e.accuracy) } else { String::new() };
+                println!(
+                    "epoch {:>3}/{}: loss {:.5}{acc}  ({:.2} s, allreduce {:.0}%)",
+                    e.epoch,
+                    a.epochs,
+                    e.loss,
+                    e.seconds,
+                    100.0 * e.allreduce_seconds / e.seconds.max(1e-9)
+                );
+            }
+        })?;
+        let f = &report.final_stats;
+        if ctx.rank() == 0 {
+            let mut meta = std::collections::BTreeMap::new();
+            meta.insert("final_loss".to_string(), f.mean_loss().to_string());
+            meta.insert("final_accuracy".to_string(), f.accuracy().to_string());
+            meta.insert("epochs".to_string(), a.epochs.to_string());
+            meta.insert("steps".to_string(), report.steps.to_string());
+            let info = model_file::ModelInfo { spec: a.model.clone(), classes, features: features.clone(), label: a.label.clone(), metadata: meta };
+            model_file::save(&a.output, &report.model, &info)?;
+            let curve = a.curve.clone().unwrap_or_else(|| a.output.with_extension("svg"));
+            let title = format!("gang train {} on {} rows, {} ranks", a.model, rows, ctx.world());
+            std::fs::write(&curve, train::svg::loss_curve(&title, &report.epochs, classification)).map_err(|e| gang::Error::io(&curve, e))?;
+            println!(
+                "final: loss {:.6}{} over all {} rows; {} steps{}; model {} ({} parameters), curve {} ({:.2} s)",
+                f.mean_loss(),
+                if classification { format!(", accuracy {:.4}", f.accuracy()) } else { String::new() },
+                f.n,
+                report.steps,
+                report.resumed_from.map(|s| format!(" (resumed from the checkpoint of step {s})")).unwrap_or_default(),
+                a.output.display(),
+                report.model.num_params(),
+                curve.display(),
+                started.elapsed().as_secs_f64()
+            );
+        }
+        Ok(())
+    })?;
+    Ok(())
+}
+
+pub fn predict(config: Config, a: &PredictArgs) -> Result<()> {
+    use arrow_array::{ArrayRef, Float32Array, Int64Array};
+    use arrow_schema::{DataType, Field, Schema};
+    use gang::train::{data, model_file};
+    use gang_kernels::Output;
+    use std::sync::Arc;
+    let inputs = a.input.inputs()?;
+    let options = a.input.options();
+    let format = a.output.format()?;
+    execute(config, |ctx| {
+        // Loaded once per rank, before the stage.
+        let (model, info) = model_file::load(&a.model)?;
+        let report = MapStage::new(ctx, inputs.clone())
+            .options(options.clone())
+            .output(&a.output.output, format)
+            .overwrite(a.output.overwrite)
+            .name(&format!("predict-{}", gang::stage::manifest::fnv1a64(&model.params().iter().flat_map(|p| p.to_le_bytes()).collect::<Vec<_>>())))
+            .run(|batch| {
+                let x = data::matrix(&batch, &info.features)?;
+                let mut fields: Vec<Field> = batch.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+                let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+                let err = |e| gang::Error::External(Box::new(e));
+                match model.output() {
+                    Output::Regression => {
+                        fields.push(Field::new("prediction", DataType::Float32, false));
+                        columns.push(Arc::new(Float32Array::from(model.predict(&x).map_err(err)?)));
+                    }
+                    Output::Binary => {
+                        let p = model.predict(&x).map_err(err)?;
+                        let c: Vec<i64> = p.iter().map(|&v| i64::from(v >= 0.5)).collect();
+                        fields.push(Field::new("probability", DataType::Float32, false));
+                        fields.push(Field::new("prediction", DataType::Int64, false));
+                        columns.push(Arc::new(Float32Array::from(p)));
+                        columns.push(Arc::new(Int64Array::from(c)));
+                    }
+                    Output::Softmax { classes } => {
+                        let p = model.predict(&x).map_err(err)?;
+                        let c = model.predict_class(&x).map_err(err)?;
+                        let best: Vec<f32> = p.chunks(*classes).zip(&c).map(|(row, &k)| row[k as usize]).collect();
+                        fields.push(Field::new("probability", DataType::Float32, false));
+                        fields.push(Field::new("prediction", DataType::Int64, false));
+                        columns.push(Arc::new(Float32Array::from(best)));
+                        columns.push(Arc::new(Int64Array::from(c)));
+                    }
+                }
+                Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?)
+            })?;
+        print_report(ctx, "predict", &report, &a.output.output);
+        Ok(())
+    })?;
+    Ok(())
 }

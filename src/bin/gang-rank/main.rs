@@ -32,6 +32,10 @@ enum Job {
     Standardize(jobs::StandardizeArgs),
     /// Convert between Parquet, Arrow IPC and HDF5, re-partitioned into K files.
     Convert(jobs::ConvertArgs),
+    /// Data-parallel training with allreduce, checkpoints and resume.
+    Train(jobs::TrainArgs),
+    /// Apply a trained model to a dataset (a map stage, exactly-once output).
+    Predict(jobs::PredictArgs),
 }
 
 fn main() {
@@ -52,5 +56,7 @@ fn run() -> Result<()> {
         Job::Stats(a) => jobs::stats(config, &a),
         Job::Standardize(a) => jobs::standardize(config, &a),
         Job::Convert(a) => jobs::convert(config, &a),
+        Job::Train(a) => jobs::train(config, &a),
+        Job::Predict(a) => jobs::predict(config, &a),
     }
 }

@@ -1,0 +1,634 @@
+//! [`CheckpointStore`]: the collective save (write, fsync, vote, commit, prune) and the
+//! collective restore (verify, fall back).
+
+use super::manifest::{
+    self, create_private_dir, create_private_file, entries, meta_file, read_checked, read_latest, step_dir_name,
+    sync_dir, temp_dir_name, tensor_file, write_atomically, Entry, FileEntry, Manifest, ShardEntry, ShardMeta,
+};
+use super::safetensors::{self, Digesting};
+use super::{Meta, Restored, State, Tensor, FORMAT};
+use crate::comm::ReduceOp;
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::fault::{FaultKind, FaultPlan};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// A directory of checkpoints of one training run, written and read collectively by the
+/// gang (see the [module documentation](super)).
+#[derive(Debug, Clone)]
+pub struct CheckpointStore {
+    dir: PathBuf,
+    retention: usize,
+    faults: FaultPlan,
+}
+
+/// What one rank reports after writing its shard.
+#[derive(Debug, Serialize, Deserialize)]
+struct Written {
+    step: u64,
+    replicated: Vec<String>,
+    shard: ShardEntry,
+}
+
+/// Rank 0's choice during a restore, broadcast to every rank.
+#[derive(Debug, Serialize, Deserialize)]
+enum Decision {
+    /// There is no checkpoint at all: start from scratch.
+    Nothing,
+    /// Load this checkpoint (checked by rank 0 as far as it can without reading shards).
+    Try { name: String, manifest: Box<Manifest>, skipped: Vec<String> },
+    /// Restoring is impossible.
+    Fail { path: PathBuf, detail: String },
+}
+
+/// Why rank 0 passes over a checkpoint before the ranks read it.
+enum Rejection {
+    /// Damaged: try the previous one.
+    Damaged(String),
+    /// Cannot restore onto this gang: stop with this error.
+    Incompatible(PathBuf, String),
+}
+
+/// What one rank read from its files.
+pub(crate) struct Loaded {
+    replicated: Vec<Tensor>,
+    sharded: Vec<Tensor>,
+    meta: Meta,
+}
+
+impl CheckpointStore {
+    /// A store in `dir` keeping the newest `retention` complete checkpoints. Nothing is
+    /// created until the first save. Reads the fault plan (`GANG_FAULT`) once.
+    ///
+    /// Keep `retention` at 2 or more: with 1 there is nothing to fall back to when the
+    /// newest checkpoint is damaged.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if `retention` is 0; [`Error::Environment`] for a
+    /// malformed `GANG_FAULT`.
+    pub fn new(dir: impl Into<PathBuf>, retention: usize) -> Result<CheckpointStore> {
+        if retention == 0 {
+            return Err(Error::InvalidArgument(
+                "checkpoint retention must be at least 1 (2 or more to survive a damaged newest checkpoint)".into(),
+            ));
+        }
+        Ok(CheckpointStore { dir: dir.into(), retention, faults: FaultPlan::from_env()? })
+    }
+
+    /// Replaces the fault plan (tests).
+    pub fn with_faults(mut self, faults: FaultPlan) -> CheckpointStore {
+        self.faults = faults;
+        self
+    }
+
+    /// The directory of the store.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// How many complete checkpoints are kept.
+    pub fn retention(&self) -> usize {
+        self.retention
+    }
+
+    /// Saves `state` as the checkpoint of `step`. Collective: every rank calls it with the
+    /// same `step` and its own `state`.
+    ///
+    /// Every rank writes and fsyncs its shard in a new directory under a temporary name;
+    /// the ranks vote; only after a unanimous vote rank 0 writes the manifest, renames the
+    /// directory to `step-<s>`, moves `LATEST` and prunes old checkpoints. A checkpoint of
+    /// a step that already exists replaces it. On return every rank knows the checkpoint
+    /// is committed, or every rank has an error.
+    ///
+    /// # Errors
+    /// This rank's own error ([`Error::Io`], [`Error::InvalidArgument`] for a malformed
+    /// state) if it could not write its shard; on the other ranks an [`Error::Output`]
+    /// naming the ranks that failed (the vote failed, `LATEST` is unchanged). If rank 0
+    /// cannot commit: its error on rank 0, [`Error::GangFailed`] naming rank 0 elsewhere.
+    /// Communication errors.
+    pub fn save(&self, ctx: &Context, step: u64, state: &State) -> Result<()> {
+        let (rank, attempt) = (ctx.rank(), ctx.attempt());
+        let tmp = self.dir.join(temp_dir_name(step, attempt));
+        let written = self.write_shard(&tmp, rank, ctx.world(), step, attempt, state);
+        if written.is_ok() && self.faults.due(rank, step, attempt) == Some(FaultKind::CrashDuringCheckpoint) {
+            eprintln!("gang: GANG_FAULT: rank {rank} dies after writing its shard of step {step}, before the vote");
+            crate::fault::fire(FaultKind::Kill, rank, step);
+        }
+        let unanimous = ctx.comm().allreduce_scalar(written.is_ok(), ReduceOp::And)?;
+        if !unanimous {
+            let mine = written.as_ref().err().map(ToString::to_string).unwrap_or_default();
+            let reasons = ctx.comm().allgather_bytes(mine.as_bytes())?;
+            let failed: Vec<String> = reasons
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| !r.is_empty())
+                .map(|(i, r)| format!("rank {i}: {}", String::from_utf8_lossy(r)))
+                .collect();
+            let detail = format!(
+                "the checkpoint of step {step} was not committed because not every rank could write its shard \
+                 ({}); LATEST still names the previous checkpoint; free space or fix permissions in {} and save again",
+                failed.join("; "),
+                self.dir.display()
+            );
+            if rank == 0 {
+                eprintln!("gang: {detail}");
+            }
+            return Err(match written {
+                Err(e) => e,
+                Ok(_) => Error::Output { path: tmp, detail },
+            });
+        }
+        let written = written.expect("the vote was unanimous");
+        let all = ctx.comm().allgather_bytes(&serde_json::to_vec(&written).map_err(Error::external)?)?;
+        let outcome = if rank == 0 { Some(self.commit(step, attempt, &tmp, all.iter())) } else { None };
+        agree(ctx, outcome)?;
+        if self.faults.due(rank, step, attempt) == Some(FaultKind::CorruptLatestCheckpoint) {
+            let path = self.dir.join(step_dir_name(step)).join(tensor_file(rank));
+            eprintln!("gang: GANG_FAULT: rank {rank} damages {} and dies", path.display());
+            if let Err(e) = damage(&path) {
+                eprintln!("gang: GANG_FAULT: could not damage {}: {e}", path.display());
+            }
+            crate::fault::fire(FaultKind::Kill, rank, step);
+        }
+        Ok(())
+    }
+
+    /// Writes and fsyncs this rank's shard into the temporary directory `tmp`.
+    fn write_shard(
+        &self,
+        tmp: &Path,
+        rank: usize,
+        world: usize,
+        step: u64,
+        attempt: u32,
+        state: &State,
+    ) -> Result<Written> {
+        state.check()?;
+        create_private_dir(&self.dir, false)?;
+        create_private_dir(tmp, true)?;
+        // Replicated tensors are stored once, by rank 0.
+        let replicated: Vec<&Tensor> = if rank == 0 { state.replicated.iter().collect() } else { Vec::new() };
+        let replicated_names: Vec<String> = replicated.iter().map(|t| t.name.clone()).collect();
+        let sharded_names: Vec<String> = state.sharded.iter().map(|t| t.name.clone()).collect();
+        let tensors: Vec<&Tensor> = replicated.iter().copied().chain(&state.sharded).collect();
+        let json = |v: &[String]| serde_json::to_string(v).expect("strings serialize");
+        let metadata = BTreeMap::from([
+            ("format".to_string(), FORMAT.to_string()),
+            ("step".to_string(), step.to_string()),
+            ("rank".to_string(), rank.to_string()),
+            ("world_size".to_string(), world.to_string()),
+            ("replicated".to_string(), json(&replicated_names)),
+            ("sharded".to_string(), json(&sharded_names)),
+        ]);
+
+        let tensor_name = tensor_file(rank);
+        let path = tmp.join(&tensor_name);
+        let file = create_private_file(&path)?;
+        let mut w = Digesting::new(std::io::BufWriter::with_capacity(1 << 20, file));
+        safetensors::encode(&mut w, &tensors, &metadata).and_then(|_| w.flush()).map_err(|e| Error::io(&path, e))?;
+        let (buf, bytes, crc32) = w.finish();
+        let file = buf.into_inner().map_err(|e| Error::io(&path, e.into_error()))?;
+        file.sync_all().map_err(|e| Error::io(&path, e))?;
+        let tensors_entry = FileEntry { name: tensor_name, bytes, crc32 };
+
+        let meta = ShardMeta {
+            format: FORMAT.to_string(),
+            step,
+            rank,
+            world_size: world,
+            attempt,
+            replicated: replicated_names.clone(),
+            sharded: sharded_names.clone(),
+            meta: state.meta.clone(),
+        };
+        let meta_bytes = serde_json::to_vec_pretty(&meta).map_err(Error::external)?;
+        let meta_name = meta_file(rank);
+        let path = tmp.join(&meta_name);
+        let mut f = create_private_file(&path)?;
+        f.write_all(&meta_bytes).and_then(|_| f.sync_all()).map_err(|e| Error::io(&path, e))?;
+        let meta_entry =
+            FileEntry { name: meta_name, bytes: meta_bytes.len() as u64, crc32: crc32fast::hash(&meta_bytes) };
+
+        sync_dir(tmp)?;
+        Ok(Written {
+            step,
+            replicated: replicated_names,
+            shard: ShardEntry { rank, sharded: sharded_names, files: vec![tensors_entry, meta_entry] },
+        })
+    }
+
+    /// Rank 0, after a unanimous vote: manifest, final name, `LATEST`, pruning.
+    fn commit<'a>(&self, step: u64, attempt: u32, tmp: &Path, all: impl Iterator<Item = &'a [u8]>) -> Result<()> {
+        let mut shards = Vec::new();
+        let mut replicated = Vec::new();
+        for (r, bytes) in all.enumerate() {
+            let w: Written = serde_json::from_slice(bytes).map_err(|e| Error::Output {
+                path: tmp.into(),
+                detail: format!("unreadable shard report of rank {r}: {e}"),
+            })?;
+            if w.step != step || w.shard.rank != r {
+                return Err(Error::InvalidArgument(format!(
+                    "rank {r} saved a checkpoint of step {} while rank 0 saved step {step}: every rank must pass the \
+                     same step to save()",
+                    w.step
+                )));
+            }
+            if r == 0 {
+                replicated = w.replicated;
+            }
+            shards.push(w.shard);
+        }
+        let manifest = Manifest {
+            format: FORMAT.to_string(),
+            step,
+            world_size: shards.len(),
+            attempt,
+            created_unix_ns: gang_protocol::now_unix_ns(),
+            replicated,
+            shards,
+        };
+        write_atomically(
+            &tmp.join(manifest::MANIFEST),
+            &serde_json::to_vec_pretty(&manifest).map_err(Error::external)?,
+        )?;
+        let name = step_dir_name(step);
+        let final_dir = self.dir.join(&name);
+        let old = self.dir.join(format!("{name}.old-a{attempt}"));
+        let replacing = final_dir.exists();
+        if replacing {
+            let _ = std::fs::remove_dir_all(&old);
+            std::fs::rename(&final_dir, &old).map_err(|e| Error::io(&final_dir, e))?;
+        }
+        std::fs::rename(tmp, &final_dir).map_err(|e| Error::io(&final_dir, e))?;
+        sync_dir(&self.dir)?;
+        write_atomically(&self.dir.join(manifest::LATEST), format!("{name}\n").as_bytes())?;
+        if replacing {
+            let _ = std::fs::remove_dir_all(&old);
+        }
+        self.prune(step);
+        Ok(())
+    }
+
+    /// Keeps `LATEST` (step `latest`) and the newest `retention - 1` complete checkpoints
+    /// before it; removes every other directory gang made (older checkpoints, uncommitted
+    /// ones, checkpoints newer than `LATEST` left from a timeline a restore abandoned).
+    /// Failures are printed, not returned: the checkpoint is committed already.
+    fn prune(&self, latest: u64) {
+        let list = match entries(&self.dir) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("gang: could not prune checkpoints: {e}");
+                return;
+            }
+        };
+        let mut keep = vec![step_dir_name(latest)];
+        for (name, kind) in list.iter().rev() {
+            if keep.len() >= self.retention {
+                break;
+            }
+            if let Entry::Step(s) = kind {
+                if *s < latest && Manifest::read(&self.dir.join(name)).is_ok() {
+                    keep.push(name.clone());
+                }
+            }
+        }
+        let mut removed = false;
+        for (name, _) in list.iter().filter(|(n, _)| !keep.contains(n)) {
+            let path = self.dir.join(name);
+            match std::fs::remove_dir_all(&path) {
+                Ok(()) => removed = true,
+                Err(e) => eprintln!("gang: could not remove old checkpoint {}: {e}", path.display()),
+            }
+        }
+        if removed {
+            if let Err(e) = sync_dir(&self.dir) {
+                eprintln!("gang: {e}");
+            }
+        }
+    }
+
+    /// Restores the newest usable checkpoint. Collective: rank 0 chooses, every rank
+    /// verifies the files it reads (size and CRC-32 against the manifest), and a checkpoint
+    /// that any rank finds damaged is passed over for the previous one, saying why on rank
+    /// 0's stderr and in [`Restored::skipped`].
+    ///
+    /// Each rank gets the replicated tensors (read by rank 0 and broadcast) and, when the
+    /// world size is the one that saved, its own sharded tensors and metadata; on another
+    /// world size every rank gets rank 0's metadata.
+    ///
+    /// `Ok(None)` when the store holds no checkpoint at all.
+    ///
+    /// # Errors
+    /// [`Error::Input`] naming the checkpoint if it holds sharded tensors saved by another
+    /// world size, or if checkpoints exist but none is usable (every rank gets the same
+    /// error). I/O and communication errors.
+    pub fn restore(&self, ctx: &Context) -> Result<Option<Restored>> {
+        let (rank, world) = (ctx.rank(), ctx.world());
+        let mut chooser = if rank == 0 { Some(Chooser::new(self, world)) } else { None };
+        loop {
+            let decision = chooser.as_mut().map(Chooser::next);
+            let mut buf = match &decision {
+                Some(d) => serde_json::to_vec(d).map_err(Error::external)?,
+                None => Vec::new(),
+            };
+            ctx.comm().broadcast_bytes(0, &mut buf)?;
+            let decision: Decision = match decision {
+                Some(d) => d,
+                None => serde_json::from_slice(&buf).map_err(|e| Error::GangFailed {
+                    rank: 0,
+                    stage: "checkpoint restore".into(),
+                    message: format!("unreadable decision of rank 0: {e}"),
+                })?,
+            };
+            let (name, manifest, skipped) = match decision {
+                Decision::Nothing => return Ok(None),
+                Decision::Fail { path, detail } => return Err(Error::input(path, None, detail)),
+                Decision::Try { name, manifest, skipped } => (name, manifest, skipped),
+            };
+            let step_dir = self.dir.join(&name);
+            let same_world = manifest.world_size == world;
+            let loaded = if same_world || rank == 0 { load(&step_dir, &manifest, rank).map(Some) } else { Ok(None) };
+            let ok = ctx.comm().allreduce_scalar(loaded.is_ok(), ReduceOp::And)?;
+            let loaded = match loaded {
+                Ok(l) if ok => l,
+                _ => {
+                    let mine = loaded.err().map(|e| e.to_string()).unwrap_or_default();
+                    let reasons = ctx.comm().allgather_bytes(mine.as_bytes())?;
+                    if let Some(c) = chooser.as_mut() {
+                        let why: Vec<String> = reasons
+                            .iter()
+                            .filter(|r| !r.is_empty())
+                            .map(|r| String::from_utf8_lossy(r).into_owned())
+                            .collect();
+                        c.reject(&name, &why.join("; "));
+                    }
+                    continue;
+                }
+            };
+            // Rank 0's replicated tensors and metadata reach every rank.
+            let (replicated, meta0, mine) = if world > 1 {
+                let mut bytes = Vec::new();
+                if let Some(l) = &loaded {
+                    if rank == 0 {
+                        let meta = serde_json::to_string(&l.meta).map_err(Error::external)?;
+                        let refs: Vec<&Tensor> = l.replicated.iter().collect();
+                        bytes = safetensors::to_bytes(&refs, &BTreeMap::from([("meta".to_string(), meta)]));
+                    }
+                }
+                ctx.comm().broadcast_bytes(0, &mut bytes)?;
+                if rank == 0 {
+                    let l = loaded.expect("rank 0 loaded");
+                    (l.replicated, l.meta.clone(), Some((l.sharded, l.meta)))
+                } else {
+                    let from = step_dir.join(tensor_file(0));
+                    let (tensors, md) = safetensors::decode(&from, &bytes)?;
+                    let meta0: Meta = md
+                        .get("meta")
+                        .and_then(|m| serde_json::from_str(m).ok())
+                        .ok_or_else(|| Error::input(&from, None, "rank 0 sent no metadata"))?;
+                    (tensors, meta0, loaded.map(|l| (l.sharded, l.meta)))
+                }
+            } else {
+                let l = loaded.expect("a single rank loads its shard");
+                (l.replicated, l.meta.clone(), Some((l.sharded, l.meta)))
+            };
+            let (sharded, meta) = match mine {
+                Some((sharded, meta)) if same_world => (sharded, meta),
+                _ => (Vec::new(), meta0),
+            };
+            return Ok(Some(Restored {
+                step: manifest.step,
+                saved_world_size: manifest.world_size,
+                dir: step_dir,
+                meta,
+                replicated,
+                sharded,
+                skipped,
+            }));
+        }
+    }
+}
+
+/// Rank 0's walk through the candidates of a restore: `LATEST`, then older complete
+/// checkpoints, newest first.
+struct Chooser {
+    dir: PathBuf,
+    world: usize,
+    candidates: std::vec::IntoIter<String>,
+    skipped: Vec<String>,
+    any: bool,
+    error: Option<Error>,
+}
+
+impl Chooser {
+    fn new(store: &CheckpointStore, world: usize) -> Chooser {
+        let mut c = Chooser {
+            dir: store.dir.clone(),
+            world,
+            candidates: Vec::new().into_iter(),
+            skipped: Vec::new(),
+            any: false,
+            error: None,
+        };
+        match c.list() {
+            Ok(list) => {
+                c.any = !list.is_empty();
+                c.candidates = list.into_iter();
+            }
+            Err(e) => c.error = Some(e),
+        }
+        c
+    }
+
+    /// Candidate directory names in the order to try them.
+    fn list(&mut self) -> Result<Vec<String>> {
+        let steps: Vec<(String, u64)> = entries(&self.dir)?
+            .into_iter()
+            .filter_map(|(n, e)| match e {
+                Entry::Step(s) => Some((n, s)),
+                _ => None,
+            })
+            .collect();
+        let latest = match read_latest(&self.dir) {
+            Ok(Some((name, s))) if self.dir.join(&name).is_dir() => Some(s),
+            Ok(Some((name, _))) => {
+                self.note(format!(
+                    "LATEST names {name}, which is missing; trying the checkpoints that exist, newest first"
+                ));
+                None
+            }
+            Ok(None) if steps.is_empty() => None,
+            Ok(None) => {
+                self.note("there is no LATEST pointer; trying the checkpoints that exist, newest first".into());
+                None
+            }
+            Err(why) => {
+                self.note(format!("{why}; trying the checkpoints that exist, newest first"));
+                None
+            }
+        };
+        let mut out = Vec::new();
+        for (name, s) in steps.into_iter().rev() {
+            match latest {
+                Some(l) if s > l => self.note(format!(
+                    "{name} is newer than LATEST (never committed, or abandoned by an earlier restore): ignored"
+                )),
+                _ => out.push(name),
+            }
+        }
+        Ok(out)
+    }
+
+    fn note(&mut self, why: String) {
+        eprintln!("gang: restore from {}: {why}", self.dir.display());
+        self.skipped.push(why);
+    }
+
+    fn reject(&mut self, name: &str, why: &str) {
+        self.note(format!("{name} is damaged ({why}); falling back to the previous checkpoint"));
+    }
+
+    fn next(&mut self) -> Decision {
+        if let Some(e) = self.error.take() {
+            return Decision::Fail { path: self.dir.clone(), detail: format!("cannot list the checkpoints: {e}") };
+        }
+        while let Some(name) = self.candidates.next() {
+            match self.precheck(&name) {
+                Ok(manifest) => {
+                    return Decision::Try { name, manifest: Box::new(manifest), skipped: self.skipped.clone() };
+                }
+                Err(Rejection::Damaged(why)) => self.reject(&name, &why),
+                Err(Rejection::Incompatible(path, detail)) => return Decision::Fail { path, detail },
+            }
+        }
+        if self.any {
+            Decision::Fail {
+                path: self.dir.clone(),
+                detail: format!(
+                    "no usable checkpoint: {}; run `gang ckpt verify {}` for details, or move the directory away to \
+                     start from scratch",
+                    self.skipped.join("; "),
+                    self.dir.display()
+                ),
+            }
+        } else {
+            Decision::Nothing
+        }
+    }
+
+    /// What rank 0 can check without reading shards: the manifest, the files' sizes, and
+    /// whether the checkpoint fits this world size.
+    fn precheck(&self, name: &str) -> std::result::Result<Manifest, Rejection> {
+        let dir = self.dir.join(name);
+        let m = match Manifest::read(&dir) {
+            Ok(m) => m,
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Rejection::Damaged("no manifest: never committed".into()))
+            }
+            Err(e) => return Err(Rejection::Damaged(e.to_string())),
+        };
+        m.check_sizes(&dir).map_err(Rejection::Damaged)?;
+        if m.world_size != self.world && m.has_sharded() {
+            let names: Vec<&str> = m.shards.iter().flat_map(|s| &s.sharded).map(String::as_str).take(5).collect();
+            return Err(Rejection::Incompatible(
+                dir,
+                format!(
+                    "holds sharded tensors ({}) saved by {} rank(s), but this gang has {}: sharded state restores only \
+                     onto the same world size; run with -n {}, or save that state as replicated",
+                    names.join(", "),
+                    m.world_size,
+                    self.world,
+                    m.world_size
+                ),
+            ));
+        }
+        Ok(m)
+    }
+}
+
+/// Reads and verifies the files of `rank`'s shard in `dir`.
+pub(crate) fn load(dir: &Path, m: &Manifest, rank: usize) -> Result<Loaded> {
+    let file = |name: &str| {
+        m.file(rank, name).ok_or_else(|| {
+            Error::input(dir.join(manifest::MANIFEST), None, format!("lists no file {name} for rank {rank}"))
+        })
+    };
+    let tensor_name = tensor_file(rank);
+    let tensor_path = dir.join(&tensor_name);
+    let bytes = read_checked(&tensor_path, file(&tensor_name)?)?;
+    let (tensors, _) = safetensors::decode(&tensor_path, &bytes)?;
+    let meta_name = meta_file(rank);
+    let meta_path = dir.join(&meta_name);
+    let meta_bytes = read_checked(&meta_path, file(&meta_name)?)?;
+    let meta: ShardMeta = serde_json::from_slice(&meta_bytes)
+        .map_err(|e| Error::input(&meta_path, None, format!("not a gang checkpoint metadata file: {e}")))?;
+    if meta.step != m.step || meta.rank != rank {
+        return Err(Error::input(
+            &meta_path,
+            None,
+            format!("says step {} rank {}, the manifest says step {} rank {rank}", meta.step, meta.rank, m.step),
+        ));
+    }
+    let shard = &m.shards[rank];
+    let (mut replicated, mut sharded) = (Vec::new(), Vec::new());
+    for t in tensors {
+        if rank == 0 && m.replicated.contains(&t.name) {
+            replicated.push(t);
+        } else if shard.sharded.contains(&t.name) {
+            sharded.push(t);
+        } else {
+            return Err(Error::input(&tensor_path, Some(format!("tensor {:?}", t.name)), "not listed in the manifest"));
+        }
+    }
+    let expected = shard.sharded.len() + if rank == 0 { m.replicated.len() } else { 0 };
+    if replicated.len() + sharded.len() != expected {
+        return Err(Error::input(
+            &tensor_path,
+            None,
+            format!("holds {} of the {expected} tensors the manifest lists", replicated.len() + sharded.len()),
+        ));
+    }
+    Ok(Loaded { replicated, sharded, meta: meta.meta })
+}
+
+/// Broadcasts rank 0's commit outcome so that every rank returns success, or an error.
+fn agree(ctx: &Context, outcome: Option<Result<()>>) -> Result<()> {
+    let (mut buf, mine) = match outcome {
+        Some(Ok(())) => (Vec::new(), None),
+        Some(Err(e)) => {
+            let text = e.to_string();
+            (if text.is_empty() { b"error".to_vec() } else { text.into_bytes() }, Some(e))
+        }
+        None => (Vec::new(), None),
+    };
+    ctx.comm().broadcast_bytes(0, &mut buf)?;
+    if let Some(e) = mine {
+        eprintln!("gang: rank 0 could not commit the checkpoint: {e}");
+        return Err(e);
+    }
+    if buf.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::GangFailed {
+            rank: 0,
+            stage: "checkpoint commit".into(),
+            message: String::from_utf8_lossy(&buf).into_owned(),
+        })
+    }
+}
+
+/// Flips bytes in the middle of `path` (fault injection).
+fn damage(path: &Path) -> std::io::Result<()> {
+    let mut bytes = std::fs::read(path)?;
+    let mid = bytes.len() / 2;
+    let end = (mid + 16).min(bytes.len());
+    for b in &mut bytes[mid..end] {
+        *b ^= 0xFF;
+    }
+    let mut f = std::fs::OpenOptions::new().write(true).open(path)?;
+    f.write_all(&bytes)?;
+    f.sync_all()
+}

@@ -1,0 +1,439 @@
+//! Data-parallel training: each rank computes gradients on its shard with the kernels of
+//! `gang-kernels`, the gradients of all layers travel in one flat buffer allreduced once
+//! per step, and every rank applies the same optimizer step, so the model is the same on
+//! every rank (checked every epoch).
+//!
+//! Deterministic: initial weights come from a seed (and rank 0, broadcast), every epoch's
+//! shuffle from `(seed, epoch, rank)`, gradients are summed in a fixed order inside a rank
+//! (the kernels' fixed chunks) and by MPI's allreduce across ranks (a fixed algorithm for a
+//! given world size). The same world size gives a bitwise-identical model across runs, and
+//! across a restart from a checkpoint, which saves the parameters, the optimizer state and
+//! the position in the epoch.
+
+pub mod data;
+pub mod model_file;
+pub mod svg;
+
+use crate::checkpoint::{CheckpointStore, Meta, State, Tensor};
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::fault::FaultPlan;
+use crate::ReduceOp;
+use gang_kernels::{BatchStats, Model, ModelKind, Optimizer, OptimizerState, Output, SplitMix64};
+use serde::{Deserialize, Serialize};
+use std::time::Instant;
+
+pub use data::{Labels, Shard};
+
+/// What to train and how.
+#[derive(Debug, Clone)]
+pub struct TrainConfig {
+    /// The model.
+    pub model: ModelKind,
+    /// Passes over the data.
+    pub epochs: u64,
+    /// Rows per step over the whole gang (each rank takes `batch_size / world`).
+    pub batch_size: usize,
+    /// Optimizer and its hyper-parameters.
+    pub optimizer: Optimizer,
+    /// Seed of the initial weights and the shuffles.
+    pub seed: u64,
+    /// Checkpoints: where, every how many steps, how many to keep.
+    pub checkpoint: Option<CheckpointConfig>,
+}
+
+/// Where and how often to checkpoint.
+#[derive(Debug, Clone)]
+pub struct CheckpointConfig {
+    /// The checkpoint directory.
+    pub dir: std::path::PathBuf,
+    /// Save every this many steps (and at the end).
+    pub every: u64,
+    /// Complete checkpoints kept.
+    pub keep: usize,
+}
+
+/// One epoch's figures over the whole gang.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochStats {
+    /// Epoch number, from 1.
+    pub epoch: u64,
+    /// Mean training loss over the epoch's steps (log-loss; half squared error for
+    /// regression).
+    pub loss: f64,
+    /// Training accuracy over the epoch's steps (classification).
+    pub accuracy: f64,
+    /// Wall-clock seconds of the epoch on this rank.
+    pub seconds: f64,
+    /// Seconds of the epoch spent in the gradient allreduce.
+    pub allreduce_seconds: f64,
+}
+
+/// What training produced.
+#[derive(Debug, Clone)]
+pub struct TrainReport {
+    /// The trained model (the same on every rank).
+    pub model: Model,
+    /// Figures per epoch (epochs before a restored checkpoint are not repeated).
+    pub epochs: Vec<EpochStats>,
+    /// Steps taken in all, including those before a restore.
+    pub steps: u64,
+    /// Steps per epoch.
+    pub steps_per_epoch: u64,
+    /// The checkpoint step training resumed from, if any.
+    pub resumed_from: Option<u64>,
+    /// Loss and accuracy of the final model over all training rows.
+    pub final_stats: BatchStats,
+}
+
+/// Where training stands: what a checkpoint records besides the tensors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Position {
+    /// Steps taken in all.
+    step: u64,
+    /// Epoch in progress (from 0).
+    epoch: u64,
+    /// Steps taken in that epoch.
+    step_in_epoch: u64,
+}
+
+/// A 64-bit digest of the parameters' bits, to check that every rank holds the same model.
+fn digest(params: &[f32]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in params {
+        h ^= u64::from(p.to_bits());
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+pub(crate) fn kernel_error(e: gang_kernels::Error) -> Error {
+    Error::External(Box::new(e))
+}
+
+/// The order of this rank's rows in `epoch`.
+fn permutation(rows: usize, seed: u64, epoch: u64, rank: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..rows).collect();
+    let mut rng = SplitMix64::new(seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ ((rank as u64 + 1) << 48));
+    rng.shuffle(&mut order);
+    order
+}
+
+/// Trains `cfg.model` on the shards of the gang (collective: every rank calls it with its
+/// own shard). Resumes from the newest complete checkpoint in `cfg.checkpoint` if there is
+/// one. `on_epoch` runs on every rank after each epoch with the gang-wide figures.
+///
+/// # Errors
+/// Configuration errors (batch size smaller than the gang, a model that does not fit the
+/// labels), kernel errors on bad data, checkpoint errors, and
+/// [`Error::Environment`] if the ranks' models ever differ.
+pub fn train(ctx: &Context, shard: &Shard, cfg: &TrainConfig, mut on_epoch: impl FnMut(&EpochStats)) -> Result<TrainReport> {
+    let comm = ctx.comm();
+    let (rank, world) = (ctx.rank(), ctx.world());
+    if cfg.batch_size < world {
+        return Err(Error::InvalidArgument(format!(
+            "--batch-size {} is smaller than the gang ({world} ranks): every rank needs at least one row per step",
+            cfg.batch_size
+        )));
+    }
+    cfg.optimizer.validate().map_err(kernel_error)?;
+    let local_batch = cfg.batch_size / world;
+    let steps_per_epoch = comm.allreduce_scalar((shard.rows / local_batch) as u64, ReduceOp::Min)?;
+    if steps_per_epoch == 0 {
+        let smallest = comm.allreduce_scalar(shard.rows as u64, ReduceOp::Min)?;
+        return Err(Error::InvalidArgument(format!(
+            "the smallest shard has {smallest} rows, fewer than the {local_batch} rows per rank and step of \
+             --batch-size {} over {world} ranks: lower --batch-size or use fewer ranks",
+            cfg.batch_size
+        )));
+    }
+    let total_steps = steps_per_epoch * cfg.epochs;
+
+    // Initial model on rank 0, broadcast: every rank starts from the same bits.
+    let mut model = Model::new(cfg.model.clone(), shard.features, cfg.seed).map_err(kernel_error)?;
+    comm.broadcast(0, model.params_mut())?;
+    let mut opt = OptimizerState::new(cfg.optimizer, model.num_params()).map_err(kernel_error)?;
+    let mut pos = Position { step: 0, epoch: 0, step_in_epoch: 0 };
+
+    let store = match &cfg.checkpoint {
+        Some(c) => Some(CheckpointStore::new(&c.dir, c.keep)?),
+        None => None,
+    };
+    let mut resumed_from = None;
+    if let Some(store) = &store {
+        if let Some(r) = store.restore(ctx)? {
+            let saved: Position = serde_json::from_value(r.meta.extra.get("position").cloned().unwrap_or_default())
+                .map_err(|e| Error::Input {
+                    path: r.dir.clone(),
+                    location: Some("metadata".into()),
+                    rank: Some(rank),
+                    detail: format!("no training position in the checkpoint ({e}): was it written by gang train?"),
+                })?;
+            let params = r.tensor("params").ok_or_else(|| restore_error(&r.dir, "params"))?;
+            if params.data.len() != model.num_params() {
+                return Err(Error::Input {
+                    path: r.dir.clone(),
+                    location: Some("params".into()),
+                    rank: Some(rank),
+                    detail: format!(
+                        "the checkpoint holds {} parameters but {} has {}: it belongs to another model; use another \
+                         --checkpoint-dir",
+                        params.data.len(),
+                        cfg.model,
+                        model.num_params()
+                    ),
+                })?;
+            }
+            model.params_mut().copy_from_slice(&params.data);
+            let state: Vec<(&str, &[f32])> = cfg
+                .optimizer
+                .state_names()
+                .iter()
+                .map(|n| r.tensor(&format!("optimizer.{n}")).map(|t| (*n, t.data.as_slice())).ok_or_else(|| restore_error(&r.dir, n)))
+                .collect::<Result<_>>()?;
+            let opt_steps = r.meta.extra.get("optimizer_steps").and_then(serde_json::Value::as_u64).unwrap_or(saved.step);
+            opt = OptimizerState::from_state(cfg.optimizer, model.num_params(), opt_steps, &state).map_err(kernel_error)?;
+            pos = saved;
+            if r.resharded(world) {
+                // Another world size: the same epoch, restarted from its beginning.
+                pos.step -= pos.step_in_epoch;
+                pos.step_in_epoch = 0;
+            }
+            resumed_from = Some(r.step);
+            if rank == 0 {
+                for s in &r.skipped {
+                    eprintln!("gang train: passed over a checkpoint: {s}");
+                }
+                eprintln!(
+                    "gang train: resumed from the checkpoint of step {} (epoch {}, step {} of {}) in {}",
+                    r.step,
+                    pos.epoch + 1,
+                    pos.step_in_epoch,
+                    steps_per_epoch,
+                    r.dir.display()
+                );
+            }
+        }
+    }
+
+    let faults = FaultPlan::from_env()?;
+    let features = shard.features;
+    let mut grad = model.grad_buffer();
+    let mut xb = vec![0f32; local_batch * features];
+    let mut yb = Labels::with_capacity(&shard.labels, local_batch);
+    let mut epochs = Vec::new();
+    while pos.epoch < cfg.epochs {
+        let started = Instant::now();
+        let mut allreduce_s = 0.0;
+        let order = permutation(shard.rows, cfg.seed, pos.epoch, rank);
+        let mut stats = BatchStats::default();
+        while pos.step_in_epoch < steps_per_epoch {
+            faults.check(rank, pos.step, ctx.attempt());
+            let rows = &order[pos.step_in_epoch as usize * local_batch..][..local_batch];
+            for (i, &r) in rows.iter().enumerate() {
+                xb[i * features..(i + 1) * features].copy_from_slice(&shard.x[r * features..(r + 1) * features]);
+            }
+            yb.gather(&shard.labels, rows);
+            grad.iter_mut().for_each(|g| *g = 0.0);
+            let s = model.loss_and_grad(&xb, yb.targets(), &mut grad).map_err(kernel_error)?;
+            stats.merge(&s);
+            let t = Instant::now();
+            comm.allreduce(&mut grad, ReduceOp::Sum)?;
+            allreduce_s += t.elapsed().as_secs_f64();
+            opt.step_scaled(model.params_mut(), &grad, 1.0 / (local_batch * world) as f32).map_err(kernel_error)?;
+            pos.step += 1;
+            pos.step_in_epoch += 1;
+            ctx.progress(pos.step, total_steps, "train step");
+            if pos.step_in_epoch == steps_per_epoch {
+                pos.epoch += 1;
+                pos.step_in_epoch = 0;
+                // Close the epoch before a checkpoint, so that a restore continues with the
+                // next one.
+                break;
+            }
+            if let (Some(store), Some(c)) = (&store, &cfg.checkpoint) {
+                if pos.step % c.every == 0 {
+                    save(ctx, store, &model, &opt, pos)?;
+                }
+            }
+        }
+        // Gang-wide figures of the epoch, and a check that every rank holds the same model.
+        let mut sums = [stats.loss_sum, stats.correct as f64, stats.n as f64];
+        comm.allreduce(&mut sums, ReduceOp::Sum)?;
+        let d = digest(model.params());
+        let (lo, hi) = (comm.allreduce_scalar(d, ReduceOp::Min)?, comm.allreduce_scalar(d, ReduceOp::Max)?);
+        if lo != hi {
+            return Err(Error::Environment(format!(
+                "the ranks' models differ after epoch {}: the allreduce did not give every rank the same sum",
+                pos.epoch
+            )));
+        }
+        let e = EpochStats {
+            epoch: pos.epoch,
+            loss: sums[0] / sums[2].max(1.0),
+            accuracy: if matches!(model.output(), Output::Regression) { 0.0 } else { sums[1] / sums[2].max(1.0) },
+            seconds: started.elapsed().as_secs_f64(),
+            allreduce_seconds: allreduce_s,
+        };
+        on_epoch(&e);
+        epochs.push(e);
+        if let (Some(store), Some(c)) = (&store, &cfg.checkpoint) {
+            if pos.step % c.every == 0 || pos.epoch == cfg.epochs {
+                save(ctx, store, &model, &opt, pos)?;
+            }
+        }
+    }
+
+    let final_stats = evaluate(ctx, &model, shard)?;
+    Ok(TrainReport { model, epochs, steps: pos.step, steps_per_epoch, resumed_from, final_stats })
+}
+
+fn restore_error(dir: &std::path::Path, what: &str) -> Error {
+    Error::Input {
+        path: dir.to_path_buf(),
+        location: Some(what.to_string()),
+        rank: None,
+        detail: format!("the checkpoint has no tensor {what:?}: was it written by gang train with this optimizer?"),
+    }
+}
+
+fn save(ctx: &Context, store: &CheckpointStore, model: &Model, opt: &OptimizerState, pos: Position) -> Result<()> {
+    let mut state = State::new().with_replicated(Tensor::vector("params", model.params().to_vec()));
+    for (name, data) in opt.state_tensors() {
+        state = state.with_replicated(Tensor::vector(format!("optimizer.{name}"), data.to_vec()));
+    }
+    state = state.with_meta(Meta {
+        epoch: pos.epoch,
+        rng_state: Vec::new(),
+        data_cursor: pos.step_in_epoch,
+        extra: serde_json::json!({ "position": pos, "optimizer_steps": opt.steps(), "model": model.kind().to_string() }),
+    });
+    store.save(ctx, pos.step, &state)
+}
+
+/// Loss and accuracy of `model` over every row of the gang's shards.
+///
+/// # Errors
+/// Kernel and communication errors.
+pub fn evaluate(ctx: &Context, model: &Model, shard: &Shard) -> Result<BatchStats> {
+    let s = model.loss(&shard.x, shard.labels.targets()).map_err(kernel_error)?;
+    let mut sums = [s.loss_sum, s.correct as f64, s.n as f64];
+    ctx.comm().allreduce(&mut sums, ReduceOp::Sum)?;
+    Ok(BatchStats { loss_sum: sums[0], correct: sums[1] as u64, n: sums[2] as u64 })
+}
+
+/// Parses `linear`, `logistic`, `softmax` and `mlp:64` / `mlp:64,32`; `classes` is the
+/// number of classes of the label (0 for a real-valued label).
+///
+/// # Errors
+/// [`Error::InvalidArgument`] for an unknown model or one that does not fit the label.
+pub fn parse_model(spec: &str, classes: usize) -> Result<ModelKind> {
+    let head = match classes {
+        0 => Output::Regression,
+        2 => Output::Binary,
+        k => Output::Softmax { classes: k },
+    };
+    let bad = |why: String| Err(Error::InvalidArgument(format!("--model {spec}: {why}")));
+    match spec {
+        "linear" if classes == 0 => Ok(ModelKind::Linear),
+        "linear" => bad("linear regression needs a real-valued label; this one has classes (use logistic or softmax)".into()),
+        "logistic" if classes == 2 => Ok(ModelKind::Logistic),
+        "logistic" => bad(format!("logistic regression needs a label with 2 classes; this one has {classes} (use softmax or linear)")),
+        "softmax" if classes >= 2 => Ok(ModelKind::Softmax { classes }),
+        "softmax" => bad("softmax regression needs a class label (integers 0..k)".into()),
+        _ => match spec.strip_prefix("mlp:") {
+            Some(sizes) => {
+                let hidden: Vec<usize> = sizes
+                    .split(',')
+                    .map(|s| s.trim().parse::<usize>().ok().filter(|&n| n > 0))
+                    .collect::<Option<_>>()
+                    .ok_or_else(|| Error::InvalidArgument(format!("--model {spec}: hidden sizes must be positive integers, e.g. mlp:64,32")))?;
+                if hidden.is_empty() || hidden.len() > 2 {
+                    return bad("one or two hidden layers, e.g. mlp:64 or mlp:64,32".into());
+                }
+                Ok(ModelKind::Mlp { hidden, outputs: head })
+            }
+            None => bad("expected linear, logistic, softmax, mlp:H or mlp:H1,H2".into()),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{execute, Config};
+
+    fn toy_shard(rank: usize, rows: usize) -> Shard {
+        // y = 1 when x0 + 0.5 x1 > 0, for rows derived from the rank.
+        let mut rng = SplitMix64::new(rank as u64 + 7);
+        let mut x = Vec::with_capacity(rows * 2);
+        let mut y = Vec::with_capacity(rows);
+        for _ in 0..rows {
+            let (a, b) = (rng.next_f32() * 2.0 - 1.0, rng.next_f32() * 2.0 - 1.0);
+            x.extend([a, b]);
+            y.push(i64::from(a + 0.5 * b > 0.0));
+        }
+        Shard { x, labels: Labels::Class(y), rows, features: 2 }
+    }
+
+    fn cfg(dir: Option<&std::path::Path>, every: u64) -> TrainConfig {
+        TrainConfig {
+            model: ModelKind::Logistic,
+            epochs: 4,
+            batch_size: 64,
+            optimizer: Optimizer::adam(0.05),
+            seed: 3,
+            checkpoint: dir.map(|d| CheckpointConfig { dir: d.to_path_buf(), every, keep: 2 }),
+        }
+    }
+
+    #[test]
+    fn training_learns_and_is_the_same_on_every_rank_and_every_run() {
+        let run = || {
+            execute(Config::local(2), |ctx| {
+                let r = train(ctx, &toy_shard(ctx.rank(), 500), &cfg(None, 0), |_| {})?;
+                Ok((r.model.params().to_vec(), r.final_stats))
+            })
+            .unwrap()
+        };
+        let (a, b) = (run(), run());
+        assert_eq!(a[0].0, a[1].0, "ranks hold different models");
+        assert_eq!(a[0].0, b[0].0, "two runs differ");
+        assert!(a[0].1.accuracy() > 0.95, "accuracy {}", a[0].1.accuracy());
+    }
+
+    #[test]
+    fn a_restart_from_a_checkpoint_gives_the_same_model_bit_for_bit() {
+        let dir = std::env::temp_dir().join(format!("gang-train-ckpt-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let full = execute(Config::local(2), |ctx| Ok(train(ctx, &toy_shard(ctx.rank(), 500), &cfg(None, 0), |_| {})?.model.params().to_vec()))
+            .unwrap();
+        // A run that stops after 2 epochs (as if killed), with checkpoints every 5 steps,
+        // then a run of all 4 epochs that resumes from them.
+        let mut short = cfg(Some(&dir), 5);
+        short.epochs = 2;
+        execute(Config::local(2), |ctx| train(ctx, &toy_shard(ctx.rank(), 500), &short, |_| {}).map(|_| ())).unwrap();
+        let resumed = execute(Config::local(2), |ctx| {
+            let r = train(ctx, &toy_shard(ctx.rank(), 500), &cfg(Some(&dir), 5), |_| {})?;
+            assert!(r.resumed_from.is_some());
+            Ok(r.model.params().to_vec())
+        })
+        .unwrap();
+        assert_eq!(resumed[0], full[0]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn models_are_parsed_against_the_label() {
+        assert_eq!(parse_model("logistic", 2).unwrap(), ModelKind::Logistic);
+        assert_eq!(parse_model("softmax", 3).unwrap(), ModelKind::Softmax { classes: 3 });
+        assert_eq!(parse_model("linear", 0).unwrap(), ModelKind::Linear);
+        assert_eq!(
+            parse_model("mlp:64,32", 2).unwrap(),
+            ModelKind::Mlp { hidden: vec![64, 32], outputs: Output::Binary }
+        );
+        for (spec, classes) in [("logistic", 3), ("linear", 2), ("mlp:", 2), ("mlp:1,2,3", 2), ("tree", 2)] {
+            assert!(parse_model(spec, classes).is_err(), "{spec}");
+        }
+    }
+}

@@ -1,0 +1,383 @@
+//! Checkpoints on the Local backend: round trip, retention, a failed vote, fallback from a
+//! damaged or torn newest checkpoint, restores onto other world sizes, permissions, the
+//! `ckpt ls` / `ckpt verify` logic, and files that Python's safetensors (or numpy) loads.
+
+mod common;
+
+use common::Scratch;
+use gang::checkpoint::{self, CheckpointStore, Meta, State, Tensor};
+use gang::{execute, Config, Error};
+use std::path::{Path, PathBuf};
+
+/// The state rank `rank` saves at `step`: replicated weights that depend on the step only,
+/// a sharded moment that depends on the rank too, and per-rank metadata.
+fn state(rank: usize, step: u64) -> State {
+    let w: Vec<f32> = (0..6).map(|i| (step as f32) * 0.25 + i as f32 - 1.5).collect();
+    State::new()
+        .with_replicated(Tensor::new("layer0.weight", vec![2, 3], w).unwrap())
+        .with_replicated(Tensor::vector("layer0.bias", vec![step as f32, f32::MIN_POSITIVE, -0.0]))
+        .with_sharded(Tensor::vector("adam.m", vec![rank as f32 + step as f32 / 100.0; rank + 1]))
+        .with_meta(Meta {
+            epoch: step / 10,
+            rng_state: vec![0xDEAD_BEEF_0000_0000 + rank as u64, step],
+            data_cursor: 1000 * step + rank as u64,
+            extra: serde_json::json!({ "lr": 0.01, "rank": rank }),
+        })
+}
+
+fn bits(t: &Tensor) -> Vec<u32> {
+    t.data.iter().map(|v| v.to_bits()).collect()
+}
+
+fn store(dir: &Path, retention: usize) -> CheckpointStore {
+    // No GANG_FAULT in these tests, whatever the environment says.
+    CheckpointStore::new(dir, retention).unwrap().with_faults(Default::default())
+}
+
+fn save_steps(dir: &Path, world: usize, retention: usize, steps: &[u64]) {
+    let s = store(dir, retention);
+    execute(Config::local(world), |ctx| {
+        for &step in steps {
+            s.save(ctx, step, &state(ctx.rank(), step))?;
+        }
+        Ok(())
+    })
+    .unwrap();
+}
+
+fn step_dir(dir: &Path, step: u64) -> PathBuf {
+    dir.join(checkpoint::step_dir_name(step))
+}
+
+fn latest(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("LATEST")).unwrap().trim().to_string()
+}
+
+fn flip_bytes(path: &Path) {
+    let mut b = std::fs::read(path).unwrap();
+    let n = b.len();
+    b[n - 3] ^= 0x5A;
+    std::fs::write(path, b).unwrap();
+}
+
+#[test]
+fn a_checkpoint_round_trips_bit_for_bit_on_every_rank() {
+    let s = Scratch::new("ckpt-roundtrip");
+    let dir = s.path("ckpt");
+    save_steps(&dir, 3, 3, &[10, 20]);
+    assert_eq!(latest(&dir), "step-00000020");
+    let st = store(&dir, 3);
+    let out = execute(Config::local(3), |ctx| {
+        let r = st.restore(ctx)?.expect("a checkpoint");
+        let want = state(ctx.rank(), 20);
+        assert_eq!(r.step, 20);
+        assert_eq!(r.saved_world_size, 3);
+        assert!(!r.resharded(3));
+        assert!(r.skipped.is_empty(), "{:?}", r.skipped);
+        assert_eq!(r.meta, want.meta, "every rank gets its own metadata back");
+        assert_eq!(r.replicated.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["layer0.weight", "layer0.bias"]);
+        for (got, want) in r.replicated.iter().zip(&want.replicated) {
+            assert_eq!((&got.name, &got.shape, bits(got)), (&want.name, &want.shape, bits(want)));
+        }
+        assert_eq!(r.sharded.len(), 1);
+        assert_eq!(bits(&r.sharded[0]), bits(&want.sharded[0]));
+        assert_eq!(r.tensor("adam.m").unwrap().shape, vec![ctx.rank() + 1]);
+        Ok(r.step)
+    })
+    .unwrap();
+    assert_eq!(out, vec![20; 3]);
+    // The layout the documentation promises.
+    let d = step_dir(&dir, 20);
+    for f in ["MANIFEST.json", "rank-0.safetensors", "rank-0.meta.json", "rank-2.safetensors", "rank-2.meta.json"] {
+        assert!(d.join(f).is_file(), "{f} missing in {}", d.display());
+    }
+    let m = checkpoint::Manifest::read(&d).unwrap();
+    assert_eq!((m.step, m.world_size, m.replicated.len(), m.shards.len()), (20, 3, 2, 3));
+    let report = checkpoint::verify(&dir).unwrap();
+    assert!(report.is_ok(), "{report}");
+    assert_eq!(report.restorable, Some(20));
+}
+
+#[test]
+fn retention_keeps_the_newest_complete_checkpoints_and_removes_leftovers() {
+    let s = Scratch::new("ckpt-retention");
+    let dir = s.path("ckpt");
+    // A leftover of a crashed attempt, and a file that is not gang's.
+    std::fs::create_dir_all(dir.join("step-00000003.tmp-a0")).unwrap();
+    std::fs::write(dir.join("notes.txt"), "mine").unwrap();
+    save_steps(&dir, 2, 2, &[1, 2, 3, 4, 5]);
+    let mut names: Vec<String> =
+        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["LATEST", "notes.txt", "step-00000004", "step-00000005"]);
+    let infos = checkpoint::list(&dir).unwrap();
+    assert_eq!(
+        infos.iter().map(|i| (i.step, i.complete, i.latest)).collect::<Vec<_>>(),
+        [(4, true, false), (5, true, true)]
+    );
+    assert!(infos.iter().all(|i| i.world_size == Some(2) && i.bytes > 0 && i.why_incomplete.is_none()));
+}
+
+#[test]
+fn a_failed_vote_commits_nothing_and_leaves_latest_alone() {
+    let s = Scratch::new("ckpt-vote");
+    let dir = s.path("ckpt");
+    save_steps(&dir, 3, 3, &[1]);
+    // Rank 1 cannot write its shard of step 2: its file name is taken by a directory.
+    std::fs::create_dir_all(dir.join("step-00000002.tmp-a0").join("rank-1.safetensors")).unwrap();
+    let st = store(&dir, 3);
+    let errors = std::sync::Mutex::new(Vec::new());
+    let _ = execute(Config::local(3), |ctx| {
+        let e = st.save(ctx, 2, &state(ctx.rank(), 2)).unwrap_err();
+        errors.lock().unwrap().push((
+            ctx.rank(),
+            e.to_string(),
+            matches!(e, Error::Io { .. }),
+            matches!(e, Error::Output { .. }),
+        ));
+        // The gang goes on: the next checkpoint succeeds.
+        let r = st.restore(ctx)?.unwrap();
+        assert_eq!(r.step, 1);
+        Ok(())
+    })
+    .unwrap();
+    let mut errors = errors.into_inner().unwrap();
+    errors.sort();
+    assert!(errors[1].2, "rank 1 gets its own I/O error: {}", errors[1].1);
+    assert!(errors[1].1.contains("rank-1.safetensors"), "{}", errors[1].1);
+    for (r, msg, _, output) in [&errors[0], &errors[2]] {
+        assert!(output, "rank {r}: {msg}");
+        assert!(msg.contains("not committed") && msg.contains("rank 1:") && msg.contains("LATEST"), "rank {r}: {msg}");
+    }
+    assert_eq!(latest(&dir), "step-00000001");
+    assert!(!step_dir(&dir, 2).exists());
+    assert!(!dir.join("step-00000002.tmp-a0").join("MANIFEST.json").exists());
+    let infos = checkpoint::list(&dir).unwrap();
+    let tmp = infos.iter().find(|i| i.name == "step-00000002.tmp-a0").expect("the uncommitted directory is listed");
+    assert!(!tmp.complete && tmp.why_incomplete.as_deref().unwrap().contains("not committed"), "{tmp:?}");
+
+    // A malformed state on one rank fails the vote the same way.
+    let _ = execute(Config::local(2), |ctx| {
+        let mut s = state(ctx.rank(), 3);
+        if ctx.rank() == 1 {
+            s.sharded[0].shape = vec![99];
+        }
+        let e = st.save(ctx, 3, &s).unwrap_err();
+        if ctx.rank() == 1 {
+            assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
+        } else {
+            assert!(e.to_string().contains("rank 1: invalid argument"), "{e}");
+        }
+        Ok(())
+    });
+    assert_eq!(latest(&dir), "step-00000001");
+
+    // The next successful save cleans the leftovers up.
+    std::fs::remove_dir_all(dir.join("step-00000002.tmp-a0")).unwrap();
+    std::fs::create_dir_all(dir.join("step-00000002.tmp-a0")).unwrap();
+    save_steps(&dir, 3, 3, &[4]);
+    let names: Vec<String> = checkpoint::list(&dir).unwrap().into_iter().map(|i| i.name).collect();
+    assert_eq!(names, ["step-00000001", "step-00000004"]);
+}
+
+/// Restores on 2 ranks and returns what rank 0 got.
+fn restore2(dir: &Path) -> gang::Result<Option<checkpoint::Restored>> {
+    let st = store(dir, 3);
+    execute(Config::local(2), |ctx| st.restore(ctx)).map(|mut v| v.remove(0))
+}
+
+#[test]
+fn a_damaged_shard_in_the_newest_checkpoint_falls_back_to_the_previous() {
+    let s = Scratch::new("ckpt-damaged");
+    let dir = s.path("ckpt");
+    save_steps(&dir, 2, 3, &[1, 2]);
+    flip_bytes(&step_dir(&dir, 2).join("rank-1.safetensors"));
+    let r = restore2(&dir).unwrap().unwrap();
+    assert_eq!(r.step, 1);
+    assert_eq!(bits(&r.replicated[0]), bits(&state(0, 1).replicated[0]));
+    let why = r.skipped.join("\n");
+    assert!(why.contains("step-00000002") && why.contains("rank-1.safetensors") && why.contains("CRC-32"), "{why}");
+
+    let report = checkpoint::verify(&dir).unwrap();
+    assert!(!report.is_ok(), "{report}");
+    assert_eq!(report.restorable, Some(1));
+    let bad = report.checkpoints.iter().find(|c| c.step == 2).unwrap();
+    assert!(!bad.ok && bad.problems[0].contains("rank-1.safetensors"), "{bad:?}");
+    assert!(report.to_string().contains("DAMAGED"), "{report}");
+
+    // Saving step 2 again replaces the damaged one.
+    save_steps(&dir, 2, 3, &[2]);
+    assert!(checkpoint::verify(&dir).unwrap().is_ok());
+    assert_eq!(restore2(&dir).unwrap().unwrap().step, 2);
+}
+
+#[test]
+fn a_torn_manifest_or_a_missing_shard_falls_back() {
+    let s = Scratch::new("ckpt-torn");
+    let dir = s.path("ckpt");
+    save_steps(&dir, 2, 4, &[1, 2, 3]);
+    // Torn manifest in step 3, missing metadata shard in step 2.
+    let m = step_dir(&dir, 3).join("MANIFEST.json");
+    let text = std::fs::read(&m).unwrap();
+    std::fs::write(&m, &text[..text.len() / 2]).unwrap();
+    std::fs::remove_file(step_dir(&dir, 2).join("rank-1.meta.json")).unwrap();
+    let r = restore2(&dir).unwrap().unwrap();
+    assert_eq!(r.step, 1);
+    assert_eq!(r.skipped.len(), 2, "{:?}", r.skipped);
+    assert!(r.skipped[0].contains("step-00000003") && r.skipped[0].contains("torn"), "{:?}", r.skipped);
+    assert!(r.skipped[1].contains("step-00000002") && r.skipped[1].contains("missing shard"), "{:?}", r.skipped);
+    let infos = checkpoint::list(&dir).unwrap();
+    assert_eq!(infos.iter().map(|i| i.complete).collect::<Vec<_>>(), [true, false, false]);
+}
+
+#[test]
+fn latest_is_the_authority_and_every_checkpoint_damaged_is_an_error() {
+    let s = Scratch::new("ckpt-latest");
+    let dir = s.path("ckpt");
+    assert!(restore2(&dir).unwrap().is_none(), "no store yet: start from scratch");
+    save_steps(&dir, 2, 3, &[1, 2]);
+    // A crash between the directory rename and the move of LATEST: step 2 is ignored.
+    std::fs::write(dir.join("LATEST"), "step-00000001\n").unwrap();
+    let r = restore2(&dir).unwrap().unwrap();
+    assert_eq!(r.step, 1);
+    assert!(r.skipped[0].contains("newer than LATEST"), "{:?}", r.skipped);
+    // A damaged pointer: every checkpoint is tried, newest first.
+    std::fs::write(dir.join("LATEST"), "garbage").unwrap();
+    assert_eq!(restore2(&dir).unwrap().unwrap().step, 2);
+    // Everything damaged: an error that says what to do, on every rank.
+    flip_bytes(&step_dir(&dir, 1).join("rank-0.safetensors"));
+    flip_bytes(&step_dir(&dir, 2).join("rank-0.safetensors"));
+    let st = store(&dir, 3);
+    let errs = std::sync::Mutex::new(Vec::new());
+    let _ = execute(Config::local(2), |ctx| {
+        // Restore before taking the lock: the peer must reach the collectives too.
+        let e = st.restore(ctx).unwrap_err().to_string();
+        errs.lock().unwrap().push(e);
+        Ok(())
+    });
+    let errs = errs.into_inner().unwrap();
+    assert_eq!(errs.len(), 2);
+    assert_eq!(errs[0], errs[1]);
+    assert!(errs[0].contains("no usable checkpoint") && errs[0].contains("gang ckpt verify"), "{}", errs[0]);
+}
+
+#[test]
+fn replicated_state_restores_onto_other_world_sizes() {
+    let s = Scratch::new("ckpt-reshard");
+    let dir = s.path("ckpt");
+    let st = store(&dir, 2);
+    let replicated_only = |rank: usize| {
+        let mut s = state(rank, 7);
+        s.sharded.clear();
+        s
+    };
+    execute(Config::local(3), |ctx| st.save(ctx, 7, &replicated_only(ctx.rank()))).unwrap();
+    for world in [1, 2, 5] {
+        let got = execute(Config::local(world), |ctx| {
+            let r = st.restore(ctx)?.unwrap();
+            assert!(r.resharded(ctx.world()));
+            assert_eq!(r.saved_world_size, 3);
+            assert!(r.sharded.is_empty());
+            assert_eq!(r.meta, replicated_only(0).meta, "rank 0's metadata on a new world size");
+            Ok(r.replicated.iter().map(bits).collect::<Vec<_>>())
+        })
+        .unwrap();
+        let want: Vec<Vec<u32>> = replicated_only(0).replicated.iter().map(bits).collect();
+        assert!(got.iter().all(|g| *g == want), "world {world}");
+    }
+}
+
+#[test]
+fn sharded_state_onto_another_world_size_is_a_clear_error() {
+    let s = Scratch::new("ckpt-sharded");
+    let dir = s.path("ckpt");
+    save_steps(&dir, 3, 2, &[5]);
+    let st = store(&dir, 2);
+    let errs = std::sync::Mutex::new(Vec::new());
+    let _ = execute(Config::local(2), |ctx| {
+        let e = st.restore(ctx).unwrap_err();
+        assert!(matches!(e, Error::Input { .. }), "{e}");
+        errs.lock().unwrap().push(e.to_string());
+        Ok(())
+    });
+    for e in errs.into_inner().unwrap() {
+        assert!(
+            e.contains("adam.m") && e.contains("same world size") && e.contains("-n 3") && e.contains("step-00000005"),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn checkpoint_directories_and_files_are_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Scratch::new("ckpt-perm");
+    let dir = s.path("nested/ckpt");
+    save_steps(&dir, 2, 2, &[1]);
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&step_dir(&dir, 1)), 0o700);
+    for f in std::fs::read_dir(step_dir(&dir, 1)).unwrap() {
+        let p = f.unwrap().path();
+        assert_eq!(mode(&p) & 0o077, 0, "{} is readable by others", p.display());
+    }
+    assert_eq!(mode(&dir.join("LATEST")) & 0o077, 0);
+}
+
+#[test]
+fn a_retention_of_zero_is_refused() {
+    let e = CheckpointStore::new("/nonexistent", 0).unwrap_err().to_string();
+    assert!(e.contains("retention must be at least 1"), "{e}");
+}
+
+#[test]
+fn shards_load_in_python() {
+    let s = Scratch::new("ckpt-python");
+    let dir = s.path("ckpt");
+    save_steps(&dir, 2, 2, &[3]);
+    let d = step_dir(&dir, 3);
+    let script = r#"
+import json, struct, sys
+import numpy as np
+path0, path1 = sys.argv[1], sys.argv[2]
+try:
+    from safetensors.numpy import load_file
+    how = "safetensors"
+except ImportError:
+    how = "numpy"
+    def load_file(p):
+        raw = open(p, "rb").read()
+        n = struct.unpack("<Q", raw[:8])[0]
+        header = json.loads(raw[8:8 + n])
+        out = {}
+        for k, v in header.items():
+            if k == "__metadata__":
+                continue
+            assert v["dtype"] == "F32"
+            b, e = v["data_offsets"]
+            out[k] = np.frombuffer(raw[8 + n + b:8 + n + e], dtype="<f4").reshape(v["shape"])
+        return out
+r0, r1 = load_file(path0), load_file(path1)
+print(how, json.dumps({k: [list(v.shape), v.astype("<f4").view("<u4").ravel().tolist()] for k, v in sorted({**r0, **{"r1." + k: v for k, v in r1.items()}}.items())}))
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(d.join("rank-0.safetensors"))
+        .arg(d.join("rank-1.safetensors"))
+        .output()
+        .expect("python3 is needed for this test (with numpy; the safetensors package is used when installed)");
+    assert!(out.status.success(), "python failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (how, json) = text.trim().split_once(' ').unwrap();
+    eprintln!("loaded with {how}");
+    let got: serde_json::Value = serde_json::from_str(json).unwrap();
+    let want0 = state(0, 3);
+    let want1 = state(1, 3);
+    // Compared bit for bit: the f32 values as their IEEE bits.
+    let as_json = |t: &Tensor| serde_json::json!([t.shape, bits(t)]);
+    assert_eq!(got["layer0.weight"], as_json(&want0.replicated[0]));
+    assert_eq!(got["layer0.bias"], as_json(&want0.replicated[1]));
+    assert_eq!(got["adam.m"], as_json(&want0.sharded[0]));
+    assert_eq!(got["r1.adam.m"], as_json(&want1.sharded[0]));
+    assert!(got.get("r1.layer0.weight").is_none(), "replicated tensors are stored by rank 0 only");
+}

@@ -1,0 +1,198 @@
+//! Training as a real gang (`gang train -n N` through mpirun) and the failure model: a rank
+//! killed, hung, or crashing inside a checkpoint, or a damaged newest checkpoint; the
+//! launcher restarts the gang, training resumes from the newest complete checkpoint, and
+//! the final model is bitwise the model of an uninterrupted run. Plus accuracy against
+//! scikit-learn and `gang predict`.
+
+mod common;
+
+use common::{assert_success, gang, gang_env, text, Scratch};
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A binary classification set, 20,000 rows x 8 features, in 4 files.
+fn dataset(sc: &Scratch) -> PathBuf {
+    let data = sc.path("data");
+    assert_success(&gang(
+        &["gen", "-n", "2", "--rows", "20000", "--features", "8", "--classes", "2", "--partitions", "4", "--noise", "0", "--output", s(&data)],
+        &sc.path("runs"),
+    ));
+    data
+}
+
+/// `gang train` of logistic regression with Adam: 40 steps per epoch at any N that divides
+/// 500, 4 epochs, a checkpoint every 30 steps.
+fn train(sc: &Scratch, n: &str, data: &Path, tag: &str, fault: Option<&str>, extra: &[&str]) -> (Output, PathBuf) {
+    let model = sc.path(&format!("{tag}.safetensors"));
+    let ckpt = sc.path(&format!("{tag}-ckpt"));
+    // Launch options come first, then the job's own.
+    let mut args = vec!["train", "-n", n];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&[
+        "--input", s(data), "--label", "y", "--model", "logistic", "--epochs", "4", "--batch-size", "500", "--lr",
+        "0.05", "--checkpoint-dir", s(&ckpt), "--checkpoint-every", "30", "--output", s(&model),
+    ]);
+    let env: Vec<(&str, &str)> = fault.map(|f| ("GANG_FAULT", f)).into_iter().collect();
+    (gang_env(&args, &sc.path("runs"), &env), model)
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    std::fs::read(a).unwrap() == std::fs::read(b).unwrap()
+}
+
+#[test]
+fn a_killed_rank_is_restarted_and_the_model_is_bitwise_the_uninterrupted_one() {
+    let sc = Scratch::new("train-kill");
+    let data = dataset(&sc);
+    for n in ["2", "4"] {
+        let (clean, reference) = train(&sc, n, &data, &format!("clean-{n}"), None, &[]);
+        assert_success(&clean);
+        let (out, model) = train(&sc, n, &data, &format!("killed-{n}"), Some("rank=1,step=95,kind=kill"), &["--max-restarts", "2"]);
+        let stdout = assert_success(&out);
+        let stderr = text(&out).1;
+        assert!(stderr.contains("attempt 0") && stderr.contains("rank 1") && stderr.contains("SIGKILL"), "{stderr}");
+        assert!(stdout.contains("resumed from the checkpoint of step 90"), "{stdout}");
+        assert!(same_file(&model, &reference), "n={n}: the restarted model differs from the uninterrupted one");
+    }
+}
+
+#[test]
+fn a_hung_rank_is_detected_and_the_restarted_gang_gives_the_same_model() {
+    let sc = Scratch::new("train-hang");
+    let data = dataset(&sc);
+    let (clean, reference) = train(&sc, "2", &data, "clean", None, &[]);
+    assert_success(&clean);
+    let (out, model) = train(&sc, "2", &data, "hung", Some("rank=0,step=70,kind=hang"), &["--max-restarts", "1", "--stall-timeout", "3"]);
+    assert_success(&out);
+    let stderr = text(&out).1;
+    assert!(stderr.contains("stalled"), "{stderr}");
+    assert!(same_file(&model, &reference), "the model after a stall and restart differs");
+}
+
+#[test]
+fn a_damaged_newest_checkpoint_is_passed_over_for_the_previous_one() {
+    let sc = Scratch::new("train-corrupt");
+    let data = dataset(&sc);
+    let (clean, reference) = train(&sc, "2", &data, "clean", None, &[]);
+    assert_success(&clean);
+    // At step 90 the checkpoint is written, then damaged, then the rank dies.
+    let (out, model) = train(&sc, "2", &data, "damaged", Some("rank=0,step=90,kind=corrupt-latest-checkpoint"), &["--max-restarts", "1"]);
+    let stdout = assert_success(&out);
+    assert!(stdout.contains("resumed from the checkpoint of step 60"), "{stdout}\n{}", text(&out).1);
+    assert!(same_file(&model, &reference), "the model after falling back differs");
+}
+
+#[test]
+fn a_crash_between_shard_write_and_vote_leaves_a_checkpoint_that_is_never_used() {
+    let sc = Scratch::new("train-crash-ckpt");
+    let data = dataset(&sc);
+    let (clean, reference) = train(&sc, "2", &data, "clean", None, &[]);
+    assert_success(&clean);
+    let (out, model) = train(&sc, "2", &data, "crashed", Some("rank=1,step=90,kind=crash-during-checkpoint"), &["--max-restarts", "1"]);
+    let stdout = assert_success(&out);
+    assert!(stdout.contains("resumed from the checkpoint of step 60"), "{stdout}\n{}", text(&out).1);
+    assert!(same_file(&model, &reference), "the model after the crashed checkpoint differs");
+}
+
+#[test]
+fn an_exhausted_restart_budget_fails_with_the_root_cause() {
+    let sc = Scratch::new("train-budget");
+    let data = dataset(&sc);
+    let (out, model) = train(
+        &sc,
+        "2",
+        &data,
+        "doomed",
+        Some("rank=1,step=20,kind=exit,attempt=0; rank=1,step=50,kind=exit,attempt=1"),
+        &["--max-restarts", "1", "--restart-backoff", "0.1"],
+    );
+    let stderr = text(&out).1;
+    assert!(!out.status.success());
+    assert!(stderr.contains("giving up") && stderr.contains("rank 1") && stderr.contains("code 3"), "{stderr}");
+    assert!(!model.exists(), "a model was written by a failed job");
+}
+
+#[test]
+fn logistic_regression_reaches_scikit_learns_log_loss_within_one_percent() {
+    let sc = Scratch::new("train-sklearn");
+    let data = dataset(&sc);
+    let python = std::env::var_os("GANG_TEST_PYTHON").unwrap_or_else(|| "python3".into());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sklearn_reference.py");
+    let reference = std::process::Command::new(python).arg(&script).arg(&data).arg("y").output().unwrap();
+    assert!(
+        reference.status.success(),
+        "{} failed (python3 -m pip install scikit-learn pyarrow numpy): {}",
+        script.display(),
+        String::from_utf8_lossy(&reference.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&reference.stdout).unwrap();
+    let sklearn = r["log_loss"].as_f64().unwrap();
+
+    let model = sc.path("model.safetensors");
+    let out = assert_success(&gang(
+        &[
+            "train", "-n", "2", "--no-tag-output", "--input", s(&data), "--label", "y", "--model", "logistic", "--epochs", "30",
+            "--batch-size", "2000", "--lr", "0.02", "--output", s(&model),
+        ],
+        &sc.path("runs"),
+    ));
+    let final_line = out.lines().find(|l| l.starts_with("final: loss ")).unwrap_or_else(|| panic!("{out}"));
+    let loss: f64 = final_line["final: loss ".len()..].split([',', ' ']).next().unwrap().parse().unwrap();
+    assert!(loss <= sklearn * 1.01, "gang's log-loss {loss} is more than 1% above scikit-learn's {sklearn}");
+    assert!(model.exists() && sc.path("model.svg").exists());
+}
+
+#[test]
+fn predict_applies_the_model_with_exactly_once_output_and_the_model_loads_in_numpy() {
+    let sc = Scratch::new("train-predict");
+    let data = dataset(&sc);
+    let model = sc.path("model.safetensors");
+    let out = assert_success(&gang(
+        &["train", "-n", "2", "--no-tag-output", "--input", s(&data), "--label", "y", "--epochs", "3", "--batch-size", "500", "--lr", "0.05", "--output", s(&model)],
+        &sc.path("runs"),
+    ));
+    let final_line = out.lines().find(|l| l.starts_with("final: ")).unwrap();
+    let acc: f64 = final_line.split("accuracy ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    let preds = sc.path("preds");
+    assert_success(&gang(&["predict", "-n", "4", "--model", s(&model), "--input", s(&data), "--output", s(&preds)], &sc.path("runs")));
+    let m = gang::stage::Manifest::read(&preds).unwrap();
+    assert_eq!(m.total_rows, 20000);
+    // The predictions agree with the labels as often as training said.
+    let opts = gang::data::PlanOptions::default();
+    let plan = gang::data::PartitionPlan::discover(&[gang::data::Input::parse(s(&preds)).unwrap()], &opts).unwrap();
+    let (mut right, mut rows) = (0usize, 0usize);
+    for p in &plan.partitions {
+        for b in gang::data::read_partition(p, &plan.schema, &opts).unwrap() {
+            let b = b.unwrap();
+            let col = |n: &str| b.column_by_name(n).unwrap().as_any().downcast_ref::<arrow_array::Int64Array>().unwrap().clone();
+            let (y, pred) = (col("y"), col("prediction"));
+            right += (0..b.num_rows()).filter(|&i| y.value(i) == pred.value(i)).count();
+            rows += b.num_rows();
+        }
+    }
+    assert!((right as f64 / rows as f64 - acc).abs() < 1e-3, "predictions {right}/{rows} vs training accuracy {acc}");
+
+    // The model file is plain safetensors: numpy reads it with nothing but json and the header.
+    let python = std::env::var_os("GANG_TEST_PYTHON").unwrap_or_else(|| "python3".into());
+    let code = r#"
+import json, struct, sys
+import numpy as np
+b = open(sys.argv[1], 'rb').read()
+n = struct.unpack('<Q', b[:8])[0]
+h = json.loads(b[8:8 + n])
+meta = h.pop('__metadata__')
+w = h['layer0.weight']
+a = np.frombuffer(b[8 + n + w['data_offsets'][0]: 8 + n + w['data_offsets'][1]], dtype='<f4').reshape(w['shape'])
+print(json.dumps({'model': meta['model'], 'shape': list(a.shape), 'finite': bool(np.isfinite(a).all())}))
+"#;
+    let out = std::process::Command::new(python).arg("-c").arg(code).arg(&model).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["model"], "logistic");
+    assert_eq!(j["shape"], serde_json::json!([1, 8]));
+    assert_eq!(j["finite"], true);
+}
