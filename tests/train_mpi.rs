@@ -196,3 +196,27 @@ print(json.dumps({'model': meta['model'], 'shape': list(a.shape), 'finite': bool
     assert_eq!(j["shape"], serde_json::json!([1, 8]));
     assert_eq!(j["finite"], true);
 }
+
+#[test]
+fn ckpt_ls_and_verify_report_a_damaged_newest_checkpoint_and_where_a_restore_starts() {
+    let sc = Scratch::new("train-ckpt-cli");
+    let data = dataset(&sc);
+    let (out, _) = train(&sc, "2", &data, "m", None, &[]);
+    assert_success(&out);
+    let ckpt = sc.path("m-ckpt");
+    let runs = sc.path("runs");
+    let ls = assert_success(&gang(&["ckpt", "ls", s(&ckpt)], &runs));
+    assert!(ls.contains("step-00000160") && ls.contains("LATEST") && ls.contains("complete"), "{ls}");
+    let ok = gang(&["ckpt", "verify", s(&ckpt)], &runs);
+    assert!(ok.status.success(), "{}", text(&ok).0);
+    // Damage the newest checkpoint's shard: verify fails and names the fallback.
+    let shard = ckpt.join("step-00000160").join("rank-0.safetensors");
+    let mut bytes = std::fs::read(&shard).unwrap();
+    let n = bytes.len();
+    bytes[n - 4..].iter_mut().for_each(|b| *b ^= 0xff);
+    std::fs::write(&shard, bytes).unwrap();
+    let bad = gang(&["ckpt", "verify", s(&ckpt)], &runs);
+    let stdout = text(&bad).0;
+    assert_eq!(bad.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("DAMAGED") && stdout.contains("a restore would start from step 150"), "{stdout}");
+}

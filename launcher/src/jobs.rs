@@ -63,6 +63,34 @@ builtin_jobs! {
     Predict => "predict",
 }
 
+/// Arguments of `gang ckpt`: passed to `gang-rank ckpt` as they are.
+#[derive(Debug, clap::Args)]
+pub struct CkptArgs {
+    /// `ls DIR [--json]` or `verify DIR`.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 1.., value_name = "ls|verify DIR")]
+    pub args: Vec<OsString>,
+}
+
+/// Runs `gang-rank ckpt ARGS` as one plain process (no launcher, no MPI world): inspecting
+/// checkpoints needs no gang. Returns its exit code.
+///
+/// # Errors
+/// `gang-rank` is missing or cannot be started.
+pub fn run_local(a: &CkptArgs) -> Result<i32> {
+    let exe = std::env::current_exe()?;
+    let rank_program = find_rank_program(
+        &exe,
+        detect::which(RANK_PROGRAM),
+        std::env::var_os("GANG_RANK_BIN").filter(|v| !v.is_empty()).map(PathBuf::from),
+    )?;
+    let status = std::process::Command::new(&rank_program)
+        .arg("ckpt")
+        .args(&a.args)
+        .status()
+        .map_err(|e| anyhow::anyhow!("could not start {}: {e}", rank_program.display()))?;
+    Ok(status.code().unwrap_or(1))
+}
+
 /// Name of the rank-side program.
 pub const RANK_PROGRAM: &str = "gang-rank";
 

@@ -42,6 +42,8 @@ enum Command {
     Run(run::RunArgs),
     /// Show the MPI, launcher, Slurm allocation, cores, GPUs and rank->device plan.
     Info(info::InfoArgs),
+    /// Inspect checkpoints: `gang ckpt ls DIR`, `gang ckpt verify DIR` (no gang started).
+    Ckpt(jobs::CkptArgs),
     #[command(flatten)]
     Job(jobs::Job),
     /// Runs in each rank slot (started by `gang run`, not by hand).
@@ -54,6 +56,7 @@ fn main() -> ExitCode {
     let (result, who) = match cli.command {
         Command::Run(args) => (run::run(&args.launch, &args.command), "gang"),
         Command::Info(args) => (info::info(&args), "gang info"),
+        Command::Ckpt(args) => (jobs::run_local(&args), "gang ckpt"),
         Command::Job(job) => (jobs::run_job(&job), "gang"),
         Command::RankSupervisor(args) => (supervise::supervise(args), "gang __rank-supervisor"),
     };

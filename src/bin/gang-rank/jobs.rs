@@ -613,3 +613,69 @@ pub fn predict(config: Config, a: &PredictArgs) -> Result<()> {
     })?;
     Ok(())
 }
+
+/// `gang ckpt ...`.
+#[derive(Debug, clap::Subcommand)]
+pub enum CkptCommand {
+    /// List the checkpoints of DIR: step, complete or not (and why), world size, size.
+    Ls {
+        /// The checkpoint directory.
+        dir: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify every checkpoint of DIR (manifests, sizes, checksums) and say where a restore
+    /// would start; exits 1 when the newest checkpoint is damaged.
+    Verify {
+        /// The checkpoint directory.
+        dir: PathBuf,
+    },
+}
+
+pub fn ckpt(c: &CkptCommand) -> Result<()> {
+    match c {
+        CkptCommand::Ls { dir, json } => {
+            let list = gang::checkpoint::list(dir)?;
+            if *json {
+                let rows: Vec<_> = list
+                    .iter()
+                    .map(|c| {
+                        serde_json::json!({
+                            "name": c.name, "step": c.step, "complete": c.complete, "latest": c.latest,
+                            "world_size": c.world_size, "bytes": c.bytes, "why_incomplete": c.why_incomplete,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+                return Ok(());
+            }
+            if list.is_empty() {
+                println!("no checkpoints in {}", dir.display());
+                return Ok(());
+            }
+            println!("{:<20} {:>10} {:<10} {:>6} {:>12}  note", "checkpoint", "step", "state", "ranks", "bytes");
+            for c in &list {
+                println!(
+                    "{:<20} {:>10} {:<10} {:>6} {:>12}  {}{}",
+                    c.name,
+                    c.step,
+                    if c.complete { "complete" } else { "INCOMPLETE" },
+                    c.world_size.map(|w| w.to_string()).unwrap_or_else(|| "-".into()),
+                    c.bytes,
+                    if c.latest { "LATEST " } else { "" },
+                    c.why_incomplete.clone().unwrap_or_default()
+                );
+            }
+            Ok(())
+        }
+        CkptCommand::Verify { dir } => {
+            let report = gang::checkpoint::verify(dir)?;
+            println!("{report}");
+            if !report.is_ok() {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+    }
+}

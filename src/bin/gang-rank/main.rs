@@ -36,6 +36,9 @@ enum Job {
     Train(jobs::TrainArgs),
     /// Apply a trained model to a dataset (a map stage, exactly-once output).
     Predict(jobs::PredictArgs),
+    /// Inspect a checkpoint directory (one process, no gang).
+    #[command(subcommand)]
+    Ckpt(jobs::CkptCommand),
 }
 
 fn main() {
@@ -58,5 +61,6 @@ fn run() -> Result<()> {
         Job::Convert(a) => jobs::convert(config, &a),
         Job::Train(a) => jobs::train(config, &a),
         Job::Predict(a) => jobs::predict(config, &a),
+        Job::Ckpt(c) => jobs::ckpt(&c),
     }
 }
