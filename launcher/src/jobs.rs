@@ -91,6 +91,32 @@ pub fn run_local(a: &CkptArgs) -> Result<i32> {
     Ok(status.code().unwrap_or(1))
 }
 
+/// Launch options come before the job's own (everything after the first job option is
+/// the job's): a launch option found among the job's is a mistake worth a clear word before
+/// any gang starts.
+fn misplaced_launch_option(job: &str, extra: &[OsString]) -> Result<()> {
+    use clap::Args;
+    let launch = LaunchOptions::augment_args(clap::Command::new("launch"));
+    let names: Vec<String> = launch
+        .get_arguments()
+        .flat_map(|a| a.get_long().map(|l| format!("--{l}")).into_iter().chain(a.get_short().map(|c| format!("-{c}"))))
+        .collect();
+    for (i, a) in extra.iter().enumerate() {
+        let a = a.to_string_lossy();
+        if a == "--" {
+            break;
+        }
+        let flag = a.split('=').next().unwrap_or(&a);
+        if i > 0 && names.iter().any(|n| n == flag) {
+            bail!(
+                "{flag} is an option of the launcher, not of the {job} job: put it before the job's options, \
+                 e.g. `gang {job} -n 4 {flag} ... --input ...`"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Name of the rank-side program.
 pub const RANK_PROGRAM: &str = "gang-rank";
 
@@ -133,6 +159,7 @@ pub fn run_job(job: &Job) -> Result<i32> {
             .map(PathBuf::from),
     )?;
     let args = job.args();
+    misplaced_launch_option(job.name(), &args.extra)?;
     let mut command: Vec<OsString> = vec![rank_program.into(), job.name().into()];
     command.extend(args.extra.iter().cloned());
     run::run(&args.launch, &command)
