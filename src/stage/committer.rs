@@ -301,7 +301,7 @@ fn prepare(dir: &Path, format: OutputFormat, overwrite: bool, fingerprint: &str,
         let name = entry.map_err(|e| Error::io(dir, e))?.file_name().to_string_lossy().into_owned();
         if is_gang_part(&name) {
             parts += 1;
-        } else if name != SUCCESS && name != TEMPORARY && !name.starts_with('.') {
+        } else if name != SUCCESS && name != TEMPORARY && !name.starts_with('.') && !is_gang_sidecar(&name) {
             foreign.push(name);
         }
     }
@@ -386,13 +386,21 @@ fn clear(dir: &Path) -> Result<()> {
     for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
         let path = entry.map_err(|e| Error::io(dir, e))?.path();
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        if is_gang_part(&name) {
+        if is_gang_part(&name) || is_gang_sidecar(&name) {
             fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
         } else if name == TEMPORARY {
             fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
         }
     }
     sync_dir(dir)
+}
+
+/// `_gang_*`: what a job adds beside its committed output (e.g. `gang gen`'s true model);
+/// gang's own, so replaced with the output on `--overwrite`.
+pub const SIDECAR_PREFIX: &str = "_gang_";
+
+fn is_gang_sidecar(name: &str) -> bool {
+    name.starts_with(SIDECAR_PREFIX)
 }
 
 /// `part-NNNNN.<ext>` with one of gang's output extensions.

@@ -322,7 +322,7 @@ pub fn gen(config: Config, a: &GenArgs) -> Result<()> {
         let report = out.finish(spec.partitions)?;
         if ctx.rank() == 0 {
             let model = serde_json::json!({ "spec": spec, "true_model": spec.true_model() });
-            let path = a.output.output.join("_true_model.json");
+            let path = a.output.output.join(format!("{}true_model.json", gang::stage::committer::SIDECAR_PREFIX));
             std::fs::write(&path, serde_json::to_vec_pretty(&model).map_err(gang::Error::external)?)
                 .map_err(|e| gang::Error::io(&path, e))?;
         }
