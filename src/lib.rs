@@ -27,6 +27,7 @@ pub mod checkpoint;
 pub mod comm;
 mod context;
 pub mod data;
+mod digest;
 pub mod fault;
 pub mod heartbeat;
 pub mod jobs;

@@ -150,13 +150,20 @@ pub fn judge(
         };
     }
     if let Some(f) = failures.iter().min_by_key(|f| (f.time_unix_ns, f.rank)) {
-        // The failing rank's own exit tells the code, when its supervisor recorded one.
-        let own_exit = exits
-            .iter()
-            .find(|e| e.rank == f.rank)
-            .and_then(|e| code_of(e.status));
+        // The failing rank's own exit code tells, when its supervisor recorded one. A rank
+        // that recorded a failure may still be killed by a signal before it exits on its own
+        // (peers abort at the same moment): that signal says nothing, so then mpirun's code
+        // (MPI_Abort's error code) or the code of the failure's kind.
+        let own_exit = exits.iter().find(|e| e.rank == f.rank).and_then(|e| match e.status {
+            ExitStatus::Code(c) if c != 0 => Some(c),
+            _ => None,
+        });
+        let of_kind = match f.kind {
+            gang_protocol::FailureKind::Panic => 101,
+            _ => 1,
+        };
         return Outcome {
-            code: own_exit.or(launcher_code).unwrap_or(1),
+            code: own_exit.or(launcher_code.filter(|&c| c != 0 && c < 128)).unwrap_or(of_kind),
             message: Some(format!(
                 "gang: rank {} failed first: {} (attempt {}, host {}). The gang was stopped. \
                  Records: {records}",
@@ -396,17 +403,24 @@ mod tests {
     }
 
     #[test]
-    fn failure_without_own_exit_uses_the_launcher_code_then_1() {
+    fn failure_without_own_exit_uses_the_launcher_code_then_the_kinds() {
         let failures = [failure(1, FailureKind::Panic, "boom", 1)];
         assert_eq!(judge_(&failures, &[], ExitStatus::Code(6)).code, 6);
-        // A rank that reported a failure never yields exit code 0, even if all else was fine.
+        // A rank that reported a failure never yields exit code 0, even if all else was fine:
+        // a panic reports 101, an error 1.
         let o = judge_(
             &failures,
             &[exit(1, ExitStatus::Code(0), 2)],
             ExitStatus::Code(0),
         );
-        assert_eq!(o.code, 1);
+        assert_eq!(o.code, 101);
         assert!(o.message.unwrap().contains("panicked: boom"));
+        let errors = [failure(1, FailureKind::Error, "bad input", 1)];
+        assert_eq!(judge_(&errors, &[], ExitStatus::Code(0)).code, 1);
+        // Killed by a signal after recording its failure (its peers aborted first): the
+        // signal is not the rank's code; mpirun's code (MPI_Abort's) is.
+        let o = judge_(&errors, &[exit(1, ExitStatus::Signal(15), 3)], ExitStatus::Code(1));
+        assert_eq!(o.code, 1);
     }
 
     #[test]

@@ -18,37 +18,6 @@ const MAX_HEADER: u64 = 100_000_000;
 /// enough to stay in cache.
 const CHUNK: usize = 16 * 1024;
 
-/// A writer that counts the bytes and CRC-32 of everything passed through it.
-pub(crate) struct Digesting<W> {
-    inner: W,
-    hasher: crc32fast::Hasher,
-    bytes: u64,
-}
-
-impl<W: Write> Digesting<W> {
-    pub(crate) fn new(inner: W) -> Self {
-        Digesting { inner, hasher: crc32fast::Hasher::new(), bytes: 0 }
-    }
-
-    /// The inner writer, the number of bytes and their CRC-32.
-    pub(crate) fn finish(self) -> (W, u64, u32) {
-        (self.inner, self.bytes, self.hasher.finalize())
-    }
-}
-
-impl<W: Write> Write for Digesting<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.bytes += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 /// The JSON header for `tensors` (laid out in order) and `metadata`, padded to 8 bytes.
 fn header(tensors: &[&Tensor], metadata: &BTreeMap<String, String>) -> Vec<u8> {
     let mut map = serde_json::Map::new();

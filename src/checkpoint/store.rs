@@ -5,7 +5,8 @@ use super::manifest::{
     self, create_private_dir, create_private_file, entries, meta_file, read_checked, read_latest, step_dir_name,
     sync_dir, temp_dir_name, tensor_file, write_atomically, Entry, FileEntry, Manifest, ShardEntry, ShardMeta,
 };
-use super::safetensors::{self, Digesting};
+use super::safetensors;
+use crate::digest::ChecksumWriter;
 use super::{Meta, Restored, State, Tensor, FORMAT};
 use crate::comm::ReduceOp;
 use crate::context::Context;
@@ -187,7 +188,7 @@ impl CheckpointStore {
         let tensor_name = tensor_file(rank);
         let path = tmp.join(&tensor_name);
         let file = create_private_file(&path)?;
-        let mut w = Digesting::new(std::io::BufWriter::with_capacity(1 << 20, file));
+        let mut w = ChecksumWriter::new(std::io::BufWriter::with_capacity(1 << 20, file));
         safetensors::encode(&mut w, &tensors, &metadata).and_then(|_| w.flush()).map_err(|e| Error::io(&path, e))?;
         let (buf, bytes, crc32) = w.finish();
         let file = buf.into_inner().map_err(|e| Error::io(&path, e.into_error()))?;

@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use std::fmt;
+use crate::digest::ChecksumWriter;
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -254,36 +255,6 @@ impl BatchSink for Hdf5Sink {
     }
 }
 
-/// A `Write` that checksums and counts what passes through it.
-struct ChecksumWriter<W> {
-    inner: W,
-    hasher: crc32fast::Hasher,
-    bytes: u64,
-}
-
-impl<W: Write> ChecksumWriter<W> {
-    fn new(inner: W) -> Self {
-        ChecksumWriter { inner, hasher: crc32fast::Hasher::new(), bytes: 0 }
-    }
-
-    fn digest(&self) -> FileDigest {
-        FileDigest { bytes: self.bytes, crc32: self.hasher.clone().finalize() }
-    }
-}
-
-impl<W: Write> Write for ChecksumWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.bytes += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 fn create_file(path: &Path) -> Result<File> {
     File::create(path).map_err(|e| Error::io(path, e))
 }
@@ -331,8 +302,9 @@ impl BatchSink for ParquetSink {
         let ParquetSink { path, writer } = *self;
         let mut w = writer.into_inner().map_err(|e| parquet_err(&path, e))?;
         w.flush().map_err(|e| Error::io(&path, e))?;
-        sync(&w.inner, &path)?;
-        Ok(w.digest())
+        let (file, bytes, crc32) = w.finish();
+        sync(&file, &path)?;
+        Ok(FileDigest { bytes, crc32 })
     }
 }
 
@@ -366,8 +338,9 @@ impl BatchSink for IpcSink {
         let IpcSink { path, writer } = *self;
         let buffered = writer.into_inner().map_err(|e| arrow_err(&path, "Arrow IPC", e))?;
         let w = buffered.into_inner().map_err(|e| Error::io(&path, e.into_error()))?;
-        sync(&w.inner, &path)?;
-        Ok(w.digest())
+        let (file, bytes, crc32) = w.finish();
+        sync(&file, &path)?;
+        Ok(FileDigest { bytes, crc32 })
     }
 }
 
