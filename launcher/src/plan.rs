@@ -159,6 +159,14 @@ pub fn build(input: &PlanInput) -> Result<LaunchPlan> {
                 args.push("mpi_yield_when_idle".into());
                 args.push("1".into());
             }
+            // Ranks are multi-threaded (prefetch, rayon kernels): with fewer ranks than cores,
+            // give each rank its share of cores. Open MPI otherwise binds each of up to two
+            // ranks to a single core and the others idle.
+            let per_rank = input.cpus / input.ranks.max(1);
+            if input.hostfile.is_none() && per_rank >= 2 {
+                args.push("--map-by".into());
+                args.push(format!("slot:PE={per_rank}").into());
+            }
             if let Some(h) = &input.hostfile {
                 args.push("--hostfile".into());
                 args.push(h.into());
@@ -322,6 +330,18 @@ mod tests {
         assert_eq!(&a[..4], ["-n", "8", "--hostfile", "/etc/hosts.mpi"]);
         assert!(!a.contains(&"--oversubscribe".to_string()));
         assert!(!a.contains(&"--allow-run-as-root".to_string()));
+    }
+
+    #[test]
+    fn fewer_ranks_than_cores_get_their_share_of_cores() {
+        let mut i = input(LauncherKind::Mpirun, MpiFlavour::OpenMpi);
+        i.ranks = 2;
+        i.cpus = 8;
+        let a = argv(&build(&i).unwrap());
+        let at = a.iter().position(|x| x == "--map-by").expect("--map-by");
+        assert_eq!(a[at + 1], "slot:PE=4");
+        i.ranks = 8;
+        assert!(!argv(&build(&i).unwrap()).contains(&"--map-by".to_string()));
     }
 
     #[test]
