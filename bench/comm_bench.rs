@@ -77,7 +77,14 @@ fn run(out: &str) -> Result<()> {
             comm.allreduce(&mut buf, ReduceOp::Sum)?;
         }
         let seconds = time_batches(comm, iters, || comm.allreduce(&mut buf, ReduceOp::Sum))?;
-        figures.push(Figure { imp: "gang".into(), op: "allreduce_f64".into(), bytes, ranks: ctx.world(), iters, seconds });
+        figures.push(Figure {
+            imp: "gang".into(),
+            op: "allreduce_f64".into(),
+            bytes,
+            ranks: ctx.world(),
+            iters,
+            seconds,
+        });
     }
 
     if ctx.rank() == 0 {
@@ -177,8 +184,11 @@ fn compare(args: &[String]) -> Result<()> {
     }
     println!("\nranks: {ranks}; worst ratio gang/C: {worst:.2}x (target: 1.10x or less at every size)");
     if let Some(path) = json_out {
-        std::fs::write(&path, serde_json::to_string_pretty(&serde_json::json!({ "ranks": ranks, "rows": rows, "worst_ratio": worst }))?)
-            .with_context(|| format!("writing {path}"))?;
+        std::fs::write(
+            &path,
+            serde_json::to_string_pretty(&serde_json::json!({ "ranks": ranks, "rows": rows, "worst_ratio": worst }))?,
+        )
+        .with_context(|| format!("writing {path}"))?;
     }
     Ok(())
 }

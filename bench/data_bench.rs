@@ -68,7 +68,13 @@ fn report(ctx: &Context, out: &str, bench: &str, rows: u64, bytes: u64, seconds:
         let line = serde_json::json!({ "bench": bench, "ranks": ctx.world(), "rows": rows, "bytes": bytes, "seconds": seconds });
         let mut f = std::fs::OpenOptions::new().create(true).append(true).open(out)?;
         writeln!(f, "{line}")?;
-        println!("{bench:>10} ranks={} rows={rows} {:.3} s  {:.1} Mrows/s  {:.0} MB/s", ctx.world(), seconds, rows as f64 / seconds / 1e6, bytes as f64 / seconds / 1e6);
+        println!(
+            "{bench:>10} ranks={} rows={rows} {:.3} s  {:.1} Mrows/s  {:.0} MB/s",
+            ctx.world(),
+            seconds,
+            rows as f64 / seconds / 1e6,
+            bytes as f64 / seconds / 1e6
+        );
     }
     Ok(())
 }
@@ -118,7 +124,11 @@ fn h5_gang(ctx: &Context, file: &str, out: &str) -> Result<()> {
             for b in read_partition(p, &plan.schema, &opts)? {
                 let b = b?;
                 rows += b.num_rows() as u64;
-                bytes += b.columns().iter().map(|c| c.to_data().buffers().iter().map(|x| x.len() as u64).sum::<u64>()).sum::<u64>();
+                bytes += b
+                    .columns()
+                    .iter()
+                    .map(|c| c.to_data().buffers().iter().map(|x| x.len() as u64).sum::<u64>())
+                    .sum::<u64>();
             }
         }
     }
@@ -170,8 +180,10 @@ fn rw_raw(ctx: &Context, input: &Path, output: &Path, out: &str) -> Result<()> {
     let read_s = t.elapsed().as_secs_f64();
     let rows: u64 = per_file.iter().flatten().map(|b| b.num_rows() as u64).sum();
     // Standardize (not timed: the same function the map stage runs, counted in neither limit).
-    let mapped: Vec<Vec<RecordBatch>> =
-        per_file.iter().map(|bs| bs.iter().map(|b| standardize(b, &stats, &cols)).collect::<gang::Result<_>>()).collect::<gang::Result<_>>()?;
+    let mapped: Vec<Vec<RecordBatch>> = per_file
+        .iter()
+        .map(|bs| bs.iter().map(|b| standardize(b, &stats, &cols)).collect::<gang::Result<_>>())
+        .collect::<gang::Result<_>>()?;
     // Write, in a plain loop: ArrowWriter with zstd(3), like gang's default output.
     let t = Instant::now();
     let mut written = 0u64;

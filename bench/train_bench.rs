@@ -66,7 +66,11 @@ fn unix_ns() -> u64 {
 /// Appends one JSON line to `out` (rank 0 only).
 fn append(ctx: &Context, out: &str, line: serde_json::Value) -> Result<()> {
     if ctx.rank() == 0 {
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(out).with_context(|| format!("opening {out}"))?;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(out)
+            .with_context(|| format!("opening {out}"))?;
         writeln!(f, "{line}")?;
         println!("{line}");
     }
@@ -81,7 +85,9 @@ fn my_cores() -> usize {
 
 /// The cores the gang uses: the sum over ranks, at most the machine's.
 fn gang_cores(ctx: &Context) -> Result<usize> {
-    let machine = std::fs::read_to_string("/proc/cpuinfo").map(|s| s.lines().filter(|l| l.starts_with("processor")).count()).unwrap_or(1);
+    let machine = std::fs::read_to_string("/proc/cpuinfo")
+        .map(|s| s.lines().filter(|l| l.starts_with("processor")).count())
+        .unwrap_or(1);
     let sum = ctx.comm().allreduce_scalar(my_cores() as u64, ReduceOp::Sum)? as usize;
     Ok(sum.min(machine.max(1)))
 }
@@ -216,7 +222,14 @@ fn epoch(ctx: &Context, model: &str, dir: &str, epochs: u64, batch: usize, out: 
     let features = data::feature_columns(&plan.schema, "y", None)?;
     let (shard, classes) = data::load_shard(ctx, &plan, &opts, "y", &features)?;
     let kind = train::parse_model(model, classes)?;
-    let cfg = TrainConfig { model: kind, epochs, batch_size: batch, optimizer: Optimizer::adam(0.01), seed: 1, checkpoint: None };
+    let cfg = TrainConfig {
+        model: kind,
+        epochs,
+        batch_size: batch,
+        optimizer: Optimizer::adam(0.01),
+        seed: 1,
+        checkpoint: None,
+    };
     let cores = gang_cores(ctx)?;
     ctx.comm().barrier()?;
     let report = train::train(ctx, &shard, &cfg, |_| {})?;
@@ -316,7 +329,13 @@ fn ckpt(ctx: &Context, dir: &Path, mb: usize, reps: usize, out: &str) -> Result<
                     my_files_bytes(&store_dir.join("step-00000001"), rank)?
                 } else {
                     // First round: the size save will write (tensor bytes).
-                    (state.replicated.iter().filter(|_| rank == 0).chain(&state.sharded).map(|t| 4 * t.data.len()).sum::<usize>()) as u64
+                    (state
+                        .replicated
+                        .iter()
+                        .filter(|_| rank == 0)
+                        .chain(&state.sharded)
+                        .map(|t| 4 * t.data.len())
+                        .sum::<usize>()) as u64
                 };
                 let buf: Vec<u8> = (0..mine as usize).map(|i| (i % 251) as u8).collect();
                 let pdir = root.join(format!("plain-{rep}"));
@@ -389,7 +408,8 @@ fn restore(ctx: &Context, dir: &Path, reps: usize, out: &str) -> Result<()> {
 // resume
 
 fn append_line(path: &str, line: &serde_json::Value) -> Result<()> {
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("opening {path}"))?;
+    let mut f =
+        std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("opening {path}"))?;
     writeln!(f, "{line}")?;
     Ok(())
 }
@@ -417,7 +437,10 @@ fn resume(ctx: &Context, started_ns: u64, dir: &Path, mb: usize, steps: u64, eve
     let mut first = true;
     while step < steps {
         if faults.due(rank, step, attempt) == Some(FaultKind::Kill) {
-            append_line(times, &serde_json::json!({ "event": "kill", "rank": rank, "attempt": attempt, "step": step, "t_ns": unix_ns() }))?;
+            append_line(
+                times,
+                &serde_json::json!({ "event": "kill", "rank": rank, "attempt": attempt, "step": step, "t_ns": unix_ns() }),
+            )?;
         }
         faults.check(rank, step, attempt);
         // One simulated step: a gradient from the state, summed over the gang, applied.

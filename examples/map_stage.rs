@@ -65,13 +65,17 @@ fn main() {
 
 /// `y = 2x + 1` as a new column.
 fn add_y(batch: RecordBatch, fail_on: Option<i64>) -> gang::Result<RecordBatch> {
-    let ids = batch.column_by_name("id").and_then(|c| c.as_any().downcast_ref::<Int64Array>()).ok_or("no Int64 column id")?;
+    let ids =
+        batch.column_by_name("id").and_then(|c| c.as_any().downcast_ref::<Int64Array>()).ok_or("no Int64 column id")?;
     if let Some(bad) = fail_on {
         if ids.values().contains(&bad) {
             return Err(Error::from(format!("injected failure on id {bad}")));
         }
     }
-    let x = batch.column_by_name("x").and_then(|c| c.as_any().downcast_ref::<Float64Array>()).ok_or("no Float64 column x")?;
+    let x = batch
+        .column_by_name("x")
+        .and_then(|c| c.as_any().downcast_ref::<Float64Array>())
+        .ok_or("no Float64 column x")?;
     let y: Float64Array = x.iter().map(|v| v.map(|v| 2.0 * v + 1.0)).collect();
     let mut fields: Vec<Field> = batch.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
     fields.push(Field::new("y", DataType::Float64, true));

@@ -492,7 +492,11 @@ where
                                 .or_else(|| p.downcast_ref::<String>().cloned())
                                 .unwrap_or_else(|| "panic".into());
                             ctx.comm().abort_gang("execute", &format!("panicked: {msg}"), EXIT_RANK_PANIC);
-                            Err(Error::GangFailed { rank: ctx.rank(), stage: "execute".into(), message: format!("panicked: {msg}") })
+                            Err(Error::GangFailed {
+                                rank: ctx.rank(),
+                                stage: "execute".into(),
+                                message: format!("panicked: {msg}"),
+                            })
                         }
                     }
                 })

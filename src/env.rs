@@ -139,9 +139,11 @@ impl RankEnv {
         let parse = |name: &'static str| -> Result<Option<usize>> {
             match get(name) {
                 None => Ok(None),
-                Some(v) => v.trim().parse::<usize>().map(Some).map_err(|_| {
-                    Error::Environment(format!("{name}={v:?} is not a non-negative integer"))
-                }),
+                Some(v) => v
+                    .trim()
+                    .parse::<usize>()
+                    .map(Some)
+                    .map_err(|_| Error::Environment(format!("{name}={v:?} is not a non-negative integer"))),
             }
         };
         let mut env = RankEnv {
@@ -158,9 +160,10 @@ impl RankEnv {
             run_dir: get(vars::RUN_DIR).map(PathBuf::from),
             attempt: match get(vars::ATTEMPT) {
                 None => 0,
-                Some(v) => v.trim().parse().map_err(|_| {
-                    Error::Environment(format!("{}={v:?} is not an attempt number", vars::ATTEMPT))
-                })?,
+                Some(v) => v
+                    .trim()
+                    .parse()
+                    .map_err(|_| Error::Environment(format!("{}={v:?} is not an attempt number", vars::ATTEMPT)))?,
             },
             visible_devices: device::parse_cuda_visible_devices(get("CUDA_VISIBLE_DEVICES").as_deref()),
         };
@@ -300,7 +303,8 @@ mod tests {
 
     #[test]
     fn hydra_variables() {
-        let e = env(&[("PMI_RANK", "1"), ("PMI_SIZE", "2"), ("MPI_LOCALRANKID", "1"), ("MPI_LOCALNRANKS", "2")]).unwrap();
+        let e =
+            env(&[("PMI_RANK", "1"), ("PMI_SIZE", "2"), ("MPI_LOCALRANKID", "1"), ("MPI_LOCALNRANKS", "2")]).unwrap();
         assert_eq!(e.launcher, LauncherKind::Hydra);
         assert_eq!((e.rank, e.world_size, e.local_rank, e.local_size), (Some(1), Some(2), Some(1), Some(2)));
     }
@@ -392,10 +396,7 @@ mod tests {
         let msg = e.check_against_mpi(1, 4).unwrap_err().to_string();
         assert!(msg.contains("OMPI_COMM_WORLD_RANK=2") && msg.contains("rank 1"), "{msg}");
         let g = env(&[("GANG_WORLD_SIZE", "4")]).unwrap();
-        assert!(matches!(
-            g.check_against_mpi(0, 1),
-            Err(Error::WorldSizeMismatch { mpi: 1, intended: 4, .. })
-        ));
+        assert!(matches!(g.check_against_mpi(0, 1), Err(Error::WorldSizeMismatch { mpi: 1, intended: 4, .. })));
     }
 
     #[test]

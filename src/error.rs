@@ -212,7 +212,9 @@ impl Error {
     /// Fills in the rank of an [`Error::Input`] that does not name one yet.
     pub fn with_rank(self, r: usize) -> Error {
         match self {
-            Error::Input { path, location, rank: None, detail } => Error::Input { path, location, rank: Some(r), detail },
+            Error::Input { path, location, rank: None, detail } => {
+                Error::Input { path, location, rank: Some(r), detail }
+            }
             other => other,
         }
     }

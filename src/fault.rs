@@ -96,14 +96,20 @@ impl FaultPlan {
                     .split_once('=')
                     .ok_or_else(|| Error::Environment(format!("GANG_FAULT: {kv:?} is not key=value (in {item:?})")))?;
                 let num = |v: &str| {
-                    v.trim().parse::<u64>().map_err(|_| Error::Environment(format!("GANG_FAULT: {k}={v:?} is not a number")))
+                    v.trim()
+                        .parse::<u64>()
+                        .map_err(|_| Error::Environment(format!("GANG_FAULT: {k}={v:?} is not a number")))
                 };
                 match k.trim() {
                     "rank" => rank = Some(num(v)? as usize),
                     "step" => step = Some(num(v)?),
                     "attempt" => attempt = num(v)? as u32,
                     "kind" => kind = Some(v.trim().parse::<FaultKind>()?),
-                    other => return Err(Error::Environment(format!("GANG_FAULT: unknown key {other:?} (rank, step, kind, attempt)"))),
+                    other => {
+                        return Err(Error::Environment(format!(
+                            "GANG_FAULT: unknown key {other:?} (rank, step, kind, attempt)"
+                        )))
+                    }
                 }
             }
             let missing = |what: &str| Error::Environment(format!("GANG_FAULT: {item:?} has no {what}"));
@@ -160,7 +166,8 @@ mod tests {
 
     #[test]
     fn parses_several_faults_with_defaults() {
-        let p = FaultPlan::parse("rank=1,step=40,kind=kill; rank=0, step=7, kind=corrupt-latest-checkpoint, attempt=1").unwrap();
+        let p = FaultPlan::parse("rank=1,step=40,kind=kill; rank=0, step=7, kind=corrupt-latest-checkpoint, attempt=1")
+            .unwrap();
         assert_eq!(p.due(1, 40, 0), Some(FaultKind::Kill));
         assert_eq!(p.due(1, 40, 1), None, "faults fire in attempt 0 unless told otherwise");
         assert_eq!(p.due(0, 7, 1), Some(FaultKind::CorruptLatestCheckpoint));

@@ -28,24 +28,24 @@ pub mod comm;
 mod context;
 pub mod data;
 mod digest;
+pub mod env;
+mod error;
 pub mod fault;
 pub mod heartbeat;
 pub mod jobs;
-pub mod stage;
-pub mod train;
-pub mod env;
-mod error;
 pub mod section;
 pub mod selftest;
+pub mod stage;
 mod sys;
+pub mod train;
 
+pub use checkpoint::CheckpointStore;
 pub use comm::{Comm, LocalGroup, LocalMember, RankBuffers, ReduceOp, Scalar};
 pub use context::{execute, init, BackendChoice, Config, Context, MpiThreading, EXIT_RANK_ERROR, EXIT_RANK_PANIC};
 pub use env::{LauncherKind, RankEnv};
-pub use checkpoint::CheckpointStore;
-pub use section::{Gang, TaskInfo};
 pub use error::{Error, Result};
 pub use gang_protocol::device::Device;
+pub use section::{Gang, TaskInfo};
 
 /// The README's examples, compiled and run as doc tests.
 #[doc = include_str!("../README.md")]

@@ -80,7 +80,10 @@ pub fn selftest(comm: &Comm) -> Result<SelftestReport> {
     let got = comm.allgather_bytes(&pattern(rank, len_of(rank)))?;
     let want = RankBuffers::from_parts(&(0..n).map(|r| pattern(r, len_of(r))).collect::<Vec<_>>());
     if got != want {
-        return Err(fail(format!("allgather_bytes: rank {rank} received {:?}", got.iter().map(<[u8]>::len).collect::<Vec<_>>())));
+        return Err(fail(format!(
+            "allgather_bytes: rank {rank} received {:?}",
+            got.iter().map(<[u8]>::len).collect::<Vec<_>>()
+        )));
     }
     checks += 1;
     // A larger one.
@@ -104,7 +107,11 @@ pub fn selftest(comm: &Comm) -> Result<SelftestReport> {
     let send = RankBuffers::from_parts(&(0..n).map(|j| pattern(rank + j, big_part(rank, j))).collect::<Vec<_>>());
     let got = comm.all_to_all_bytes(&send)?;
     for i in 0..n {
-        expect_eq(&format!("all_to_all_bytes (large) part from {i}"), got.get(i), &pattern(i + rank, big_part(i, rank)))?;
+        expect_eq(
+            &format!("all_to_all_bytes (large) part from {i}"),
+            got.get(i),
+            &pattern(i + rank, big_part(i, rank)),
+        )?;
     }
     checks += 1;
 
@@ -120,9 +127,8 @@ fn check_allreduce<T: Scalar>(comm: &Comm, len: usize, value: impl Fn(usize, usi
         if !T::supports(op) {
             continue;
         }
-        let want: Vec<T> = (0..len)
-            .map(|i| (1..n).fold(value(0, i), |acc, r| T::combine(acc, value(r, i), op)))
-            .collect();
+        let want: Vec<T> =
+            (0..len).map(|i| (1..n).fold(value(0, i), |acc, r| T::combine(acc, value(r, i), op))).collect();
         let mine: Vec<T> = (0..len).map(|i| value(rank, i)).collect();
         let mut buf = mine.clone();
         comm.allreduce(&mut buf, op)?;
@@ -130,7 +136,11 @@ fn check_allreduce<T: Scalar>(comm: &Comm, len: usize, value: impl Fn(usize, usi
         let mut out = vec![value(n + 5, 0); len];
         comm.allreduce_into(&mine, &mut out, op)?;
         expect_eq(&format!("allreduce_into {op:?} over {}", T::NAME), &out, &want)?;
-        expect_eq(&format!("allreduce_into {op:?} over {} left send alone", T::NAME), &mine, &(0..len).map(|i| value(rank, i)).collect::<Vec<_>>())?;
+        expect_eq(
+            &format!("allreduce_into {op:?} over {} left send alone", T::NAME),
+            &mine,
+            &(0..len).map(|i| value(rank, i)).collect::<Vec<_>>(),
+        )?;
         checks += 2;
     }
     Ok(checks)

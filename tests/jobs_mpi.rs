@@ -39,7 +39,21 @@ fn gen_stats_and_standardize_are_identical_at_1_2_and_4_ranks() {
     for n in ["1", "2", "4"] {
         let g = sc.path(&format!("gen-{n}"));
         assert_success(&gang(
-            &["gen", "-n", n, "--rows", "30000", "--features", "6", "--partitions", "5", "--batch-size", "4000", "--output", s(&g)],
+            &[
+                "gen",
+                "-n",
+                n,
+                "--rows",
+                "30000",
+                "--features",
+                "6",
+                "--partitions",
+                "5",
+                "--batch-size",
+                "4000",
+                "--output",
+                s(&g),
+            ],
             &runs,
         ));
         gens.push(digest(&g));
@@ -59,7 +73,10 @@ fn gen_stats_and_standardize_are_identical_at_1_2_and_4_ranks() {
     assert!(stds.iter().all(|d| d == &stds[0]), "standardize outputs differ between gang sizes");
 
     // The standardized features have mean 0 and std 1; labels and ids are untouched.
-    let out = assert_success(&gang(&["stats", "-n", "2", "--no-tag-output", "--input", s(&sc.path("std-2")), "--json"], &runs));
+    let out = assert_success(&gang(
+        &["stats", "-n", "2", "--no-tag-output", "--input", s(&sc.path("std-2")), "--json"],
+        &runs,
+    ));
     let j: serde_json::Value = serde_json::from_str(&out).unwrap();
     for c in j["columns"].as_array().unwrap() {
         let name = c["name"].as_str().unwrap();
@@ -80,17 +97,43 @@ fn convert_round_trips_parquet_hdf5_ipc_parquet_keeping_every_value() {
     let sc = Scratch::new("jobs-convert");
     let runs = sc.path("runs");
     let (gen, h5, ipc, back) = (sc.path("gen"), sc.path("h5"), sc.path("ipc"), sc.path("back"));
-    assert_success(&gang(&["gen", "-n", "2", "--rows", "12345", "--features", "3", "--classes", "0", "--partitions", "4", "--output", s(&gen)], &runs));
-    assert_success(&gang(&["convert", "-n", "2", "--input", s(&gen), "--output", s(&h5), "--format", "hdf5", "--partitions", "3"], &runs));
+    assert_success(&gang(
+        &[
+            "gen",
+            "-n",
+            "2",
+            "--rows",
+            "12345",
+            "--features",
+            "3",
+            "--classes",
+            "0",
+            "--partitions",
+            "4",
+            "--output",
+            s(&gen),
+        ],
+        &runs,
+    ));
+    assert_success(&gang(
+        &["convert", "-n", "2", "--input", s(&gen), "--output", s(&h5), "--format", "hdf5", "--partitions", "3"],
+        &runs,
+    ));
     assert_eq!(digest(&h5).len(), 3);
     // HDF5 files are inputs one by one (`file.h5`), in order.
-    let mut args: Vec<String> = ["convert", "-n", "4", "--output", s(&ipc), "--format", "ipc:zstd", "--partitions", "7"].map(String::from).to_vec();
+    let mut args: Vec<String> =
+        ["convert", "-n", "4", "--output", s(&ipc), "--format", "ipc:zstd", "--partitions", "7"]
+            .map(String::from)
+            .to_vec();
     for p in Manifest::read(&h5).unwrap().partitions {
         args.push("--input".into());
         args.push(s(&h5.join(&p.file)).to_string());
     }
     assert_success(&gang(&args.iter().map(String::as_str).collect::<Vec<_>>(), &runs));
-    assert_success(&gang(&["convert", "-n", "1", "--input", s(&ipc), "--output", s(&back), "--partitions", "2"], &runs));
+    assert_success(&gang(
+        &["convert", "-n", "1", "--input", s(&ipc), "--output", s(&back), "--partitions", "2"],
+        &runs,
+    ));
     assert_eq!(digest(&ipc).len(), 7);
 
     let (a, b) = (read(s(&gen)), read(s(&back)));
@@ -154,7 +197,10 @@ fn corrupt_inputs_fail_the_gang_naming_file_partition_and_rank_with_nothing_writ
     let sc = Scratch::new("jobs-corrupt");
     let runs = sc.path("runs");
     let gen = sc.path("gen");
-    assert_success(&gang(&["gen", "-n", "2", "--rows", "40000", "--features", "2", "--partitions", "4", "--output", s(&gen)], &runs));
+    assert_success(&gang(
+        &["gen", "-n", "2", "--rows", "40000", "--features", "2", "--partitions", "4", "--output", s(&gen)],
+        &runs,
+    ));
 
     // Pages overwritten with garbage (the footer intact): found while reading partition 2.
     let victim = gen.join("part-00002.parquet");
@@ -168,7 +214,8 @@ fn corrupt_inputs_fail_the_gang_naming_file_partition_and_rank_with_nothing_writ
     let out = gang(&["standardize", "-n", "2", "--input", s(&gen), "--output", s(&out_dir)], &runs);
     let (_, stderr) = common::text(&out);
     assert!(!out.status.success());
-    let root_cause = stderr.lines().find(|l| l.contains("failed first")).unwrap_or_else(|| panic!("no root cause:\n{stderr}"));
+    let root_cause =
+        stderr.lines().find(|l| l.contains("failed first")).unwrap_or_else(|| panic!("no root cause:\n{stderr}"));
     for needle in ["part-00002.parquet", "partition 2", "rank "] {
         assert!(root_cause.contains(needle), "{needle:?} missing from: {root_cause}");
     }

@@ -89,7 +89,10 @@ fn the_manifest_lists_every_partition_with_rows_and_a_crc32_of_the_file() {
         let bytes = std::fs::read(s.out().join(&p.file)).unwrap();
         assert_eq!(p.bytes, bytes.len() as u64);
         assert_eq!(p.crc32, crc32fast::hash(&bytes), "{}", p.file);
-        assert_eq!(read_ids(&s.out().join(&p.file)), batch(i).column(0).as_any().downcast_ref::<Int64Array>().unwrap().values().to_vec());
+        assert_eq!(
+            read_ids(&s.out().join(&p.file)),
+            batch(i).column(0).as_any().downcast_ref::<Int64Array>().unwrap().values().to_vec()
+        );
     }
     assert_eq!(m.total_rows, (0..7).map(|i| 10 + i).sum::<u64>());
     assert_eq!(m.schema["fields"][0]["name"], "id");
@@ -152,7 +155,8 @@ fn a_relaunched_stage_resumes_and_skips_committed_partitions() {
     })
     .unwrap();
     assert!(visible(&s.out()).is_empty(), "task commits are visible: {:?}", visible(&s.out()));
-    let before = std::fs::metadata(s.out().join("_temporary/committed/part-00000.parquet")).unwrap().modified().unwrap();
+    let before =
+        std::fs::metadata(s.out().join("_temporary/committed/part-00000.parquet")).unwrap().modified().unwrap();
     // Attempt 2 with another world size: resumes, writes only 2 and 3.
     let m = execute(Config::local(3), |ctx| {
         let c = OutputCommitter::begin(ctx, s.out(), OutputFormat::default(), false, "fp")?;

@@ -81,7 +81,13 @@ fn a_failing_read_names_file_partition_and_rank() {
     })
     .unwrap_err();
     let msg = e.to_string();
-    assert!(msg.contains("in-0") && msg.contains("partition") && msg.contains("rank") && msg.contains("the disk is on fire"), "{msg}");
+    assert!(
+        msg.contains("in-0")
+            && msg.contains("partition")
+            && msg.contains("rank")
+            && msg.contains("the disk is on fire"),
+        "{msg}"
+    );
     assert!(visible(&out).is_empty());
 }
 
@@ -92,7 +98,10 @@ fn another_stage_name_over_the_same_input_is_another_stage() {
     let out = s.path("out");
     map(1, &s.path("in"), &out, Some(1005)).unwrap_err();
     let e = execute(Config::local(1), |ctx| {
-        MapStage::new(ctx, vec![Input::parse(s.path("in").to_str().unwrap())?]).output(&out, OutputFormat::default()).name("other").run(Ok)
+        MapStage::new(ctx, vec![Input::parse(s.path("in").to_str().unwrap())?])
+            .output(&out, OutputFormat::default())
+            .name("other")
+            .run(Ok)
     })
     .unwrap_err()
     .to_string();
@@ -103,9 +112,11 @@ fn another_stage_name_over_the_same_input_is_another_stage() {
 fn a_stage_without_output_is_refused() {
     let s = Scratch::new("map-noout");
     write_input(&s.path("in"), 1);
-    let e = execute(Config::local(1), |ctx| MapStage::new(ctx, vec![Input::parse(s.path("in").to_str().unwrap())?]).run(Ok))
-        .unwrap_err()
-        .to_string();
+    let e = execute(Config::local(1), |ctx| {
+        MapStage::new(ctx, vec![Input::parse(s.path("in").to_str().unwrap())?]).run(Ok)
+    })
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("no output directory"), "{e}");
 }
 

@@ -38,7 +38,8 @@ fn run_map(s: &Scratch, n: usize, output: &Path, extra: &[&str], env: &[(&str, &
 fn summary(stdout: &str) -> (usize, usize, u64) {
     let line = stdout.lines().find(|l| l.contains("committed ")).unwrap_or_else(|| panic!("no summary in:\n{stdout}"));
     let line = &line[line.find("committed ").unwrap()..];
-    let nums: Vec<u64> = line.split(|c: char| !c.is_ascii_digit()).filter(|t| !t.is_empty()).map(|t| t.parse().unwrap()).collect();
+    let nums: Vec<u64> =
+        line.split(|c: char| !c.is_ascii_digit()).filter(|t| !t.is_empty()).map(|t| t.parse().unwrap()).collect();
     (nums[0] as usize, nums[1] as usize, nums[2])
 }
 
@@ -95,7 +96,10 @@ fn a_failing_function_fails_the_gang_naming_file_partition_and_rank_with_nothing
     let stderr = text(&failed).1;
     assert!(!failed.status.success(), "{stderr}");
     assert!(
-        stderr.contains("in-05.parquet") && stderr.contains("partition 5") && stderr.contains("rank ") && stderr.contains("injected failure on id 5010"),
+        stderr.contains("in-05.parquet")
+            && stderr.contains("partition 5")
+            && stderr.contains("rank ")
+            && stderr.contains("injected failure on id 5010"),
         "{stderr}"
     );
     assert!(!out.join("_SUCCESS").exists());

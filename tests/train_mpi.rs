@@ -18,7 +18,23 @@ fn s(p: &Path) -> &str {
 fn dataset(sc: &Scratch) -> PathBuf {
     let data = sc.path("data");
     assert_success(&gang(
-        &["gen", "-n", "2", "--rows", "20000", "--features", "8", "--classes", "2", "--partitions", "4", "--noise", "0", "--output", s(&data)],
+        &[
+            "gen",
+            "-n",
+            "2",
+            "--rows",
+            "20000",
+            "--features",
+            "8",
+            "--classes",
+            "2",
+            "--partitions",
+            "4",
+            "--noise",
+            "0",
+            "--output",
+            s(&data),
+        ],
         &sc.path("runs"),
     ));
     data
@@ -33,8 +49,24 @@ fn train(sc: &Scratch, n: &str, data: &Path, tag: &str, fault: Option<&str>, ext
     let mut args = vec!["train", "-n", n];
     args.extend_from_slice(extra);
     args.extend_from_slice(&[
-        "--input", s(data), "--label", "y", "--model", "logistic", "--epochs", "4", "--batch-size", "500", "--lr",
-        "0.05", "--checkpoint-dir", s(&ckpt), "--checkpoint-every", "30", "--output", s(&model),
+        "--input",
+        s(data),
+        "--label",
+        "y",
+        "--model",
+        "logistic",
+        "--epochs",
+        "4",
+        "--batch-size",
+        "500",
+        "--lr",
+        "0.05",
+        "--checkpoint-dir",
+        s(&ckpt),
+        "--checkpoint-every",
+        "30",
+        "--output",
+        s(&model),
     ]);
     let env: Vec<(&str, &str)> = fault.map(|f| ("GANG_FAULT", f)).into_iter().collect();
     (gang_env(&args, &sc.path("runs"), &env), model)
@@ -51,7 +83,8 @@ fn a_killed_rank_is_restarted_and_the_model_is_bitwise_the_uninterrupted_one() {
     for n in ["2", "4"] {
         let (clean, reference) = train(&sc, n, &data, &format!("clean-{n}"), None, &[]);
         assert_success(&clean);
-        let (out, model) = train(&sc, n, &data, &format!("killed-{n}"), Some("rank=1,step=95,kind=kill"), &["--max-restarts", "2"]);
+        let (out, model) =
+            train(&sc, n, &data, &format!("killed-{n}"), Some("rank=1,step=95,kind=kill"), &["--max-restarts", "2"]);
         let stdout = assert_success(&out);
         let stderr = text(&out).1;
         assert!(stderr.contains("attempt 0") && stderr.contains("rank 1") && stderr.contains("SIGKILL"), "{stderr}");
@@ -66,7 +99,14 @@ fn a_hung_rank_is_detected_and_the_restarted_gang_gives_the_same_model() {
     let data = dataset(&sc);
     let (clean, reference) = train(&sc, "2", &data, "clean", None, &[]);
     assert_success(&clean);
-    let (out, model) = train(&sc, "2", &data, "hung", Some("rank=0,step=70,kind=hang"), &["--max-restarts", "1", "--stall-timeout", "3"]);
+    let (out, model) = train(
+        &sc,
+        "2",
+        &data,
+        "hung",
+        Some("rank=0,step=70,kind=hang"),
+        &["--max-restarts", "1", "--stall-timeout", "3"],
+    );
     assert_success(&out);
     let stderr = text(&out).1;
     assert!(stderr.contains("stalled"), "{stderr}");
@@ -80,7 +120,14 @@ fn a_damaged_newest_checkpoint_is_passed_over_for_the_previous_one() {
     let (clean, reference) = train(&sc, "2", &data, "clean", None, &[]);
     assert_success(&clean);
     // At step 90 the checkpoint is written, then damaged, then the rank dies.
-    let (out, model) = train(&sc, "2", &data, "damaged", Some("rank=0,step=90,kind=corrupt-latest-checkpoint"), &["--max-restarts", "1"]);
+    let (out, model) = train(
+        &sc,
+        "2",
+        &data,
+        "damaged",
+        Some("rank=0,step=90,kind=corrupt-latest-checkpoint"),
+        &["--max-restarts", "1"],
+    );
     let stdout = assert_success(&out);
     assert!(stdout.contains("resumed from the checkpoint of step 60"), "{stdout}\n{}", text(&out).1);
     assert!(same_file(&model, &reference), "the model after falling back differs");
@@ -92,7 +139,14 @@ fn a_crash_between_shard_write_and_vote_leaves_a_checkpoint_that_is_never_used()
     let data = dataset(&sc);
     let (clean, reference) = train(&sc, "2", &data, "clean", None, &[]);
     assert_success(&clean);
-    let (out, model) = train(&sc, "2", &data, "crashed", Some("rank=1,step=90,kind=crash-during-checkpoint"), &["--max-restarts", "1"]);
+    let (out, model) = train(
+        &sc,
+        "2",
+        &data,
+        "crashed",
+        Some("rank=1,step=90,kind=crash-during-checkpoint"),
+        &["--max-restarts", "1"],
+    );
     let stdout = assert_success(&out);
     assert!(stdout.contains("resumed from the checkpoint of step 60"), "{stdout}\n{}", text(&out).1);
     assert!(same_file(&model, &reference), "the model after the crashed checkpoint differs");
@@ -135,8 +189,24 @@ fn logistic_regression_reaches_scikit_learns_log_loss_within_one_percent() {
     let model = sc.path("model.safetensors");
     let out = assert_success(&gang(
         &[
-            "train", "-n", "2", "--no-tag-output", "--input", s(&data), "--label", "y", "--model", "logistic", "--epochs", "30",
-            "--batch-size", "2000", "--lr", "0.02", "--output", s(&model),
+            "train",
+            "-n",
+            "2",
+            "--no-tag-output",
+            "--input",
+            s(&data),
+            "--label",
+            "y",
+            "--model",
+            "logistic",
+            "--epochs",
+            "30",
+            "--batch-size",
+            "2000",
+            "--lr",
+            "0.02",
+            "--output",
+            s(&model),
         ],
         &sc.path("runs"),
     ));
@@ -152,13 +222,33 @@ fn predict_applies_the_model_with_exactly_once_output_and_the_model_loads_in_num
     let data = dataset(&sc);
     let model = sc.path("model.safetensors");
     let out = assert_success(&gang(
-        &["train", "-n", "2", "--no-tag-output", "--input", s(&data), "--label", "y", "--epochs", "3", "--batch-size", "500", "--lr", "0.05", "--output", s(&model)],
+        &[
+            "train",
+            "-n",
+            "2",
+            "--no-tag-output",
+            "--input",
+            s(&data),
+            "--label",
+            "y",
+            "--epochs",
+            "3",
+            "--batch-size",
+            "500",
+            "--lr",
+            "0.05",
+            "--output",
+            s(&model),
+        ],
         &sc.path("runs"),
     ));
     let final_line = out.lines().find(|l| l.starts_with("final: ")).unwrap();
     let acc: f64 = final_line.split("accuracy ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
     let preds = sc.path("preds");
-    assert_success(&gang(&["predict", "-n", "4", "--model", s(&model), "--input", s(&data), "--output", s(&preds)], &sc.path("runs")));
+    assert_success(&gang(
+        &["predict", "-n", "4", "--model", s(&model), "--input", s(&data), "--output", s(&preds)],
+        &sc.path("runs"),
+    ));
     let m = gang::stage::Manifest::read(&preds).unwrap();
     assert_eq!(m.total_rows, 20000);
     // The predictions agree with the labels as often as training said.
@@ -168,7 +258,9 @@ fn predict_applies_the_model_with_exactly_once_output_and_the_model_loads_in_num
     for p in &plan.partitions {
         for b in gang::data::read_partition(p, &plan.schema, &opts).unwrap() {
             let b = b.unwrap();
-            let col = |n: &str| b.column_by_name(n).unwrap().as_any().downcast_ref::<arrow_array::Int64Array>().unwrap().clone();
+            let col = |n: &str| {
+                b.column_by_name(n).unwrap().as_any().downcast_ref::<arrow_array::Int64Array>().unwrap().clone()
+            };
             let (y, pred) = (col("y"), col("prediction"));
             right += (0..b.num_rows()).filter(|&i| y.value(i) == pred.value(i)).count();
             rows += b.num_rows();

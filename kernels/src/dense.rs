@@ -172,14 +172,7 @@ fn rows_times_matrix_tile<const T: usize>(
 /// `g` `[no, ni]`: the weight gradient `delta^T x` of a dense layer.
 ///
 /// Each element is summed in row order; the tiling does not change any sum.
-pub(crate) fn accumulate_outer(
-    d: &[f32],
-    x: &[f32],
-    rows: usize,
-    no: usize,
-    ni: usize,
-    g: &mut [f32],
-) {
+pub(crate) fn accumulate_outer(d: &[f32], x: &[f32], rows: usize, no: usize, ni: usize, g: &mut [f32]) {
     let mut o = 0;
     while o < no {
         // Two gradient rows at a time (each load of `x` feeds both), then the odd one.
@@ -307,9 +300,7 @@ mod tests {
     fn tiled_kernels_match_naive() {
         // Widths that exercise every tile size: 16 + 8 + 4 + 1 + 1 = 30.
         let (rows, k, n) = (3, 5, 30);
-        let a: Vec<f32> = (0..rows * k)
-            .map(|i| if i % 4 == 0 { 0.0 } else { (i as f32).sin() })
-            .collect();
+        let a: Vec<f32> = (0..rows * k).map(|i| if i % 4 == 0 { 0.0 } else { (i as f32).sin() }).collect();
         let m: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.3).cos()).collect();
         let init: Vec<f32> = (0..n).map(|i| i as f32).collect();
         let mut out = vec![0f32; rows * n];
@@ -340,20 +331,8 @@ mod tests {
         let wt = transpose(&w, no, ni);
         let mut z1 = vec![0f32; rows * no];
         let mut z2 = vec![0f32; rows * no];
-        let l1 = DenseWeights {
-            inp: ni,
-            out: no,
-            w: &w,
-            wt: None,
-            b: &b,
-        };
-        let l2 = DenseWeights {
-            inp: ni,
-            out: no,
-            w: &w,
-            wt: Some(&wt),
-            b: &b,
-        };
+        let l1 = DenseWeights { inp: ni, out: no, w: &w, wt: None, b: &b };
+        let l2 = DenseWeights { inp: ni, out: no, w: &w, wt: Some(&wt), b: &b };
         forward(&l1, &x, rows, &mut z1);
         forward(&l2, &x, rows, &mut z2);
         for (a, b) in z1.iter().zip(&z2) {

@@ -80,30 +80,17 @@ pub enum Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Shape {
-                what,
-                expected,
-                actual,
-            } => write!(f, "`{what}` has length {actual}, expected {expected}"),
-            Error::Ragged { what, len, width } => write!(
-                f,
-                "`{what}` has length {len}, which is not a whole number of rows of {width}"
-            ),
-            Error::Label {
-                row,
-                label,
-                classes,
-            } => write!(
-                f,
-                "label {label} in row {row} is outside 0..{classes} (the model has {classes} classes)"
-            ),
+            Error::Shape { what, expected, actual } => write!(f, "`{what}` has length {actual}, expected {expected}"),
+            Error::Ragged { what, len, width } => {
+                write!(f, "`{what}` has length {len}, which is not a whole number of rows of {width}")
+            }
+            Error::Label { row, label, classes } => {
+                write!(f, "label {label} in row {row} is outside 0..{classes} (the model has {classes} classes)")
+            }
             Error::Target { row, value, reason } => {
                 write!(f, "target {value} in row {row}: {reason}")
             }
-            Error::TargetKind { head, targets } => write!(
-                f,
-                "a {head} model cannot be trained on {targets} targets"
-            ),
+            Error::TargetKind { head, targets } => write!(f, "a {head} model cannot be trained on {targets} targets"),
             Error::NotClassifier => f.write_str("a regression model has no classes to predict"),
             Error::InvalidModel { reason } => write!(f, "invalid model: {reason}"),
             Error::InvalidOptimizer { reason } => write!(f, "invalid optimizer: {reason}"),

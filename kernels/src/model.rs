@@ -329,11 +329,7 @@ impl Model {
     pub fn from_params(kind: ModelKind, features: usize, params: Vec<f32>) -> Result<Model> {
         let mut model = Model::shaped(kind, features)?;
         if params.len() != model.params.len() {
-            return Err(Error::Shape {
-                what: "params",
-                expected: model.params.len(),
-                actual: params.len(),
-            });
+            return Err(Error::Shape { what: "params", expected: model.params.len(), actual: params.len() });
         }
         model.params = params;
         Ok(model)
@@ -365,11 +361,7 @@ impl Model {
         let mut layers = Vec::with_capacity(widths.len() - 1);
         let mut offset = 0usize;
         for pair in widths.windows(2) {
-            let layer = Layer {
-                inp: pair[0],
-                out: pair[1],
-                w: offset,
-            };
+            let layer = Layer { inp: pair[0], out: pair[1], w: offset };
             offset = pair[0]
                 .checked_add(1)
                 .and_then(|w| w.checked_mul(pair[1]))
@@ -381,13 +373,7 @@ impl Model {
             debug_assert_eq!(offset, layer.end());
             layers.push(layer);
         }
-        Ok(Model {
-            kind,
-            head,
-            features,
-            layers,
-            params: vec![0.0; offset],
-        })
+        Ok(Model { kind, head, features, layers, params: vec![0.0; offset] })
     }
 
     /// The architecture.
@@ -448,12 +434,7 @@ impl Model {
                 offset: l.w,
                 len: l.out * l.inp,
             });
-            out.push(TensorView {
-                name: format!("layer{i}.bias"),
-                shape: vec![l.out],
-                offset: l.b(),
-                len: l.out,
-            });
+            out.push(TensorView { name: format!("layer{i}.bias"), shape: vec![l.out], offset: l.b(), len: l.out });
         }
         out
     }
@@ -484,11 +465,7 @@ impl Model {
     /// cannot take. On error `grad` is unchanged.
     pub fn loss_and_grad(&self, x: &[f32], y: Targets<'_>, grad: &mut [f32]) -> Result<BatchStats> {
         if grad.len() != self.params.len() {
-            return Err(Error::Shape {
-                what: "grad",
-                expected: self.params.len(),
-                actual: grad.len(),
-            });
+            return Err(Error::Shape { what: "grad", expected: self.params.len(), actual: grad.len() });
         }
         self.check_batch(x, y)?;
         Ok(self.run(x, y, Some(grad)))
@@ -515,12 +492,11 @@ impl Model {
         let mut out = self.logits(x)?;
         let k = self.outputs();
         let head = &self.head;
-        out.par_chunks_mut(CHUNK_ROWS * k)
-            .for_each(|chunk| match head {
-                Output::Regression => {}
-                Output::Binary => chunk.iter_mut().for_each(|z| *z = sigmoid(*z)),
-                Output::Softmax { .. } => chunk.chunks_exact_mut(k).for_each(softmax_in_place),
-            });
+        out.par_chunks_mut(CHUNK_ROWS * k).for_each(|chunk| match head {
+            Output::Regression => {}
+            Output::Binary => chunk.iter_mut().for_each(|z| *z = sigmoid(*z)),
+            Output::Softmax { .. } => chunk.chunks_exact_mut(k).for_each(softmax_in_place),
+        });
         Ok(out)
     }
 
@@ -550,30 +526,24 @@ impl Model {
         let f = self.features;
         let wts = self.prepare();
         let mut out = vec![0f32; n * k];
-        out.par_chunks_mut(CHUNK_ROWS * k)
-            .zip(x.par_chunks(CHUNK_ROWS * f))
-            .for_each(|(o, xc)| {
-                let mut ws = Workspace::new(self);
-                let rows = xc.len() / f;
-                let mut r0 = 0;
-                while r0 < rows {
-                    let b = BLOCK_ROWS.min(rows - r0);
-                    let z = self.forward_block(&wts, &xc[r0 * f..(r0 + b) * f], b, &mut ws);
-                    o[r0 * k..(r0 + b) * k].copy_from_slice(&z[..b * k]);
-                    r0 += b;
-                }
-            });
+        out.par_chunks_mut(CHUNK_ROWS * k).zip(x.par_chunks(CHUNK_ROWS * f)).for_each(|(o, xc)| {
+            let mut ws = Workspace::new(self);
+            let rows = xc.len() / f;
+            let mut r0 = 0;
+            while r0 < rows {
+                let b = BLOCK_ROWS.min(rows - r0);
+                let z = self.forward_block(&wts, &xc[r0 * f..(r0 + b) * f], b, &mut ws);
+                o[r0 * k..(r0 + b) * k].copy_from_slice(&z[..b * k]);
+                r0 += b;
+            }
+        });
         Ok(out)
     }
 
     /// Rows of `x`, or [`Error::Ragged`].
     fn rows(&self, x: &[f32]) -> Result<usize> {
         if x.len() % self.features != 0 {
-            return Err(Error::Ragged {
-                what: "x",
-                len: x.len(),
-                width: self.features,
-            });
+            return Err(Error::Ragged { what: "x", len: x.len(), width: self.features });
         }
         Ok(x.len() / self.features)
     }
@@ -582,40 +552,25 @@ impl Model {
     fn check_batch(&self, x: &[f32], y: Targets<'_>) -> Result<()> {
         let n = self.rows(x)?;
         if y.len() != n {
-            return Err(Error::Shape {
-                what: "y",
-                expected: n,
-                actual: y.len(),
-            });
+            return Err(Error::Shape { what: "y", expected: n, actual: y.len() });
         }
         match (&self.head, y) {
             (Output::Regression, Targets::Class(_)) => Ok(()),
-            (Output::Regression, Targets::Value(v)) => {
-                match v.iter().position(|t| !t.is_finite()) {
-                    Some(row) => Err(Error::Target {
-                        row,
-                        value: v[row],
-                        reason: "a regression target must be finite",
-                    }),
-                    None => Ok(()),
-                }
-            }
+            (Output::Regression, Targets::Value(v)) => match v.iter().position(|t| !t.is_finite()) {
+                Some(row) => Err(Error::Target { row, value: v[row], reason: "a regression target must be finite" }),
+                None => Ok(()),
+            },
             (Output::Binary, Targets::Class(c)) => check_labels(c, 2),
-            (Output::Binary, Targets::Value(v)) => {
-                match v.iter().position(|t| !(0.0..=1.0).contains(t)) {
-                    Some(row) => Err(Error::Target {
-                        row,
-                        value: v[row],
-                        reason: "a binary target must be a probability in [0, 1]",
-                    }),
-                    None => Ok(()),
+            (Output::Binary, Targets::Value(v)) => match v.iter().position(|t| !(0.0..=1.0).contains(t)) {
+                Some(row) => {
+                    Err(Error::Target { row, value: v[row], reason: "a binary target must be a probability in [0, 1]" })
                 }
-            }
+                None => Ok(()),
+            },
             (Output::Softmax { classes }, Targets::Class(c)) => check_labels(c, *classes),
-            (head @ Output::Softmax { .. }, y @ Targets::Value(_)) => Err(Error::TargetKind {
-                head: head.name(),
-                targets: y.name(),
-            }),
+            (head @ Output::Softmax { .. }, y @ Targets::Value(_)) => {
+                Err(Error::TargetKind { head: head.name(), targets: y.name() })
+            }
         }
     }
 
@@ -623,10 +578,7 @@ impl Model {
     fn prepare(&self) -> Vec<Option<Vec<f32>>> {
         self.layers
             .iter()
-            .map(|l| {
-                dense::uses_transpose(l.out)
-                    .then(|| dense::transpose(&self.params[l.w..l.b()], l.out, l.inp))
-            })
+            .map(|l| dense::uses_transpose(l.out).then(|| dense::transpose(&self.params[l.w..l.b()], l.out, l.inp)))
             .collect()
     }
 
@@ -661,12 +613,7 @@ impl Model {
                 if let Some(b) = buf.as_deref_mut() {
                     b.fill(0.0);
                 }
-                let s = self.chunk(
-                    &wts,
-                    &x[r.start * f..r.end * f],
-                    y.slice(r),
-                    buf.as_deref_mut(),
-                );
+                let s = self.chunk(&wts, &x[r.start * f..r.end * f], y.slice(r), buf.as_deref_mut());
                 total.merge(&s);
                 if let (Some(g), Some(b)) = (grad.as_deref_mut(), buf.as_deref()) {
                     dense::add_assign(g, b);
@@ -716,13 +663,7 @@ impl Model {
     }
 
     /// Loss (and gradient, added to `grad`) of one chunk of rows, sequentially.
-    fn chunk(
-        &self,
-        wts: &[Option<Vec<f32>>],
-        x: &[f32],
-        y: Targets<'_>,
-        grad: Option<&mut [f32]>,
-    ) -> BatchStats {
+    fn chunk(&self, wts: &[Option<Vec<f32>>], x: &[f32], y: Targets<'_>, grad: Option<&mut [f32]>) -> BatchStats {
         if self.layers.len() == 1 && self.layers[0].out == 1 {
             return self.chunk_single_output(x, y, grad);
         }
@@ -745,9 +686,7 @@ impl Model {
                 let d = &mut ws.delta[r * k..(r + 1) * k];
                 let (l, ok) = match self.head {
                     Output::Softmax { .. } => {
-                        let Targets::Class(c) = y else {
-                            unreachable!("checked by check_batch")
-                        };
+                        let Targets::Class(c) = y else { unreachable!("checked by check_batch") };
                         softmax_row(z, c[r0 + r] as usize, d)
                     }
                     Output::Binary => {
@@ -769,30 +708,16 @@ impl Model {
             }
             r0 += b;
         }
-        BatchStats {
-            loss_sum: loss,
-            correct,
-            n: rows as u64,
-        }
+        BatchStats { loss_sum: loss, correct, n: rows as u64 }
     }
 
     /// Forward pass of `b` rows through every layer into `ws.acts`; returns the
     /// logits `[b, outputs()]`.
-    fn forward_block<'w>(
-        &self,
-        wts: &[Option<Vec<f32>>],
-        xb: &[f32],
-        b: usize,
-        ws: &'w mut Workspace,
-    ) -> &'w [f32] {
+    fn forward_block<'w>(&self, wts: &[Option<Vec<f32>>], xb: &[f32], b: usize, ws: &'w mut Workspace) -> &'w [f32] {
         let last = self.layers.len() - 1;
         for (i, layer) in self.layers.iter().enumerate() {
             let (prev, cur) = ws.acts.split_at_mut(i);
-            let inp = if i == 0 {
-                xb
-            } else {
-                &prev[i - 1][..b * layer.inp]
-            };
+            let inp = if i == 0 { xb } else { &prev[i - 1][..b * layer.inp] };
             let z = &mut cur[0][..b * layer.out];
             dense::forward(&self.weights(i, wts), inp, b, z);
             if i < last {
@@ -803,31 +728,12 @@ impl Model {
     }
 
     /// Backward pass of `b` rows from `ws.delta` (d loss / d logits), adding into `grad`.
-    fn backward_block(
-        &self,
-        wts: &[Option<Vec<f32>>],
-        xb: &[f32],
-        b: usize,
-        ws: &mut Workspace,
-        grad: &mut [f32],
-    ) {
+    fn backward_block(&self, wts: &[Option<Vec<f32>>], xb: &[f32], b: usize, ws: &mut Workspace, grad: &mut [f32]) {
         for (i, layer) in self.layers.iter().enumerate().rev() {
-            let inp = if i == 0 {
-                xb
-            } else {
-                &ws.acts[i - 1][..b * layer.inp]
-            };
+            let inp = if i == 0 { xb } else { &ws.acts[i - 1][..b * layer.inp] };
             let (gw, gb) = grad[layer.w..layer.end()].split_at_mut(layer.out * layer.inp);
             let dx = (i > 0).then(|| &mut ws.dprev[..b * layer.inp]);
-            dense::backward(
-                &self.weights(i, wts),
-                inp,
-                b,
-                &ws.delta[..b * layer.out],
-                gw,
-                gb,
-                dx,
-            );
+            dense::backward(&self.weights(i, wts), inp, b, &ws.delta[..b * layer.out], gw, gb, dx);
             if i > 0 {
                 // Through the ReLU: the gradient passes where the activation was positive.
                 // (A select, not a branch: it vectorises.)
@@ -841,12 +747,7 @@ impl Model {
 
     /// Linear and logistic regression: one dot product and one axpy per row, no
     /// intermediate buffers.
-    fn chunk_single_output(
-        &self,
-        x: &[f32],
-        y: Targets<'_>,
-        grad: Option<&mut [f32]>,
-    ) -> BatchStats {
+    fn chunk_single_output(&self, x: &[f32], y: Targets<'_>, grad: Option<&mut [f32]>) -> BatchStats {
         let f = self.features;
         let (w, b) = (&self.params[..f], self.params[f]);
         let binary = self.head == Output::Binary;
@@ -890,11 +791,7 @@ impl Model {
         if let Some(gbias) = gbias {
             gbias[0] += gb;
         }
-        BatchStats {
-            loss_sum: loss,
-            correct,
-            n: rows as u64,
-        }
+        BatchStats { loss_sum: loss, correct, n: rows as u64 }
     }
 }
 
@@ -907,18 +804,9 @@ struct Workspace {
 
 impl Workspace {
     fn new(model: &Model) -> Workspace {
-        let widest = model
-            .layers
-            .iter()
-            .map(|l| l.out.max(l.inp))
-            .max()
-            .unwrap_or(1);
+        let widest = model.layers.iter().map(|l| l.out.max(l.inp)).max().unwrap_or(1);
         Workspace {
-            acts: model
-                .layers
-                .iter()
-                .map(|l| vec![0f32; BLOCK_ROWS * l.out])
-                .collect(),
+            acts: model.layers.iter().map(|l| vec![0f32; BLOCK_ROWS * l.out]).collect(),
             delta: vec![0f32; BLOCK_ROWS * widest],
             dprev: vec![0f32; BLOCK_ROWS * widest],
         }
@@ -944,15 +832,8 @@ fn fold_in_order(dst: &mut [f32], parts: &[Vec<f32>]) {
 }
 
 fn check_labels(labels: &[i64], classes: usize) -> Result<()> {
-    match labels
-        .iter()
-        .position(|&c| c < 0 || c as u64 >= classes as u64)
-    {
-        Some(row) => Err(Error::Label {
-            row,
-            label: labels[row],
-            classes,
-        }),
+    match labels.iter().position(|&c| c < 0 || c as u64 >= classes as u64) {
+        Some(row) => Err(Error::Label { row, label: labels[row], classes }),
         None => Ok(()),
     }
 }
@@ -1057,27 +938,13 @@ mod tests {
 
     #[test]
     fn layout() {
-        let m = Model::new(
-            ModelKind::Mlp {
-                hidden: vec![4, 3],
-                outputs: Output::Softmax { classes: 2 },
-            },
-            5,
-            1,
-        )
-        .unwrap();
+        let m =
+            Model::new(ModelKind::Mlp { hidden: vec![4, 3], outputs: Output::Softmax { classes: 2 } }, 5, 1).unwrap();
         let t = m.tensors();
         let names: Vec<_> = t.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(
             names,
-            [
-                "layer0.weight",
-                "layer0.bias",
-                "layer1.weight",
-                "layer1.bias",
-                "layer2.weight",
-                "layer2.bias"
-            ]
+            ["layer0.weight", "layer0.bias", "layer1.weight", "layer1.bias", "layer2.weight", "layer2.bias"]
         );
         assert_eq!(t[0].shape, [4, 5]);
         assert_eq!(t[2].shape, [3, 4]);

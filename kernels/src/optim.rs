@@ -48,23 +48,13 @@ pub enum Optimizer {
 impl Optimizer {
     /// Plain SGD: no momentum, no weight decay.
     pub fn sgd(lr: f32) -> Optimizer {
-        Optimizer::Sgd {
-            lr,
-            momentum: 0.0,
-            weight_decay: 0.0,
-        }
+        Optimizer::Sgd { lr, momentum: 0.0, weight_decay: 0.0 }
     }
 
     /// Adam with PyTorch's defaults: `beta1 = 0.9`, `beta2 = 0.999`, `eps = 1e-8`, no
     /// weight decay.
     pub fn adam(lr: f32) -> Optimizer {
-        Optimizer::Adam {
-            lr,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.0,
-        }
+        Optimizer::Adam { lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 }
     }
 
     /// `"sgd"` or `"adam"`.
@@ -101,11 +91,7 @@ impl Optimizer {
         let unit = |v: f32| (0.0..1.0).contains(&v);
         let nonneg = |v: f32| v.is_finite() && v >= 0.0;
         match *self {
-            Optimizer::Sgd {
-                lr,
-                momentum,
-                weight_decay,
-            } => {
+            Optimizer::Sgd { lr, momentum, weight_decay } => {
                 if !nonneg(lr) {
                     return bad(format!("sgd learning rate {lr} must be finite and >= 0"));
                 }
@@ -113,18 +99,10 @@ impl Optimizer {
                     return bad(format!("sgd momentum {momentum} must be in [0, 1)"));
                 }
                 if !nonneg(weight_decay) {
-                    return bad(format!(
-                        "sgd weight decay {weight_decay} must be finite and >= 0"
-                    ));
+                    return bad(format!("sgd weight decay {weight_decay} must be finite and >= 0"));
                 }
             }
-            Optimizer::Adam {
-                lr,
-                beta1,
-                beta2,
-                eps,
-                weight_decay,
-            } => {
+            Optimizer::Adam { lr, beta1, beta2, eps, weight_decay } => {
                 if !nonneg(lr) {
                     return bad(format!("adam learning rate {lr} must be finite and >= 0"));
                 }
@@ -135,9 +113,7 @@ impl Optimizer {
                     return bad(format!("adam eps {eps} must be finite and > 0"));
                 }
                 if !nonneg(weight_decay) {
-                    return bad(format!(
-                        "adam weight decay {weight_decay} must be finite and >= 0"
-                    ));
+                    return bad(format!("adam weight decay {weight_decay} must be finite and >= 0"));
                 }
             }
         }
@@ -198,16 +174,8 @@ impl OptimizerState {
             optimizer,
             len,
             steps: 0,
-            m: if !names.is_empty() {
-                vec![0.0; len]
-            } else {
-                Vec::new()
-            },
-            v: if names.len() > 1 {
-                vec![0.0; len]
-            } else {
-                Vec::new()
-            },
+            m: if !names.is_empty() { vec![0.0; len] } else { Vec::new() },
+            v: if names.len() > 1 { vec![0.0; len] } else { Vec::new() },
         })
     }
 
@@ -239,10 +207,7 @@ impl OptimizerState {
             };
             if data.len() != len {
                 return Err(Error::InvalidState {
-                    reason: format!(
-                        "tensor `{name}` has {} elements, expected {len}",
-                        data.len()
-                    ),
+                    reason: format!("tensor `{name}` has {} elements, expected {len}", data.len()),
                 });
             }
             let dst = if i == 0 { &mut state.m } else { &mut state.v };
@@ -315,20 +280,12 @@ impl OptimizerState {
     pub fn step_scaled(&mut self, params: &mut [f32], grad: &[f32], scale: f32) -> Result<()> {
         for (what, len) in [("params", params.len()), ("grad", grad.len())] {
             if len != self.len {
-                return Err(Error::Shape {
-                    what,
-                    expected: self.len,
-                    actual: len,
-                });
+                return Err(Error::Shape { what, expected: self.len, actual: len });
             }
         }
         self.steps += 1;
         match self.optimizer {
-            Optimizer::Sgd {
-                lr,
-                momentum,
-                weight_decay,
-            } => {
+            Optimizer::Sgd { lr, momentum, weight_decay } => {
                 if momentum == 0.0 {
                     for_each_split(params, grad, |p, g| {
                         for (p, g) in p.iter_mut().zip(g) {
@@ -353,13 +310,7 @@ impl OptimizerState {
                     }
                 }
             }
-            Optimizer::Adam {
-                lr,
-                beta1,
-                beta2,
-                eps,
-                weight_decay,
-            } => {
+            Optimizer::Adam { lr, beta1, beta2, eps, weight_decay } => {
                 let t = self.steps.min(i32::MAX as u64) as i32;
                 let bc1 = 1.0 - f64::from(beta1).powi(t);
                 let bc2 = 1.0 - f64::from(beta2).powi(t);
@@ -367,8 +318,7 @@ impl OptimizerState {
                 let inv_sqrt_bc2 = (1.0 / bc2.sqrt()) as f32;
                 let shrink = 1.0 - lr * weight_decay;
                 let work = |(p, g, m, v): (&mut [f32], &[f32], &mut [f32], &mut [f32])| {
-                    for (((p, g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut())
-                    {
+                    for (((p, g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
                         let g = scale * g;
                         *p *= shrink;
                         *m = beta1 * *m + (1.0 - beta1) * g;
@@ -397,9 +347,6 @@ fn for_each_split(params: &mut [f32], grad: &[f32], f: impl Fn(&mut [f32], &[f32
     if params.len() <= PAR_SPLIT {
         f(params, grad);
     } else {
-        params
-            .par_chunks_mut(PAR_SPLIT)
-            .zip(grad.par_chunks(PAR_SPLIT))
-            .for_each(|(p, g)| f(p, g));
+        params.par_chunks_mut(PAR_SPLIT).zip(grad.par_chunks(PAR_SPLIT)).for_each(|(p, g)| f(p, g));
     }
 }

@@ -6,10 +6,7 @@ mod common;
 use gang_kernels::{BatchStats, Model, ModelKind, Output, Targets, CHUNK_ROWS};
 
 fn pool(threads: usize) -> rayon::ThreadPool {
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .unwrap()
+    rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap()
 }
 
 fn grad_in(threads: usize, model: &Model, x: &[f32], y: Targets<'_>) -> (Vec<f32>, BatchStats) {
@@ -35,13 +32,7 @@ fn cases() -> Vec<(Model, Vec<f32>, Vec<i64>)> {
         (ModelKind::Logistic, 2),
         (ModelKind::Linear, 5),
         (ModelKind::Softmax { classes: 5 }, 5),
-        (
-            ModelKind::Mlp {
-                hidden: vec![16, 8],
-                outputs: Output::Softmax { classes: 3 },
-            },
-            3,
-        ),
+        (ModelKind::Mlp { hidden: vec![16, 8], outputs: Output::Softmax { classes: 3 } }, 3),
     ]
     .into_iter()
     .enumerate()
@@ -86,13 +77,7 @@ fn chunk_aligned_calls_add_up_to_one_call() {
         let mut s_pieces = BatchStats::default();
         let cuts = [0, CHUNK_ROWS, 4 * CHUNK_ROWS, 9 * CHUNK_ROWS, N];
         for w in cuts.windows(2) {
-            let s = model
-                .loss_and_grad(
-                    &x[w[0] * f..w[1] * f],
-                    Targets::Class(&y[w[0]..w[1]]),
-                    &mut pieces,
-                )
-                .unwrap();
+            let s = model.loss_and_grad(&x[w[0] * f..w[1] * f], Targets::Class(&y[w[0]..w[1]]), &mut pieces).unwrap();
             s_pieces.merge(&s);
         }
         assert_eq!(bits(&whole), bits(&pieces), "{}", model.kind());
@@ -102,10 +87,7 @@ fn chunk_aligned_calls_add_up_to_one_call() {
 
 #[test]
 fn initialisation_depends_only_on_the_seed() {
-    let kind = ModelKind::Mlp {
-        hidden: vec![64, 32],
-        outputs: Output::Binary,
-    };
+    let kind = ModelKind::Mlp { hidden: vec![64, 32], outputs: Output::Binary };
     let a = Model::new(kind.clone(), 32, 5).unwrap();
     let b = Model::new(kind.clone(), 32, 5).unwrap();
     let c = Model::new(kind, 32, 6).unwrap();

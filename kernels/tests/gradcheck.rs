@@ -22,11 +22,7 @@ fn check(kind: ModelKind, f: usize, n: usize, y: Targets<'_>, seed: u64) {
         "{kind}: loss {} vs reference {reference}",
         stats.loss_sum
     );
-    assert_eq!(
-        model.loss(&x, y).unwrap(),
-        stats,
-        "{kind}: loss() == loss_and_grad() stats"
-    );
+    assert_eq!(model.loss(&x, y).unwrap(), stats, "{kind}: loss() == loss_and_grad() stats");
 
     // Gradient against central differences of the reference.
     let h = 1e-6;
@@ -40,16 +36,9 @@ fn check(kind: ModelKind, f: usize, n: usize, y: Targets<'_>, seed: u64) {
         let numeric = (up - down) / (2.0 * h);
         let err = (f64::from(grad[i]) - numeric).abs() / (1.0 + numeric.abs());
         worst = worst.max(err);
-        assert!(
-            err < 1e-5,
-            "{kind}: d loss / d param {i}: analytic {} numeric {numeric}",
-            grad[i]
-        );
+        assert!(err < 1e-5, "{kind}: d loss / d param {i}: analytic {} numeric {numeric}", grad[i]);
     }
-    assert!(
-        grad.iter().any(|&g| g != 0.0),
-        "{kind}: gradient is all zero"
-    );
+    assert!(grad.iter().any(|&g| g != 0.0), "{kind}: gradient is all zero");
 
     // Predictions against the reference logits.
     let logits = common::ref_logits(&model, &p64, &x);
@@ -67,16 +56,10 @@ fn check(kind: ModelKind, f: usize, n: usize, y: Targets<'_>, seed: u64) {
         };
         for (c, e) in expect.iter().enumerate() {
             let got = f64::from(pred[r * k + c]);
-            assert!(
-                (got - e).abs() < 1e-5 * e.abs().max(1.0),
-                "{kind}: predict row {r} col {c}: {got} vs {e}"
-            );
+            assert!((got - e).abs() < 1e-5 * e.abs().max(1.0), "{kind}: predict row {r} col {c}: {got} vs {e}");
         }
     }
-    eprintln!(
-        "{kind}: {} params, worst relative gradient error {worst:.2e}",
-        p64.len()
-    );
+    eprintln!("{kind}: {} params, worst relative gradient error {worst:.2e}", p64.len());
 }
 
 #[test]
@@ -92,69 +75,27 @@ fn logistic_log_loss() {
     let c = common::labels(50, 2, 3);
     check(ModelKind::Logistic, 13, 50, Targets::Class(&c), 3);
     // Soft labels.
-    let v: Vec<f32> = common::features(50, 1, 4)
-        .iter()
-        .map(|v| 0.5 + 0.5 * v)
-        .collect();
+    let v: Vec<f32> = common::features(50, 1, 4).iter().map(|v| 0.5 + 0.5 * v).collect();
     check(ModelKind::Logistic, 13, 50, Targets::Value(&v), 4);
 }
 
 #[test]
 fn softmax_log_loss() {
     let c = common::labels(60, 4, 5);
-    check(
-        ModelKind::Softmax { classes: 4 },
-        6,
-        60,
-        Targets::Class(&c),
-        5,
-    );
+    check(ModelKind::Softmax { classes: 4 }, 6, 60, Targets::Class(&c), 5);
     // Wide enough (>= 8 classes) for the transposed forward form.
     let c = common::labels(30, 9, 6);
-    check(
-        ModelKind::Softmax { classes: 9 },
-        3,
-        30,
-        Targets::Class(&c),
-        6,
-    );
+    check(ModelKind::Softmax { classes: 9 }, 3, 30, Targets::Class(&c), 6);
 }
 
 #[test]
 fn mlp_heads() {
     let v: Vec<f32> = common::features(70, 1, 7).to_vec();
-    check(
-        ModelKind::Mlp {
-            hidden: vec![5],
-            outputs: Output::Regression,
-        },
-        4,
-        70,
-        Targets::Value(&v),
-        7,
-    );
+    check(ModelKind::Mlp { hidden: vec![5], outputs: Output::Regression }, 4, 70, Targets::Value(&v), 7);
     let c = common::labels(70, 2, 8);
-    check(
-        ModelKind::Mlp {
-            hidden: vec![6, 4],
-            outputs: Output::Binary,
-        },
-        4,
-        70,
-        Targets::Class(&c),
-        8,
-    );
+    check(ModelKind::Mlp { hidden: vec![6, 4], outputs: Output::Binary }, 4, 70, Targets::Class(&c), 8);
     let c = common::labels(70, 3, 9);
-    check(
-        ModelKind::Mlp {
-            hidden: vec![5],
-            outputs: Output::Softmax { classes: 3 },
-        },
-        4,
-        70,
-        Targets::Class(&c),
-        9,
-    );
+    check(ModelKind::Mlp { hidden: vec![5], outputs: Output::Softmax { classes: 3 } }, 4, 70, Targets::Class(&c), 9);
 }
 
 #[test]
@@ -162,10 +103,7 @@ fn mlp_wide_layers_and_several_blocks() {
     // Hidden widths >= 8 take the transposed forward form; 150 rows span three blocks.
     let c = common::labels(150, 3, 10);
     check(
-        ModelKind::Mlp {
-            hidden: vec![12, 9],
-            outputs: Output::Softmax { classes: 3 },
-        },
+        ModelKind::Mlp { hidden: vec![12, 9], outputs: Output::Softmax { classes: 3 } },
         5,
         150,
         Targets::Class(&c),

@@ -5,10 +5,7 @@ use gang_kernels::{Optimizer, OptimizerState};
 
 /// Gradient of `0.5 * sum a_i (p_i - c_i)^2`.
 fn quad_grad(p: &[f32]) -> Vec<f32> {
-    p.iter()
-        .enumerate()
-        .map(|(i, p)| (1.0 + i as f32) * (p - (i as f32 - 1.5)))
-        .collect()
+    p.iter().enumerate().map(|(i, p)| (1.0 + i as f32) * (p - (i as f32 - 1.5))).collect()
 }
 
 fn minimise(opt: Optimizer, steps: usize) -> Vec<f32> {
@@ -31,14 +28,7 @@ fn assert_at_minimum(p: &[f32], tol: f32, what: &str) {
 fn all_optimizers_minimise_a_quadratic() {
     assert_at_minimum(&minimise(Optimizer::sgd(0.2), 200), 1e-4, "sgd");
     assert_at_minimum(
-        &minimise(
-            Optimizer::Sgd {
-                lr: 0.05,
-                momentum: 0.9,
-                weight_decay: 0.0,
-            },
-            400,
-        ),
+        &minimise(Optimizer::Sgd { lr: 0.05, momentum: 0.9, weight_decay: 0.0 }, 400),
         1e-4,
         "sgd+momentum",
     );
@@ -51,15 +41,7 @@ fn sgd_momentum_matches_pytorch_by_hand() {
     // step 1: g = 1 + 0.1*1 = 1.1, b = 1.1, p = 1 - 0.11 = 0.89
     // step 2: g = 2 + 0.089 = 2.089, b = 0.55 + 2.089 = 2.639, p = 0.89 - 0.2639 = 0.6261
     let mut p = [1.0f32];
-    let mut s = OptimizerState::new(
-        Optimizer::Sgd {
-            lr: 0.1,
-            momentum: 0.5,
-            weight_decay: 0.1,
-        },
-        1,
-    )
-    .unwrap();
+    let mut s = OptimizerState::new(Optimizer::Sgd { lr: 0.1, momentum: 0.5, weight_decay: 0.1 }, 1).unwrap();
     s.step(&mut p, &[1.0]).unwrap();
     assert!((p[0] - 0.89).abs() < 1e-6);
     s.step(&mut p, &[2.0]).unwrap();
@@ -86,26 +68,12 @@ fn adam_matches_pytorch_by_hand() {
 fn weight_decay_is_l2_for_sgd_and_decoupled_for_adam() {
     // With a zero gradient only the decay acts.
     let mut p = [2.0f32];
-    let mut s = OptimizerState::new(
-        Optimizer::Sgd {
-            lr: 0.1,
-            momentum: 0.0,
-            weight_decay: 0.5,
-        },
-        1,
-    )
-    .unwrap();
+    let mut s = OptimizerState::new(Optimizer::Sgd { lr: 0.1, momentum: 0.0, weight_decay: 0.5 }, 1).unwrap();
     s.step(&mut p, &[0.0]).unwrap();
     assert!((p[0] - 2.0 * (1.0 - 0.05)).abs() < 1e-6);
 
     let mut p = [2.0f32];
-    let adamw = Optimizer::Adam {
-        lr: 0.1,
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-        weight_decay: 0.5,
-    };
+    let adamw = Optimizer::Adam { lr: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.5 };
     let mut s = OptimizerState::new(adamw, 1).unwrap();
     s.step(&mut p, &[0.0]).unwrap();
     // Decoupled: p *= 1 - lr * wd, and the Adam update of a zero gradient is zero
@@ -115,14 +83,7 @@ fn weight_decay_is_l2_for_sgd_and_decoupled_for_adam() {
 
 #[test]
 fn step_scaled_is_step_on_the_scaled_gradient() {
-    for opt in [
-        Optimizer::Sgd {
-            lr: 0.1,
-            momentum: 0.9,
-            weight_decay: 0.01,
-        },
-        Optimizer::adam(0.01),
-    ] {
+    for opt in [Optimizer::Sgd { lr: 0.1, momentum: 0.9, weight_decay: 0.01 }, Optimizer::adam(0.01)] {
         let g: Vec<f32> = (0..10).map(|i| i as f32 * 3.0 - 7.0).collect();
         let scaled: Vec<f32> = g.iter().map(|v| 0.125 * v).collect();
         let mut p1 = vec![0.5f32; 10];
@@ -143,25 +104,11 @@ fn state_round_trip_continues_bitwise() {
     // Large enough for the parallel path.
     let n = 100_000;
     for opt in [
-        Optimizer::Sgd {
-            lr: 0.01,
-            momentum: 0.9,
-            weight_decay: 1e-4,
-        },
+        Optimizer::Sgd { lr: 0.01, momentum: 0.9, weight_decay: 1e-4 },
         Optimizer::sgd(0.01),
-        Optimizer::Adam {
-            lr: 1e-3,
-            beta1: 0.9,
-            beta2: 0.99,
-            eps: 1e-8,
-            weight_decay: 0.01,
-        },
+        Optimizer::Adam { lr: 1e-3, beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.01 },
     ] {
-        let grad = |k: usize| -> Vec<f32> {
-            (0..n)
-                .map(|i| ((i * 7 + k * 13) % 101) as f32 / 50.0 - 1.0)
-                .collect()
-        };
+        let grad = |k: usize| -> Vec<f32> { (0..n).map(|i| ((i * 7 + k * 13) % 101) as f32 / 50.0 - 1.0).collect() };
         let mut p = vec![0.1f32; n];
         let mut s = OptimizerState::new(opt, n).unwrap();
         for k in 0..3 {
@@ -170,15 +117,8 @@ fn state_round_trip_continues_bitwise() {
         let tensors = s.state_tensors();
         let names: Vec<&str> = tensors.iter().map(|t| t.0).collect();
         assert_eq!(names, opt.state_names());
-        let saved: Vec<(String, Vec<f32>)> = tensors
-            .iter()
-            .map(|(n, d)| (n.to_string(), d.to_vec()))
-            .collect();
-        let view: Vec<(&str, &[f32])> = saved
-            .iter()
-            .rev()
-            .map(|(n, d)| (n.as_str(), d.as_slice()))
-            .collect();
+        let saved: Vec<(String, Vec<f32>)> = tensors.iter().map(|(n, d)| (n.to_string(), d.to_vec())).collect();
+        let view: Vec<(&str, &[f32])> = saved.iter().rev().map(|(n, d)| (n.as_str(), d.as_slice())).collect();
         let mut restored = OptimizerState::from_state(opt, n, s.steps(), &view).unwrap();
         assert_eq!(restored, s);
         let mut q = p.clone();
@@ -186,11 +126,7 @@ fn state_round_trip_continues_bitwise() {
             s.step(&mut p, &grad(k)).unwrap();
             restored.step(&mut q, &grad(k)).unwrap();
         }
-        assert!(
-            p.iter().zip(&q).all(|(a, b)| a.to_bits() == b.to_bits()),
-            "{}",
-            opt.name()
-        );
+        assert!(p.iter().zip(&q).all(|(a, b)| a.to_bits() == b.to_bits()), "{}", opt.name());
     }
 }
 

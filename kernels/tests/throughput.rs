@@ -10,21 +10,14 @@ use std::time::Instant;
 use gang_kernels::{Model, ModelKind, Output, Targets};
 
 fn measure(name: &str, model: &Model, x: &[f32], y: &[i64], threads: usize) {
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .unwrap();
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
     let n = y.len();
     let mut grad = model.grad_buffer();
     let mut best = f64::INFINITY;
     for _ in 0..5 {
         grad.fill(0.0);
         let t = Instant::now();
-        let s = pool.install(|| {
-            model
-                .loss_and_grad(x, Targets::Class(y), &mut grad)
-                .unwrap()
-        });
+        let s = pool.install(|| model.loss_and_grad(x, Targets::Class(y), &mut grad).unwrap());
         best = best.min(t.elapsed().as_secs_f64());
         assert_eq!(s.n, n as u64);
     }
@@ -48,24 +41,8 @@ fn loss_and_grad_throughput() {
     let mut logistic = Model::new(ModelKind::Logistic, f, 0).unwrap();
     common::randomize(&mut logistic, 0.1, 4);
     let softmax = Model::new(ModelKind::Softmax { classes: 4 }, f, 0).unwrap();
-    let mlp = Model::new(
-        ModelKind::Mlp {
-            hidden: vec![64],
-            outputs: Output::Binary,
-        },
-        f,
-        0,
-    )
-    .unwrap();
-    let mlp2 = Model::new(
-        ModelKind::Mlp {
-            hidden: vec![64, 32],
-            outputs: Output::Binary,
-        },
-        f,
-        0,
-    )
-    .unwrap();
+    let mlp = Model::new(ModelKind::Mlp { hidden: vec![64], outputs: Output::Binary }, f, 0).unwrap();
+    let mlp2 = Model::new(ModelKind::Mlp { hidden: vec![64, 32], outputs: Output::Binary }, f, 0).unwrap();
     for threads in [1, max] {
         measure("logistic", &logistic, &x, &y2, threads);
         measure("softmax:4", &softmax, &x, &y4, threads);

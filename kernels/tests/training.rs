@@ -3,27 +3,17 @@
 
 mod common;
 
-use gang_kernels::{
-    BatchStats, Model, ModelKind, Optimizer, OptimizerState, Output, SplitMix64, Targets,
-};
+use gang_kernels::{BatchStats, Model, ModelKind, Optimizer, OptimizerState, Output, SplitMix64, Targets};
 
 /// Full-batch training: `steps` steps on the mean gradient; returns the final stats and
 /// the final mean gradient.
-fn train(
-    model: &mut Model,
-    opt: Optimizer,
-    x: &[f32],
-    y: Targets<'_>,
-    steps: usize,
-) -> (BatchStats, Vec<f32>) {
+fn train(model: &mut Model, opt: Optimizer, x: &[f32], y: Targets<'_>, steps: usize) -> (BatchStats, Vec<f32>) {
     let mut state = OptimizerState::new(opt, model.num_params()).unwrap();
     let mut grad = model.grad_buffer();
     for _ in 0..steps {
         grad.fill(0.0);
         let s = model.loss_and_grad(x, y, &mut grad).unwrap();
-        state
-            .step_scaled(model.params_mut(), &grad, 1.0 / s.n as f32)
-            .unwrap();
+        state.step_scaled(model.params_mut(), &grad, 1.0 / s.n as f32).unwrap();
     }
     grad.fill(0.0);
     let s = model.loss_and_grad(x, y, &mut grad).unwrap();
@@ -54,19 +44,8 @@ fn logistic_regression_converges_on_noisy_separable_data() {
     let mut model = Model::new(ModelKind::Logistic, f, 0).unwrap();
     let start = model.loss(&x, Targets::Class(&y)).unwrap();
     assert!((start.mean_loss() - std::f64::consts::LN_2).abs() < 1e-6);
-    let (s, g) = train(
-        &mut model,
-        Optimizer::adam(0.1),
-        &x,
-        Targets::Class(&y),
-        400,
-    );
-    eprintln!(
-        "logistic: loss {:.4} acc {:.3} |grad| {:.2e}",
-        s.mean_loss(),
-        s.accuracy(),
-        norm(&g)
-    );
+    let (s, g) = train(&mut model, Optimizer::adam(0.1), &x, Targets::Class(&y), 400);
+    eprintln!("logistic: loss {:.4} acc {:.3} |grad| {:.2e}", s.mean_loss(), s.accuracy(), norm(&g));
     assert!(s.mean_loss() < 0.31, "mean loss {}", s.mean_loss());
     assert!(s.accuracy() > 0.92, "accuracy {}", s.accuracy());
     // At the optimum of the (unregularized) log-likelihood: the mean gradient vanishes.
@@ -78,16 +57,9 @@ fn linear_regression_recovers_the_weights() {
     let (n, f) = (500, 4);
     let x = common::features(n, f, 4);
     let w = [1.5f32, -2.0, 0.25, 3.0];
-    let y: Vec<f32> = x
-        .chunks_exact(f)
-        .map(|r| r.iter().zip(&w).map(|(a, b)| a * b).sum::<f32>() - 0.5)
-        .collect();
+    let y: Vec<f32> = x.chunks_exact(f).map(|r| r.iter().zip(&w).map(|(a, b)| a * b).sum::<f32>() - 0.5).collect();
     let mut model = Model::new(ModelKind::Linear, f, 0).unwrap();
-    let opt = Optimizer::Sgd {
-        lr: 0.5,
-        momentum: 0.9,
-        weight_decay: 0.0,
-    };
+    let opt = Optimizer::Sgd { lr: 0.5, momentum: 0.9, weight_decay: 0.0 };
     let (s, _) = train(&mut model, opt, &x, Targets::Value(&y), 300);
     assert!(s.mean_loss() < 1e-8, "mse/2 {}", s.mean_loss());
     let t = model.tensors();
@@ -113,13 +85,7 @@ fn softmax_regression_separates_blobs() {
         })
         .collect();
     let mut model = Model::new(ModelKind::Softmax { classes: k }, f, 0).unwrap();
-    let (s, _) = train(
-        &mut model,
-        Optimizer::adam(0.05),
-        &x,
-        Targets::Class(&y),
-        200,
-    );
+    let (s, _) = train(&mut model, Optimizer::adam(0.05), &x, Targets::Class(&y), 200);
     assert!(s.accuracy() > 0.99, "accuracy {}", s.accuracy());
     assert!(s.mean_loss() < 0.1, "loss {}", s.mean_loss());
     assert_eq!(model.predict_class(&x).unwrap(), y);
@@ -134,29 +100,13 @@ fn mlp_learns_xor() {
     // XOR of the signs of two coordinates, 400 noisy points.
     let (n, f) = (400, 2);
     let x = common::features(n, f, 6);
-    let y: Vec<i64> = x
-        .chunks_exact(2)
-        .map(|r| i64::from((r[0] > 0.0) != (r[1] > 0.0)))
-        .collect();
+    let y: Vec<i64> = x.chunks_exact(2).map(|r| i64::from((r[0] > 0.0) != (r[1] > 0.0))).collect();
     // A linear model cannot do better than chance.
     let mut linear = Model::new(ModelKind::Logistic, f, 0).unwrap();
-    let (s_lin, _) = train(
-        &mut linear,
-        Optimizer::adam(0.05),
-        &x,
-        Targets::Class(&y),
-        200,
-    );
-    assert!(
-        s_lin.accuracy() < 0.7,
-        "logistic on XOR: {}",
-        s_lin.accuracy()
-    );
+    let (s_lin, _) = train(&mut linear, Optimizer::adam(0.05), &x, Targets::Class(&y), 200);
+    assert!(s_lin.accuracy() < 0.7, "logistic on XOR: {}", s_lin.accuracy());
 
-    let kind = ModelKind::Mlp {
-        hidden: vec![16],
-        outputs: Output::Binary,
-    };
+    let kind = ModelKind::Mlp { hidden: vec![16], outputs: Output::Binary };
     let mut mlp = Model::new(kind, f, 1).unwrap();
     let (s, _) = train(&mut mlp, Optimizer::adam(0.03), &x, Targets::Class(&y), 600);
     eprintln!("mlp xor: loss {:.4} acc {:.3}", s.mean_loss(), s.accuracy());
@@ -172,14 +122,8 @@ fn two_hidden_layer_mlp_softmax_trains() {
     let (n, f, k) = (600, 3, 4);
     let x = common::features(n, f, 8);
     // Class = quadrant of (x0, x1), x2 is noise.
-    let y: Vec<i64> = x
-        .chunks_exact(f)
-        .map(|r| i64::from(r[0] > 0.0) * 2 + i64::from(r[1] > 0.0))
-        .collect();
-    let kind = ModelKind::Mlp {
-        hidden: vec![16, 8],
-        outputs: Output::Softmax { classes: k },
-    };
+    let y: Vec<i64> = x.chunks_exact(f).map(|r| i64::from(r[0] > 0.0) * 2 + i64::from(r[1] > 0.0)).collect();
+    let kind = ModelKind::Mlp { hidden: vec![16, 8], outputs: Output::Softmax { classes: k } };
     let mut mlp = Model::new(kind, f, 2).unwrap();
     let (s, _) = train(&mut mlp, Optimizer::adam(0.02), &x, Targets::Class(&y), 400);
     assert!(s.accuracy() > 0.95, "accuracy {}", s.accuracy());

@@ -102,19 +102,10 @@ pub fn parse_mpi_version(output: &str) -> Option<(MpiFlavour, String, String)> {
         return Some((MpiFlavour::OpenMpi, version, line.to_string()));
     }
     if output.contains("HYDRA") || output.contains("MPICH") {
-        let line = lines()
-            .find(|l| l.starts_with("Version:"))
-            .or_else(|| lines().next())?;
-        let version = line
-            .strip_prefix("Version:")
-            .unwrap_or("")
-            .trim()
-            .to_string();
-        let version_line = if line.starts_with("Version:") {
-            format!("MPICH (hydra) {version}")
-        } else {
-            line.to_string()
-        };
+        let line = lines().find(|l| l.starts_with("Version:")).or_else(|| lines().next())?;
+        let version = line.strip_prefix("Version:").unwrap_or("").trim().to_string();
+        let version_line =
+            if line.starts_with("Version:") { format!("MPICH (hydra) {version}") } else { line.to_string() };
         return Some((MpiFlavour::Mpich, version, version_line));
     }
     None
@@ -130,18 +121,11 @@ pub fn probe_mpi(mpirun: &Path) -> Result<MpiInstall> {
         .stdin(Stdio::null())
         .output()
         .with_context(|| format!("could not run `{} --version`", mpirun.display()))?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     match parse_mpi_version(&text) {
-        Some((flavour, version, version_line)) => Ok(MpiInstall {
-            flavour,
-            version,
-            version_line,
-            mpirun: mpirun.to_path_buf(),
-        }),
+        Some((flavour, version, version_line)) => {
+            Ok(MpiInstall { flavour, version, version_line, mpirun: mpirun.to_path_buf() })
+        }
         None => bail!(
             "could not tell which MPI `{} --version` belongs to (it printed: {:?}); gang \
              supports Open MPI and MPICH: put one of their mpirun first on PATH",
@@ -157,11 +141,7 @@ pub fn cores(slurm_cpus_on_node: Option<&str>) -> usize {
     slurm_cpus_on_node
         .and_then(|v| v.trim().parse::<usize>().ok())
         .filter(|&n| n > 0)
-        .unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        })
+        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
 }
 
 /// Total CPUs of `SLURM_JOB_CPUS_PER_NODE`, a list like `2(x3),1` (three nodes with 2 CPUs,
@@ -230,10 +210,8 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
-    const OPEN_MPI: &str =
-        "mpirun (Open MPI) 4.1.4\n\nReport bugs to http://www.open-mpi.org/community/help/\n";
-    const HYDRA: &str =
-        "HYDRA build details:\n    Version:                                 4.0.2\n    \
+    const OPEN_MPI: &str = "mpirun (Open MPI) 4.1.4\n\nReport bugs to http://www.open-mpi.org/community/help/\n";
+    const HYDRA: &str = "HYDRA build details:\n    Version:                                 4.0.2\n    \
          Release Date:                            Thu Apr  2 17:04:20 CDT 2020\n    CC: gcc\n";
 
     #[test]
@@ -254,10 +232,7 @@ mod tests {
 
     #[test]
     fn unknown_mpirun_is_not_guessed() {
-        assert_eq!(
-            parse_mpi_version("Intel(R) MPI Library for Linux* OS, Version 2021.6"),
-            None
-        );
+        assert_eq!(parse_mpi_version("Intel(R) MPI Library for Linux* OS, Version 2021.6"), None);
         assert_eq!(parse_mpi_version(""), None);
     }
 
@@ -266,23 +241,14 @@ mod tests {
         let srun = Some(PathBuf::from("/s/srun"));
         let mpirun = Some(PathBuf::from("/m/mpirun"));
         let pick = |in_job, s: &Option<PathBuf>, m: &Option<PathBuf>| {
-            choose_launcher(LauncherChoice::Auto, in_job, s.clone(), m.clone())
-                .map(|(k, _)| k)
-                .ok()
+            choose_launcher(LauncherChoice::Auto, in_job, s.clone(), m.clone()).map(|(k, _)| k).ok()
         };
         assert_eq!(pick(true, &srun, &mpirun), Some(LauncherKind::Srun));
         assert_eq!(pick(false, &srun, &mpirun), Some(LauncherKind::Mpirun));
         assert_eq!(pick(true, &None, &mpirun), Some(LauncherKind::Mpirun));
-        let err = choose_launcher(LauncherChoice::Auto, false, srun, None)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.starts_with("no mpirun on PATH: install Open MPI"),
-            "{err}"
-        );
-        let err = choose_launcher(LauncherChoice::Srun, true, None, mpirun)
-            .unwrap_err()
-            .to_string();
+        let err = choose_launcher(LauncherChoice::Auto, false, srun, None).unwrap_err().to_string();
+        assert!(err.starts_with("no mpirun on PATH: install Open MPI"), "{err}");
+        let err = choose_launcher(LauncherChoice::Srun, true, None, mpirun).unwrap_err().to_string();
         assert!(err.contains("no srun on PATH"), "{err}");
     }
 
@@ -316,19 +282,12 @@ mod tests {
 
     #[test]
     fn slurm_allocation_from_variables() {
-        let vars: HashMap<&str, &str> = [
-            ("SLURM_JOB_ID", "42"),
-            ("SLURM_NTASKS", "4"),
-            ("SLURM_JOB_NUM_NODES", "2"),
-            ("SLURM_CPUS_ON_NODE", "2"),
-        ]
-        .into();
+        let vars: HashMap<&str, &str> =
+            [("SLURM_JOB_ID", "42"), ("SLURM_NTASKS", "4"), ("SLURM_JOB_NUM_NODES", "2"), ("SLURM_CPUS_ON_NODE", "2")]
+                .into();
         let get = |k: &str| vars.get(k).map(|v| v.to_string());
         let a = SlurmAllocation::from_lookup(get).unwrap();
-        assert_eq!(
-            (a.job_id.as_str(), a.ntasks, a.num_nodes),
-            ("42", Some(4), Some(2))
-        );
+        assert_eq!((a.job_id.as_str(), a.ntasks, a.num_nodes), ("42", Some(4), Some(2)));
         assert_eq!(a.cpus(), Some(4));
         assert_eq!(SlurmAllocation::from_lookup(|_| None), None);
     }

@@ -214,12 +214,7 @@ impl Tracker {
             ranks: self
                 .ranks
                 .iter()
-                .map(|(&rank, s)| RankHeartbeats {
-                    rank,
-                    pid: s.pid,
-                    beats: s.beats,
-                    progress: s.progress.clone(),
-                })
+                .map(|(&rank, s)| RankHeartbeats { rank, pid: s.pid, beats: s.beats, progress: s.progress.clone() })
                 .collect(),
             wrong_token: self.wrong_token,
             malformed: self.malformed,
@@ -326,12 +321,7 @@ mod tests {
 
     fn msg(token: &str, rank: usize, attempt: u32, progress: Option<(u64, u64, u64)>) -> Vec<u8> {
         let mut b = Heartbeat::new(token, rank, attempt, 100 + rank as u32);
-        b.progress = progress.map(|(step, total, updates)| Progress {
-            step,
-            total,
-            what: "train".into(),
-            updates,
-        });
+        b.progress = progress.map(|(step, total, updates)| Progress { step, total, what: "train".into(), updates });
         b.encode()
     }
 
@@ -364,10 +354,7 @@ mod tests {
         assert_eq!(t.check(t0 + Duration::from_secs(9), T), None);
         let s = t.check(t0 + Duration::from_secs(12), T).unwrap();
         assert_eq!((s.rank, s.kind, s.secs), (1, StallKind::Silent, 12));
-        assert_eq!(
-            s.to_string(),
-            "rank 1 stalled (no heartbeat for 12 s, last progress: train step 40 of 100)"
-        );
+        assert_eq!(s.to_string(), "rank 1 stalled (no heartbeat for 12 s, last progress: train step 40 of 100)");
         assert_eq!(t.check(t0 + Duration::from_secs(60), Duration::ZERO), None, "0 = off");
         // A rank whose exit is recorded is not checked.
         t.rank_finished(1);

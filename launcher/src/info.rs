@@ -41,13 +41,7 @@ pub fn placements(ranks: usize, nodes: usize, visible: &[String]) -> Vec<RankPla
         .map(|rank| {
             let (node, local_rank) = (rank / per_node, rank % per_node);
             let device = device_for(local_rank, visible);
-            RankPlacement {
-                rank,
-                node,
-                local_rank,
-                device_name: device.to_string(),
-                device,
-            }
+            RankPlacement { rank, node, local_rank, device_name: device.to_string(), device }
         })
         .collect()
 }
@@ -90,49 +84,18 @@ pub fn gather(ranks: Option<usize>) -> InfoReport {
             Err(e) => (None, Some(format!("{e:#}"))),
         },
     };
-    let (launcher, launcher_note) = match detect::choose_launcher(
-        LauncherChoice::Auto,
-        slurm.is_some(),
-        detect::which("srun"),
-        mpirun,
-    ) {
-        Ok((kind, path)) => (
-            Some(format!("{} ({})", kind.as_str(), path.display())),
-            None,
-        ),
-        Err(e) => (None, Some(format!("{e:#}"))),
-    };
-    let cores = detect::cores(
-        slurm
-            .as_ref()
-            .and_then(|s| s.cpus_on_node)
-            .map(|n| n.to_string())
-            .as_deref(),
-    );
+    let (launcher, launcher_note) =
+        match detect::choose_launcher(LauncherChoice::Auto, slurm.is_some(), detect::which("srun"), mpirun) {
+            Ok((kind, path)) => (Some(format!("{} ({})", kind.as_str(), path.display())), None),
+            Err(e) => (None, Some(format!("{e:#}"))),
+        };
+    let cores = detect::cores(slurm.as_ref().and_then(|s| s.cpus_on_node).map(|n| n.to_string()).as_deref());
     let cuda_visible_devices = std::env::var("CUDA_VISIBLE_DEVICES").ok();
     let gpus = parse_cuda_visible_devices(cuda_visible_devices.as_deref());
-    let ranks = ranks
-        .or_else(|| slurm.as_ref().and_then(|s| s.ntasks))
-        .unwrap_or(cores);
-    let nodes = slurm
-        .as_ref()
-        .and_then(|s| s.num_nodes)
-        .filter(|&n| n > 1)
-        .unwrap_or(1);
+    let ranks = ranks.or_else(|| slurm.as_ref().and_then(|s| s.ntasks)).unwrap_or(cores);
+    let nodes = slurm.as_ref().and_then(|s| s.num_nodes).filter(|&n| n > 1).unwrap_or(1);
     let plan = placements(ranks, nodes, &gpus);
-    InfoReport {
-        mpi,
-        mpi_note,
-        launcher,
-        launcher_note,
-        slurm,
-        cores,
-        cuda_visible_devices,
-        gpus,
-        ranks,
-        nodes,
-        plan,
-    }
+    InfoReport { mpi, mpi_note, launcher, launcher_note, slurm, cores, cuda_visible_devices, gpus, ranks, nodes, plan }
 }
 
 /// The report as a human-readable table.
@@ -142,26 +105,13 @@ pub fn render(r: &InfoReport) -> String {
         let _ = writeln!(s, "{k:<10} {v}");
     };
     match (&r.mpi, &r.mpi_note) {
-        (Some(m), _) => line(
-            "MPI",
-            &format!(
-                "{} {} ({}: {})",
-                m.flavour.as_str(),
-                m.version,
-                m.mpirun.display(),
-                m.version_line
-            ),
-        ),
+        (Some(m), _) => {
+            line("MPI", &format!("{} {} ({}: {})", m.flavour.as_str(), m.version, m.mpirun.display(), m.version_line))
+        }
         (None, Some(note)) => line("MPI", note),
         (None, None) => line("MPI", "unknown"),
     }
-    line(
-        "launcher",
-        r.launcher
-            .as_deref()
-            .or(r.launcher_note.as_deref())
-            .unwrap_or("none"),
-    );
+    line("launcher", r.launcher.as_deref().or(r.launcher_note.as_deref()).unwrap_or("none"));
     match &r.slurm {
         None => line("slurm", "not inside a Slurm allocation"),
         Some(a) => {
@@ -187,17 +137,9 @@ pub fn render(r: &InfoReport) -> String {
     };
     line("GPUs", &gpus);
     let _ = writeln!(s, "\nplan for {} ranks on {} node(s):", r.ranks, r.nodes);
-    let _ = writeln!(
-        s,
-        "{:>6} {:>5} {:>11}  device",
-        "rank", "node", "local_rank"
-    );
+    let _ = writeln!(s, "{:>6} {:>5} {:>11}  device", "rank", "node", "local_rank");
     for p in &r.plan {
-        let _ = writeln!(
-            s,
-            "{:>6} {:>5} {:>11}  {}",
-            p.rank, p.node, p.local_rank, p.device_name
-        );
+        let _ = writeln!(s, "{:>6} {:>5} {:>11}  {}", p.rank, p.node, p.local_rank, p.device_name);
     }
     s
 }
@@ -224,10 +166,7 @@ mod tests {
     fn one_node_local_rank_is_rank_and_devices_alternate() {
         let vis = parse_cuda_visible_devices(Some("0,1"));
         let p = placements(4, 1, &vis);
-        assert_eq!(
-            p.iter().map(|p| p.local_rank).collect::<Vec<_>>(),
-            [0, 1, 2, 3]
-        );
+        assert_eq!(p.iter().map(|p| p.local_rank).collect::<Vec<_>>(), [0, 1, 2, 3]);
         assert_eq!(
             p.iter().map(|p| p.device_name.as_str()).collect::<Vec<_>>(),
             ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]

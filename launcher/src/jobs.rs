@@ -124,15 +124,8 @@ pub const RANK_PROGRAM: &str = "gang-rank";
 ///
 /// # Errors
 /// It is in none of these places.
-pub fn find_rank_program(
-    exe: &Path,
-    from_path: Option<PathBuf>,
-    from_env: Option<PathBuf>,
-) -> Result<PathBuf> {
-    let beside = exe
-        .parent()
-        .map(|d| d.join(RANK_PROGRAM))
-        .filter(|p| detect::is_executable_file(p));
+pub fn find_rank_program(exe: &Path, from_path: Option<PathBuf>, from_env: Option<PathBuf>) -> Result<PathBuf> {
+    let beside = exe.parent().map(|d| d.join(RANK_PROGRAM)).filter(|p| detect::is_executable_file(p));
     let env = from_env.filter(|p| detect::is_executable_file(p));
     match beside.or(from_path).or(env) {
         Some(p) => Ok(p),
@@ -154,9 +147,7 @@ pub fn run_job(job: &Job) -> Result<i32> {
     let rank_program = find_rank_program(
         &exe,
         detect::which(RANK_PROGRAM),
-        std::env::var_os("GANG_RANK_BIN")
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from),
+        std::env::var_os("GANG_RANK_BIN").filter(|v| !v.is_empty()).map(PathBuf::from),
     )?;
     let args = job.args();
     misplaced_launch_option(job.name(), &args.extra)?;
@@ -171,17 +162,10 @@ mod tests {
 
     #[test]
     fn missing_rank_program_says_how_to_build_it() {
-        let err = find_rank_program(
-            Path::new("/nonexistent/bin/gang"),
-            None,
-            Some("/nonexistent/x".into()),
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            err.contains("gang-rank was not found next to /nonexistent/bin/gang or on PATH"),
-            "{err}"
-        );
+        let err = find_rank_program(Path::new("/nonexistent/bin/gang"), None, Some("/nonexistent/x".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("gang-rank was not found next to /nonexistent/bin/gang or on PATH"), "{err}");
         assert!(err.contains("cargo build --release"), "{err}");
     }
 

@@ -26,11 +26,7 @@ use std::process::ExitCode;
 
 /// The `gang` command line.
 #[derive(Debug, Parser)]
-#[command(
-    name = "gang",
-    version,
-    about = "Run MPI gangs: all ranks start together, any failure stops them all"
-)]
+#[command(name = "gang", version, about = "Run MPI gangs: all ranks start together, any failure stops them all")]
 struct Cli {
     #[command(subcommand)]
     command: Command,

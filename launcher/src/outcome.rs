@@ -142,10 +142,7 @@ pub fn judge(
     if let Some(sig) = stopped_by {
         return Outcome {
             code: 128 + sig,
-            message: Some(format!(
-                "gang: received {}; the gang was stopped. Records: {records}",
-                signal_name(sig)
-            )),
+            message: Some(format!("gang: received {}; the gang was stopped. Records: {records}", signal_name(sig))),
             cause: None,
         };
     }
@@ -172,28 +169,17 @@ pub fn judge(
                 f.attempt,
                 f.host
             )),
-            cause: Some(Cause::Recorded {
-                rank: f.rank,
-                kind: f.kind,
-                message: f.message.clone(),
-            }),
+            cause: Some(Cause::Recorded { rank: f.rank, kind: f.kind, message: f.message.clone() }),
         };
     }
     if let Some(s) = stall {
         return Outcome {
             code: EXIT_STALLED,
-            message: Some(format!(
-                "gang: {s} (attempt {}). The gang was stopped. Records: {records}",
-                s.attempt
-            )),
+            message: Some(format!("gang: {s} (attempt {}). The gang was stopped. Records: {records}", s.attempt)),
             cause: Some(Cause::Stalled(s.clone())),
         };
     }
-    if let Some(e) = exits
-        .iter()
-        .filter(|e| !e.status.success())
-        .min_by_key(|e| (e.time_unix_ns, e.rank))
-    {
+    if let Some(e) = exits.iter().filter(|e| !e.status.success()).min_by_key(|e| (e.time_unix_ns, e.rank)) {
         return Outcome {
             code: code_of(e.status).unwrap_or(1),
             message: Some(format!(
@@ -201,28 +187,18 @@ pub fn judge(
                  Records: {records}",
                 e.rank, e.status, e.attempt, e.host
             )),
-            cause: Some(Cause::Exited {
-                rank: e.rank,
-                status: e.status,
-            }),
+            cause: Some(Cause::Exited { rank: e.rank, status: e.status }),
         };
     }
     match launcher_code {
-        None => Outcome {
-            code: 0,
-            message: None,
-            cause: None,
-        },
+        None => Outcome { code: 0, message: None, cause: None },
         Some(code) => Outcome {
             code,
             message: Some(format!(
                 "gang: {launcher_name} {launcher} before any rank reported a failure (see its \
                  messages above). Records: {records}"
             )),
-            cause: Some(Cause::Launcher {
-                name: launcher_name.to_string(),
-                status: launcher,
-            }),
+            cause: Some(Cause::Launcher { name: launcher_name.to_string(), status: launcher }),
         },
     }
 }
@@ -280,11 +256,7 @@ pub fn history(failed: &[FailedAttempt], restarted: usize, max: u32) -> String {
 
 /// The summary of a job that succeeded on attempt `attempt` after the restarts of `failed`.
 pub fn success_summary(failed: &[FailedAttempt], max: u32, attempt: u32, run_dir: &Path) -> String {
-    format!(
-        "gang: {}; attempt {attempt} succeeded. Records: {}",
-        history(failed, failed.len(), max),
-        run_dir.display()
-    )
+    format!("gang: {}; attempt {attempt} succeeded. Records: {}", history(failed, failed.len(), max), run_dir.display())
 }
 
 /// The summary of a job whose restart budget `max` is used up (the last of `failed` was not
@@ -303,14 +275,7 @@ mod tests {
     use super::*;
 
     fn exit(rank: usize, status: ExitStatus, t: u128) -> ExitRecord {
-        ExitRecord {
-            rank,
-            attempt: 0,
-            pid: 100 + rank as u32,
-            status,
-            host: "n1".into(),
-            time_unix_ns: t,
-        }
+        ExitRecord { rank, attempt: 0, pid: 100 + rank as u32, status, host: "n1".into(), time_unix_ns: t }
     }
 
     fn failure(rank: usize, kind: FailureKind, msg: &str, t: u128) -> FailureRecord {
@@ -321,35 +286,13 @@ mod tests {
     }
 
     fn judge_(failures: &[FailureRecord], exits: &[ExitRecord], launcher: ExitStatus) -> Outcome {
-        judge(
-            None,
-            None,
-            failures,
-            exits,
-            launcher,
-            "mpirun",
-            Path::new("/runs/r"),
-        )
+        judge(None, None, failures, exits, launcher, "mpirun", Path::new("/runs/r"))
     }
 
     #[test]
     fn success_is_quiet() {
-        let o = judge_(
-            &[],
-            &[
-                exit(0, ExitStatus::Code(0), 1),
-                exit(1, ExitStatus::Code(0), 2),
-            ],
-            ExitStatus::Code(0),
-        );
-        assert_eq!(
-            o,
-            Outcome {
-                code: 0,
-                message: None,
-                cause: None
-            }
-        );
+        let o = judge_(&[], &[exit(0, ExitStatus::Code(0), 1), exit(1, ExitStatus::Code(0), 2)], ExitStatus::Code(0));
+        assert_eq!(o, Outcome { code: 0, message: None, cause: None });
     }
 
     #[test]
@@ -362,33 +305,20 @@ mod tests {
         let o = judge_(&[], &exits, ExitStatus::Code(1));
         assert_eq!(o.code, 3);
         let m = o.message.unwrap();
-        assert!(
-            m.starts_with("gang: rank 1 failed first: exited with code 3 (attempt 0"),
-            "{m}"
-        );
+        assert!(m.starts_with("gang: rank 1 failed first: exited with code 3 (attempt 0"), "{m}");
         assert!(m.ends_with("Records: /runs/r"), "{m}");
     }
 
     #[test]
     fn a_signal_exit_maps_to_128_plus_signal() {
-        let o = judge_(
-            &[],
-            &[exit(2, ExitStatus::Signal(9), 1)],
-            ExitStatus::Code(137),
-        );
+        let o = judge_(&[], &[exit(2, ExitStatus::Signal(9), 1)], ExitStatus::Code(137));
         assert_eq!(o.code, 137);
-        assert!(o
-            .message
-            .unwrap()
-            .contains("rank 2 failed first: was killed by signal 9 (SIGKILL)"));
+        assert!(o.message.unwrap().contains("rank 2 failed first: was killed by signal 9 (SIGKILL)"));
     }
 
     #[test]
     fn failure_records_beat_earlier_exits() {
-        let exits = [
-            exit(0, ExitStatus::Signal(15), 1),
-            exit(3, ExitStatus::Code(7), 50),
-        ];
+        let exits = [exit(0, ExitStatus::Signal(15), 1), exit(3, ExitStatus::Code(7), 50)];
         let failures = [
             failure(3, FailureKind::Error, "data.parquet: bad magic", 40),
             failure(1, FailureKind::Panic, "later", 45),
@@ -396,10 +326,7 @@ mod tests {
         let o = judge_(&failures, &exits, ExitStatus::Code(1));
         assert_eq!(o.code, 7, "the failing rank's own exit code");
         let m = o.message.unwrap();
-        assert!(
-            m.contains("rank 3 failed first: returned an error: data.parquet: bad magic"),
-            "{m}"
-        );
+        assert!(m.contains("rank 3 failed first: returned an error: data.parquet: bad magic"), "{m}");
     }
 
     #[test]
@@ -408,11 +335,7 @@ mod tests {
         assert_eq!(judge_(&failures, &[], ExitStatus::Code(6)).code, 6);
         // A rank that reported a failure never yields exit code 0, even if all else was fine:
         // a panic reports 101, an error 1.
-        let o = judge_(
-            &failures,
-            &[exit(1, ExitStatus::Code(0), 2)],
-            ExitStatus::Code(0),
-        );
+        let o = judge_(&failures, &[exit(1, ExitStatus::Code(0), 2)], ExitStatus::Code(0));
         assert_eq!(o.code, 101);
         assert!(o.message.unwrap().contains("panicked: boom"));
         let errors = [failure(1, FailureKind::Error, "bad input", 1)];
@@ -427,10 +350,7 @@ mod tests {
     fn launcher_failure_without_records() {
         let o = judge_(&[], &[], ExitStatus::Code(2));
         assert_eq!(o.code, 2);
-        assert!(o
-            .message
-            .unwrap()
-            .starts_with("gang: mpirun exited with code 2 before any rank"));
+        assert!(o.message.unwrap().starts_with("gang: mpirun exited with code 2 before any rank"));
         assert_eq!(judge_(&[], &[], ExitStatus::Signal(9)).code, 137);
     }
 

@@ -217,11 +217,7 @@ pub fn build(input: &PlanInput) -> Result<LaunchPlan> {
     args.push("--".into());
     args.push(input.program.clone().into());
     args.extend(input.args.iter().cloned());
-    Ok(LaunchPlan {
-        program: input.launcher_path.clone(),
-        args,
-        env: input.env.pairs(),
-    })
+    Ok(LaunchPlan { program: input.launcher_path.clone(), args, env: input.env.pairs() })
 }
 
 #[cfg(test)]
@@ -255,27 +251,14 @@ mod tests {
     }
 
     fn argv(plan: &LaunchPlan) -> Vec<String> {
-        plan.args
-            .iter()
-            .map(|a| a.to_str().unwrap().to_string())
-            .collect()
+        plan.args.iter().map(|a| a.to_str().unwrap().to_string()).collect()
     }
 
-    const TAIL: [&str; 7] = [
-        "/opt/gang/bin/gang",
-        "__rank-supervisor",
-        "--tag-output",
-        "--",
-        "/bin/prog",
-        "a b",
-        "--x",
-    ];
+    const TAIL: [&str; 7] =
+        ["/opt/gang/bin/gang", "__rank-supervisor", "--tag-output", "--", "/bin/prog", "a b", "--x"];
 
     fn forward_flags() -> Vec<String> {
-        vars::ALL
-            .iter()
-            .flat_map(|v| ["-x".to_string(), v.to_string()])
-            .collect()
+        vars::ALL.iter().flat_map(|v| ["-x".to_string(), v.to_string()]).collect()
     }
 
     #[test]
@@ -295,29 +278,12 @@ mod tests {
         i.ranks = 5;
         i.tag_output = false;
         let a = argv(&build(&i).unwrap());
-        let mut want: Vec<String> = [
-            "-n",
-            "5",
-            "--allow-run-as-root",
-            "--oversubscribe",
-            "--mca",
-            "mpi_yield_when_idle",
-            "1",
-        ]
-        .map(String::from)
-        .to_vec();
+        let mut want: Vec<String> =
+            ["-n", "5", "--allow-run-as-root", "--oversubscribe", "--mca", "mpi_yield_when_idle", "1"]
+                .map(String::from)
+                .to_vec();
         want.extend(forward_flags());
-        want.extend(
-            [
-                "/opt/gang/bin/gang",
-                "__rank-supervisor",
-                "--",
-                "/bin/prog",
-                "a b",
-                "--x",
-            ]
-            .map(String::from),
-        );
+        want.extend(["/opt/gang/bin/gang", "__rank-supervisor", "--", "/bin/prog", "a b", "--x"].map(String::from));
         assert_eq!(a, want);
     }
 
@@ -369,9 +335,7 @@ mod tests {
         let i = input(LauncherKind::Srun, MpiFlavour::OpenMpi);
         let plan = build(&i).unwrap();
         assert_eq!(plan.program, PathBuf::from("/usr/bin/srun"));
-        let mut want: Vec<String> = ["-n", "2", "--kill-on-bad-exit=1", "--mpi=pmix"]
-            .map(String::from)
-            .to_vec();
+        let mut want: Vec<String> = ["-n", "2", "--kill-on-bad-exit=1", "--mpi=pmix"].map(String::from).to_vec();
         want.extend(TAIL.map(String::from));
         assert_eq!(argv(&plan), want);
 
@@ -379,10 +343,7 @@ mod tests {
         i.ranks = 4;
         i.is_root = true;
         let a = argv(&build(&i).unwrap());
-        assert_eq!(
-            &a[..5],
-            ["-n", "4", "--kill-on-bad-exit=1", "--mpi=pmi2", "-O"]
-        );
+        assert_eq!(&a[..5], ["-n", "4", "--kill-on-bad-exit=1", "--mpi=pmi2", "-O"]);
     }
 
     #[test]
@@ -396,12 +357,7 @@ mod tests {
     #[test]
     fn every_protocol_variable_is_set() {
         let plan = build(&input(LauncherKind::Mpirun, MpiFlavour::Mpich)).unwrap();
-        let get = |k: &str| {
-            plan.env
-                .iter()
-                .find(|(n, _)| n == k)
-                .map(|(_, v)| v.to_str().unwrap())
-        };
+        let get = |k: &str| plan.env.iter().find(|(n, _)| n == k).map(|(_, v)| v.to_str().unwrap());
         assert_eq!(plan.env.len(), vars::ALL.len());
         assert_eq!(get(vars::RUN_ID), Some("100-7"));
         assert_eq!(get(vars::RUN_DIR), Some("/runs/100-7"));

@@ -9,8 +9,8 @@ use crate::sys;
 use anyhow::{bail, Context, Result};
 use gang_protocol::heartbeat::Progress;
 use gang_protocol::{hostname, signal_name, vars, ExitStatus, RunDir};
-use std::collections::BTreeMap;
 use signal_hook::iterator::Signals;
+use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::io::IsTerminal;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -64,10 +64,7 @@ pub struct LaunchOptions {
 /// # Errors
 /// Not a number, negative, or not finite.
 pub fn parse_seconds(s: &str) -> Result<Duration, String> {
-    let v: f64 = s
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    let v: f64 = s.trim().parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
     Duration::try_from_secs_f64(v).map_err(|_| format!("{s:?} is not a non-negative, finite number of seconds"))
 }
 
@@ -115,10 +112,7 @@ pub fn resolve_program(program: &OsStr, path_var: Option<&OsStr>, cwd: &Path) ->
         }
     };
     let meta = path.metadata().with_context(|| {
-        format!(
-            "program {shown} does not exist: check the path (it is resolved from {})",
-            cwd.display()
-        )
+        format!("program {shown} does not exist: check the path (it is resolved from {})", cwd.display())
     })?;
     if !meta.is_file() {
         bail!("program {shown} is not a file: give the path of an executable program");
@@ -138,9 +132,7 @@ pub fn run(opts: &LaunchOptions, command: &[OsString]) -> Result<i32> {
     if opts.ranks == 0 {
         bail!("-n must be at least 1");
     }
-    let Some((program, args)) = command.split_first() else {
-        bail!("no program given after --")
-    };
+    let Some((program, args)) = command.split_first() else { bail!("no program given after --") };
     let cwd = std::env::current_dir().context("the current directory is not accessible")?;
     let program = resolve_program(program, std::env::var_os("PATH").as_deref(), &cwd)?;
     let hostfile = match &opts.hostfile {
@@ -152,12 +144,8 @@ pub fn run(opts: &LaunchOptions, command: &[OsString]) -> Result<i32> {
     };
 
     let slurm = SlurmAllocation::from_env();
-    let (launcher, launcher_path) = detect::choose_launcher(
-        opts.launcher,
-        slurm.is_some(),
-        detect::which("srun"),
-        detect::which("mpirun"),
-    )?;
+    let (launcher, launcher_path) =
+        detect::choose_launcher(opts.launcher, slurm.is_some(), detect::which("srun"), detect::which("mpirun"))?;
     let flavour = match (launcher, detect::which("mpirun")) {
         (_, Some(mpirun)) => detect::probe_mpi(&mpirun)?.flavour,
         (LauncherKind::Srun, None) => {
@@ -168,13 +156,7 @@ pub fn run(opts: &LaunchOptions, command: &[OsString]) -> Result<i32> {
     };
     let cpus = match (&slurm, launcher) {
         (Some(alloc), LauncherKind::Srun) => alloc.cpus().unwrap_or_else(|| detect::cores(None)),
-        (alloc, _) => detect::cores(
-            alloc
-                .as_ref()
-                .and_then(|a| a.cpus_on_node)
-                .map(|n| n.to_string())
-                .as_deref(),
-        ),
+        (alloc, _) => detect::cores(alloc.as_ref().and_then(|a| a.cpus_on_node).map(|n| n.to_string()).as_deref()),
     };
 
     let root = match (&opts.run_dir, std::env::var_os("GANG_RUN_ROOT")) {
@@ -183,10 +165,7 @@ pub fn run(opts: &LaunchOptions, command: &[OsString]) -> Result<i32> {
         _ => PathBuf::from(".gang/runs"),
     };
     let root = cwd.join(root);
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let run_id = format!("{secs}-{}", std::process::id());
     let run = RunDir::create(&root, &run_id).with_context(|| {
         format!(
@@ -195,8 +174,7 @@ pub fn run(opts: &LaunchOptions, command: &[OsString]) -> Result<i32> {
             root.join(&run_id).display()
         )
     })?;
-    let supervisor =
-        std::env::current_exe().context("could not find the gang executable itself")?;
+    let supervisor = std::env::current_exe().context("could not find the gang executable itself")?;
     let input = |attempt: u32, heartbeat: &str, token: &str| PlanInput {
         launcher,
         launcher_path: launcher_path.clone(),
@@ -225,12 +203,10 @@ pub fn run(opts: &LaunchOptions, command: &[OsString]) -> Result<i32> {
 
     // Orphaned ranks are re-parented to us, so they can be found and killed below.
     if let Err(e) = sys::become_subreaper() {
-        eprintln!(
-            "gang: warning: could not become a subreaper ({e}); orphaned ranks may be missed"
-        );
+        eprintln!("gang: warning: could not become a subreaper ({e}); orphaned ranks may be missed");
     }
-    let signals = Signals::new([sys::SIGINT, sys::SIGTERM, sys::SIGHUP])
-        .context("could not install signal handlers")?;
+    let signals =
+        Signals::new([sys::SIGINT, sys::SIGTERM, sys::SIGHUP]).context("could not install signal handlers")?;
     let signals_handle = signals.handle();
     let (sig_tx, sig_rx) = mpsc::channel::<i32>();
     std::thread::spawn(move || {
@@ -244,9 +220,7 @@ pub fn run(opts: &LaunchOptions, command: &[OsString]) -> Result<i32> {
     let listener = match heartbeat::Listener::bind(&run) {
         Ok(l) => Some(l),
         Err(e) => {
-            eprintln!(
-                "gang: warning: no heartbeat channel ({e}); stalled ranks will not be detected"
-            );
+            eprintln!("gang: warning: no heartbeat channel ({e}); stalled ranks will not be detected");
             None
         }
     };
@@ -254,14 +228,9 @@ pub fn run(opts: &LaunchOptions, command: &[OsString]) -> Result<i32> {
         Some(l) => (l.address().to_string(), l.token().to_string()),
         None => (String::new(), String::new()),
     };
-    let watch = Watch {
-        sig_rx: &sig_rx,
-        listener: listener.as_ref(),
-        stall_timeout: opts.stall_timeout,
-    };
-    let code = attempts(opts, launcher, &run, &run_id, &watch, |attempt| {
-        plan::build(&input(attempt, &address, &token))
-    });
+    let watch = Watch { sig_rx: &sig_rx, listener: listener.as_ref(), stall_timeout: opts.stall_timeout };
+    let code =
+        attempts(opts, launcher, &run, &run_id, &watch, |attempt| plan::build(&input(attempt, &address, &token)));
     signals_handle.close();
     code
 }
@@ -374,21 +343,10 @@ enum StopReason {
 
 /// Spawns the plan, waits for it while handling signals and watching heartbeats, cleans
 /// up, judges.
-fn execute(
-    plan: &LaunchPlan,
-    launcher: LauncherKind,
-    run: &RunDir,
-    run_id: &str,
-    w: &Watch<'_>,
-) -> Result<Ended> {
-    let mut tracker = heartbeat::Tracker::new(
-        w.listener.map_or("", |l| l.token()),
-        run.attempt(),
-        plan_world(plan),
-    );
+fn execute(plan: &LaunchPlan, launcher: LauncherKind, run: &RunDir, run_id: &str, w: &Watch<'_>) -> Result<Ended> {
+    let mut tracker = heartbeat::Tracker::new(w.listener.map_or("", |l| l.token()), run.attempt(), plan_world(plan));
     let mut cmd = Command::new(&plan.program);
-    cmd.args(&plan.args)
-        .envs(plan.env.iter().map(|(k, v)| (k, v)));
+    cmd.args(&plan.args).envs(plan.env.iter().map(|(k, v)| (k, v)));
     // Own process group: a terminal's Ctrl-C reaches only gang, which then stops the whole
     // group in order. A background group that reads the terminal would be stopped by
     // SIGTTIN (mpirun and srun read stdin to forward it), so a terminal stdin is not passed.
@@ -400,9 +358,7 @@ fn execute(
         cmd.stdin(Stdio::null());
     }
     let name = launcher.as_str();
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("could not start {}", plan.program.display()))?;
+    let mut child = cmd.spawn().with_context(|| format!("could not start {}", plan.program.display()))?;
     let pgid = child.id();
 
     let (status, stop, stall) = watch(&mut child, pgid, w, run, &mut tracker)?;
@@ -446,31 +402,17 @@ fn execute(
         Some(StopReason::Signal(s)) => Some(s),
         _ => None,
     };
-    let verdict = outcome::judge(
-        stopped_by,
-        stall.as_ref(),
-        &failures,
-        &exits,
-        launcher_status,
-        name,
-        run.path(),
-    );
+    let verdict = outcome::judge(stopped_by, stall.as_ref(), &failures, &exits, launcher_status, name, run.path());
     if matches!(stop, Some(StopReason::RankFailed)) {
         eprintln!("gang: {name} did not end the gang after the failure; gang stopped it");
     }
-    let progress = (0..plan_world(plan))
-        .filter_map(|r| Some((r, tracker.progress_of(r)?.clone())))
-        .collect();
+    let progress = (0..plan_world(plan)).filter_map(|r| Some((r, tracker.progress_of(r)?.clone()))).collect();
     Ok(Ended { verdict, progress, leftovers })
 }
 
 /// The world size of a plan, from its `GANG_WORLD_SIZE`.
 fn plan_world(plan: &LaunchPlan) -> usize {
-    plan.env
-        .iter()
-        .find(|(k, _)| k == vars::WORLD_SIZE)
-        .and_then(|(_, v)| v.to_str()?.parse().ok())
-        .unwrap_or(0)
+    plan.env.iter().find(|(k, _)| k == vars::WORLD_SIZE).and_then(|(_, v)| v.to_str()?.parse().ok()).unwrap_or(0)
 }
 
 /// Waits for the launcher. On the first signal sends SIGTERM to its process group, on a
@@ -491,10 +433,7 @@ fn watch(
     let mut failure_seen: Option<Instant> = None;
     let mut last_scan = Instant::now();
     loop {
-        if let Some(status) = child
-            .try_wait()
-            .context("could not wait for the launcher")?
-        {
+        if let Some(status) = child.try_wait().context("could not wait for the launcher")? {
             return Ok((status, stop, stall));
         }
         match w.sig_rx.recv_timeout(POLL) {
@@ -619,29 +558,15 @@ mod tests {
         std::fs::write(&noexec, "x").unwrap();
         let path = dir.as_os_str();
 
-        assert_eq!(
-            resolve_program("tool".as_ref(), Some(path), Path::new("/")).unwrap(),
-            exe
-        );
+        assert_eq!(resolve_program("tool".as_ref(), Some(path), Path::new("/")).unwrap(), exe);
         assert_eq!(resolve_program("./tool".as_ref(), None, &dir).unwrap(), exe);
-        let err = resolve_program("nope".as_ref(), Some(path), &dir)
-            .unwrap_err()
-            .to_string();
+        let err = resolve_program("nope".as_ref(), Some(path), &dir).unwrap_err().to_string();
         assert!(err.contains("`nope` was not found on PATH"), "{err}");
-        let err = resolve_program("./data.txt".as_ref(), None, &dir)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("is not executable") && err.contains("chmod +x"),
-            "{err}"
-        );
-        let err = resolve_program("./missing".as_ref(), None, &dir)
-            .unwrap_err()
-            .to_string();
+        let err = resolve_program("./data.txt".as_ref(), None, &dir).unwrap_err().to_string();
+        assert!(err.contains("is not executable") && err.contains("chmod +x"), "{err}");
+        let err = resolve_program("./missing".as_ref(), None, &dir).unwrap_err().to_string();
         assert!(err.contains("does not exist"), "{err}");
-        let err = resolve_program(dir.as_os_str(), None, &dir)
-            .unwrap_err()
-            .to_string();
+        let err = resolve_program(dir.as_os_str(), None, &dir).unwrap_err().to_string();
         assert!(err.contains("is not a file"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }

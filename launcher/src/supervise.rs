@@ -30,12 +30,7 @@ pub struct SupervisorArgs {
 }
 
 /// Variables that carry the world rank, in the order they are trusted.
-pub const RANK_VARS: [&str; 4] = [
-    "OMPI_COMM_WORLD_RANK",
-    "PMIX_RANK",
-    "PMI_RANK",
-    "SLURM_PROCID",
-];
+pub const RANK_VARS: [&str; 4] = ["OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"];
 
 /// The world rank from the launcher's variables, looked up through `get`.
 ///
@@ -44,10 +39,7 @@ pub const RANK_VARS: [&str; 4] = [
 pub fn rank_from(get: impl Fn(&str) -> Option<String>) -> Result<usize> {
     for name in RANK_VARS {
         if let Some(v) = get(name) {
-            return v
-                .trim()
-                .parse()
-                .with_context(|| format!("{name}={v:?} is not a rank number"));
+            return v.trim().parse().with_context(|| format!("{name}={v:?} is not a rank number"));
         }
     }
     bail!(
@@ -73,9 +65,7 @@ pub fn supervise(args: SupervisorArgs) -> Result<i32> {
         bail!("the launcher of rank {rank} died before its supervisor started");
     }
     let attempt: u32 = match std::env::var(vars::ATTEMPT) {
-        Ok(v) => v
-            .parse()
-            .with_context(|| format!("{}={v:?} is not an attempt number", vars::ATTEMPT))?,
+        Ok(v) => v.parse().with_context(|| format!("{}={v:?} is not an attempt number", vars::ATTEMPT))?,
         Err(_) => 0,
     };
     // Records are best-effort without a run directory (the supervisor run by hand).
@@ -92,8 +82,8 @@ pub fn supervise(args: SupervisorArgs) -> Result<i32> {
     // Catch the signals before the child exists; one arriving early is forwarded once the
     // child's pid is known.
     let child_pid = Arc::new(AtomicU32::new(0));
-    let mut signals = Signals::new([sys::SIGINT, sys::SIGTERM, sys::SIGHUP])
-        .context("could not install signal handlers")?;
+    let mut signals =
+        Signals::new([sys::SIGINT, sys::SIGTERM, sys::SIGHUP]).context("could not install signal handlers")?;
     let forward_to = Arc::clone(&child_pid);
     std::thread::spawn(move || {
         for sig in signals.forever() {
@@ -105,9 +95,8 @@ pub fn supervise(args: SupervisorArgs) -> Result<i32> {
     });
 
     // Spawned from the main thread: the child's death signal fires when this thread ends.
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("rank {rank}: could not start {}", program.to_string_lossy()))?;
+    let mut child =
+        cmd.spawn().with_context(|| format!("rank {rank}: could not start {}", program.to_string_lossy()))?;
     let pid = child.id();
     child_pid.store(pid, Ordering::SeqCst);
     let host = hostname();
@@ -121,10 +110,7 @@ pub fn supervise(args: SupervisorArgs) -> Result<i32> {
             time_unix_ns: now_unix_ns(),
         };
         if let Err(e) = run.write_start(&rec) {
-            eprintln!(
-                "gang: rank {rank}: could not write its start record to {}: {e}",
-                run.path().display()
-            );
+            eprintln!("gang: rank {rank}: could not write its start record to {}: {e}", run.path().display());
         }
     }
 
@@ -141,9 +127,7 @@ pub fn supervise(args: SupervisorArgs) -> Result<i32> {
     }
     drop(done_tx);
 
-    let status = child
-        .wait()
-        .context("could not wait for the rank program")?;
+    let status = child.wait().context("could not wait for the rank program")?;
     // The pid may be reused from here on: stop forwarding signals to it.
     child_pid.store(0, Ordering::SeqCst);
     let status = match (status.code(), status.signal()) {
@@ -152,19 +136,9 @@ pub fn supervise(args: SupervisorArgs) -> Result<i32> {
         (None, None) => ExitStatus::Code(1),
     };
     if let Some(run) = &run {
-        let rec = ExitRecord {
-            rank,
-            attempt,
-            pid,
-            status,
-            host,
-            time_unix_ns: now_unix_ns(),
-        };
+        let rec = ExitRecord { rank, attempt, pid, status, host, time_unix_ns: now_unix_ns() };
         if let Err(e) = run.write_exit(&rec) {
-            eprintln!(
-                "gang: rank {rank}: could not write its exit record to {}: {e}",
-                run.path().display()
-            );
+            eprintln!("gang: rank {rank}: could not write its exit record to {}: {e}", run.path().display());
         }
     }
     for _ in 0..copiers {
@@ -186,12 +160,7 @@ enum Stream {
     Stderr,
 }
 
-fn spawn_copier(
-    src: impl Read + Send + 'static,
-    prefix: String,
-    to: Stream,
-    done: mpsc::Sender<()>,
-) {
+fn spawn_copier(src: impl Read + Send + 'static, prefix: String, to: Stream, done: mpsc::Sender<()>) {
     std::thread::spawn(move || {
         let _ = match to {
             Stream::Stdout => copy_tagged(src, &prefix, || io::stdout().lock()),
@@ -259,10 +228,7 @@ mod tests {
         let buf = Arc::new(Mutex::new(Vec::new()));
         let input: &[u8] = b"one\n\ntwo\xff\nlast";
         copy_tagged(input, "[rank 3] ", || Shared(Arc::clone(&buf))).unwrap();
-        assert_eq!(
-            &*buf.lock().unwrap(),
-            b"[rank 3] one\n[rank 3] \n[rank 3] two\xff\n[rank 3] last\n"
-        );
+        assert_eq!(&*buf.lock().unwrap(), b"[rank 3] one\n[rank 3] \n[rank 3] two\xff\n[rank 3] last\n");
     }
 
     #[test]

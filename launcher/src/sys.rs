@@ -26,10 +26,7 @@ fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
 fn to_pid(pid: u32) -> io::Result<libc::pid_t> {
     match libc::pid_t::try_from(pid) {
         Ok(p) if p > 0 => Ok(p),
-        _ => Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("invalid pid {pid}"),
-        )),
+        _ => Err(io::Error::new(io::ErrorKind::InvalidInput, format!("invalid pid {pid}"))),
     }
 }
 
@@ -208,20 +205,8 @@ mod tests {
     #[test]
     fn stat_parsing_survives_odd_command_names() {
         let s = "4242 (my (odd) prog) S 17 4242 4242 0 -1 4194560 100 0";
-        assert_eq!(
-            parse_stat(s),
-            Some(ProcStat {
-                state: 'S',
-                ppid: 17
-            })
-        );
-        assert_eq!(
-            parse_stat("1 (init) Z 0"),
-            Some(ProcStat {
-                state: 'Z',
-                ppid: 0
-            })
-        );
+        assert_eq!(parse_stat(s), Some(ProcStat { state: 'S', ppid: 17 }));
+        assert_eq!(parse_stat("1 (init) Z 0"), Some(ProcStat { state: 'Z', ppid: 0 }));
         assert_eq!(parse_stat("garbage"), None);
     }
 

@@ -4,10 +4,7 @@
 
 mod common;
 
-use common::{
-    assert_all_attempts_gone, attempts, gang, require_mpirun, run_dir_under, GangProcess,
-    TempDir,
-};
+use common::{assert_all_attempts_gone, attempts, gang, require_mpirun, run_dir_under, GangProcess, TempDir};
 use gang_protocol::heartbeat::{Address, Heartbeat, HeartbeatSender, Progress};
 use gang_protocol::{vars, RunDir};
 use std::path::Path;
@@ -42,8 +39,7 @@ impl Client {
     fn send(&mut self, step: Option<u64>) {
         if let Some(step) = step {
             self.updates += 1;
-            self.beat.progress =
-                Some(Progress { step, total: 10, what: "test".into(), updates: self.updates });
+            self.beat.progress = Some(Progress { step, total: 10, what: "test".into(), updates: self.updates });
         }
         self.sender.send(&self.beat).unwrap();
         self.beat.seq += 1;
@@ -140,11 +136,8 @@ fn run_mode(dir: &TempDir, mode: &str, extra: &[&str]) -> (common::Finished, std
 #[test]
 fn a_silent_rank_is_detected_killed_and_restarted() {
     let dir = TempDir::new("hb-silence");
-    let (out, run) = run_mode(
-        &dir,
-        "silence",
-        &["--stall-timeout", "2", "--max-restarts", "1", "--restart-backoff", "0"],
-    );
+    let (out, run) =
+        run_mode(&dir, "silence", &["--stall-timeout", "2", "--max-restarts", "1", "--restart-backoff", "0"]);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert!(
         out.stderr.contains(
@@ -194,9 +187,7 @@ fn messages_without_the_runs_token_are_dropped_and_counted() {
     let (out, run) = run_mode(&dir, "wrong-token", &[]);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert!(
-        out.stderr.contains(
-            "gang: warning: dropped 6 heartbeat messages without this run's token (attempt 0)"
-        ),
+        out.stderr.contains("gang: warning: dropped 6 heartbeat messages without this run's token (attempt 0)"),
         "{}",
         out.stderr
     );

@@ -8,13 +8,7 @@ use std::process::Command;
 fn info(args: &[&str], env: &[(&str, &str)], dir: &TempDir) -> (Option<i32>, String) {
     let mut cmd = Command::new(gang());
     cmd.arg("info").args(args);
-    for v in [
-        "SLURM_JOB_ID",
-        "SLURM_NTASKS",
-        "SLURM_JOB_NUM_NODES",
-        "SLURM_CPUS_ON_NODE",
-        "CUDA_VISIBLE_DEVICES",
-    ] {
+    for v in ["SLURM_JOB_ID", "SLURM_NTASKS", "SLURM_JOB_NUM_NODES", "SLURM_CPUS_ON_NODE", "CUDA_VISIBLE_DEVICES"] {
         cmd.env_remove(v);
     }
     cmd.envs(env.iter().copied());
@@ -42,18 +36,9 @@ fn json_plan_lists_every_rank_on_the_cpu() {
 #[test]
 fn visible_gpus_alternate_between_ranks() {
     let dir = TempDir::new("info-gpu");
-    let (_, out) = info(
-        &["--json", "-n", "4"],
-        &[("CUDA_VISIBLE_DEVICES", "0,1")],
-        &dir,
-    );
+    let (_, out) = info(&["--json", "-n", "4"], &[("CUDA_VISIBLE_DEVICES", "0,1")], &dir);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let devices: Vec<&str> = v["plan"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["device_name"].as_str().unwrap())
-        .collect();
+    let devices: Vec<&str> = v["plan"].as_array().unwrap().iter().map(|p| p["device_name"].as_str().unwrap()).collect();
     assert_eq!(devices, ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]);
     assert_eq!(v["gpus"], serde_json::json!(["0", "1"]));
 }
@@ -61,12 +46,8 @@ fn visible_gpus_alternate_between_ranks() {
 #[test]
 fn slurm_allocation_is_reported_and_spreads_ranks_over_nodes() {
     let dir = TempDir::new("info-slurm");
-    let env = [
-        ("SLURM_JOB_ID", "77"),
-        ("SLURM_NTASKS", "4"),
-        ("SLURM_JOB_NUM_NODES", "2"),
-        ("SLURM_CPUS_ON_NODE", "2"),
-    ];
+    let env =
+        [("SLURM_JOB_ID", "77"), ("SLURM_NTASKS", "4"), ("SLURM_JOB_NUM_NODES", "2"), ("SLURM_CPUS_ON_NODE", "2")];
     let (_, out) = info(&["--json"], &env, &dir);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["slurm"]["job_id"], "77");
@@ -74,12 +55,7 @@ fn slurm_allocation_is_reported_and_spreads_ranks_over_nodes() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| {
-            (
-                p["node"].as_u64().unwrap(),
-                p["local_rank"].as_u64().unwrap(),
-            )
-        })
+        .map(|p| (p["node"].as_u64().unwrap(), p["local_rank"].as_u64().unwrap()))
         .collect();
     assert_eq!(nodes, [(0, 0), (0, 1), (1, 0), (1, 1)]);
 }
@@ -100,12 +76,6 @@ fn reports_the_installed_open_mpi() {
     let dir = TempDir::new("info-mpi");
     let (_, out) = info(&["--json", "-n", "1"], &[], &dir);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert!(
-        v["mpi"]["flavour"] == "openmpi" || v["mpi"]["flavour"] == "mpich",
-        "{out}"
-    );
-    assert!(
-        v["launcher"].as_str().unwrap().starts_with("mpirun"),
-        "{out}"
-    );
+    assert!(v["mpi"]["flavour"] == "openmpi" || v["mpi"]["flavour"] == "mpich", "{out}");
+    assert!(v["launcher"].as_str().unwrap().starts_with("mpirun"), "{out}");
 }

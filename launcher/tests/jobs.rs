@@ -24,22 +24,10 @@ fn hello_runs_the_rank_program_next_to_gang() {
     std::fs::set_permissions(&rank_prog, std::fs::Permissions::from_mode(0o755)).unwrap();
     let root = dir.path().join("runs");
     let mut cmd = Command::new(&exe);
-    cmd.args([
-        "hello",
-        "-n",
-        "2",
-        "--run-dir",
-        root.to_str().unwrap(),
-        "--",
-        "x",
-        "y z",
-    ]);
+    cmd.args(["hello", "-n", "2", "--run-dir", root.to_str().unwrap(), "--", "x", "y z"]);
     let out = GangProcess::spawn(cmd, dir.path()).wait();
     assert_eq!(out.code, Some(0), "{}", out.stderr);
-    assert_eq!(
-        sorted_lines(&out.stdout),
-        ["[rank 0] job hello x y z", "[rank 1] job hello x y z"]
-    );
+    assert_eq!(sorted_lines(&out.stdout), ["[rank 0] job hello x y z", "[rank 1] job hello x y z"]);
 }
 
 #[test]
@@ -48,9 +36,7 @@ fn missing_rank_program_says_how_to_build_it() {
     let exe = gang_copy(&dir);
     let empty = TempDir::new("job-empty-path");
     let mut cmd = Command::new(&exe);
-    cmd.args(["hello", "-n", "2"])
-        .env("PATH", empty.path())
-        .env_remove("GANG_RANK_BIN");
+    cmd.args(["hello", "-n", "2"]).env("PATH", empty.path()).env_remove("GANG_RANK_BIN");
     let out = GangProcess::spawn(cmd, dir.path()).wait();
     assert_eq!(out.code, Some(1));
     let want = format!(

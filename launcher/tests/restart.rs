@@ -4,8 +4,7 @@
 mod common;
 
 use common::{
-    assert_all_attempts_gone, attempts, gang, require_mpirun, run_dir_under, run_gang,
-    GangProcess, TempDir, HANG_GUARD,
+    assert_all_attempts_gone, attempts, gang, require_mpirun, run_dir_under, run_gang, GangProcess, TempDir, HANG_GUARD,
 };
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -29,15 +28,10 @@ fn a_gang_that_fails_in_attempt_0_only_is_restarted_and_succeeds() {
         fi
         echo "attempt $GANG_ATTEMPT rank $OMPI_COMM_WORLD_RANK done""#;
     let root_s = root.to_str().unwrap();
-    let out = run_gang(
-        &run_args(root_s, &["--max-restarts", "2", "--restart-backoff", "0.2"], script),
-        dir.path(),
-    );
+    let out = run_gang(&run_args(root_s, &["--max-restarts", "2", "--restart-backoff", "0.2"], script), dir.path());
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert!(
-        out.stderr.contains(
-            "gang: attempt 0 failed: rank 1 exited with code 3; restarting in 0.2 s (restart 1 of 2)"
-        ),
+        out.stderr.contains("gang: attempt 0 failed: rank 1 exited with code 3; restarting in 0.2 s (restart 1 of 2)"),
         "{}",
         out.stderr
     );
@@ -65,10 +59,7 @@ fn an_exhausted_budget_exits_non_zero_with_the_root_causes() {
     let root = dir.path().join("runs");
     let script = r#"if [ "$OMPI_COMM_WORLD_RANK" = 1 ]; then exit 3; fi; sleep 30"#;
     let root_s = root.to_str().unwrap();
-    let out = run_gang(
-        &run_args(root_s, &["--max-restarts", "2", "--restart-backoff", "0"], script),
-        dir.path(),
-    );
+    let out = run_gang(&run_args(root_s, &["--max-restarts", "2", "--restart-backoff", "0"], script), dir.path());
     assert_eq!(out.code, Some(3), "{}", out.stderr);
     for want in [
         "gang: attempt 0 failed: rank 1 exited with code 3; restarting in 0 s (restart 1 of 2)",
@@ -108,11 +99,7 @@ fn sigterm_during_the_backoff_stops_everything_and_does_not_restart() {
     let root = dir.path().join("runs");
     let script = r#"if [ "$OMPI_COMM_WORLD_RANK" = 1 ]; then exit 3; fi; sleep 30"#;
     let mut cmd = Command::new(gang());
-    cmd.args(run_args(
-        root.to_str().unwrap(),
-        &["--max-restarts", "3", "--restart-backoff", "20"],
-        script,
-    ));
+    cmd.args(run_args(root.to_str().unwrap(), &["--max-restarts", "3", "--restart-backoff", "20"], script));
     let proc = GangProcess::spawn(cmd, dir.path());
     // The heartbeat summary of attempt 0 is written after its cleanup, just before the wait.
     let deadline = Instant::now() + HANG_GUARD;

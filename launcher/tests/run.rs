@@ -10,31 +10,16 @@ fn two_ranks_succeed_with_tagged_output() {
     let dir = TempDir::new("hi");
     let root = dir.path().join("runs");
     let out = run_gang(
-        &[
-            "run",
-            "-n",
-            "2",
-            "--run-dir",
-            root.to_str().unwrap(),
-            "--",
-            "sh",
-            "-c",
-            "echo hi; echo oops >&2",
-        ],
+        &["run", "-n", "2", "--run-dir", root.to_str().unwrap(), "--", "sh", "-c", "echo hi; echo oops >&2"],
         dir.path(),
     );
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert_eq!(sorted_lines(&out.stdout), ["[rank 0] hi", "[rank 1] hi"]);
-    assert!(
-        out.stderr.contains("[rank 0] oops\n") && out.stderr.contains("[rank 1] oops\n"),
-        "{}",
-        out.stderr
-    );
+    assert!(out.stderr.contains("[rank 0] oops\n") && out.stderr.contains("[rank 1] oops\n"), "{}", out.stderr);
     // Both supervisors recorded a clean exit.
     let run = run_dir_under(&root).expect("a run directory");
     for r in 0..2 {
-        let exit = std::fs::read_to_string(run.join(format!("attempt-0/ranks/rank-{r}.exit.json")))
-            .unwrap();
+        let exit = std::fs::read_to_string(run.join(format!("attempt-0/ranks/rank-{r}.exit.json"))).unwrap();
         assert!(exit.contains("\"code\": 0"), "{exit}");
     }
 }
@@ -45,18 +30,7 @@ fn no_tag_output_leaves_lines_alone() {
     let dir = TempDir::new("notag");
     let root = dir.path().join("runs");
     let out = run_gang(
-        &[
-            "run",
-            "-n",
-            "2",
-            "--no-tag-output",
-            "--run-dir",
-            root.to_str().unwrap(),
-            "--",
-            "sh",
-            "-c",
-            "echo hi",
-        ],
+        &["run", "-n", "2", "--no-tag-output", "--run-dir", root.to_str().unwrap(), "--", "sh", "-c", "echo hi"],
         dir.path(),
     );
     assert_eq!(out.code, Some(0), "{}", out.stderr);
@@ -70,31 +44,12 @@ fn ranks_get_the_protocol_variables_and_their_arguments() {
     let root = dir.path().join("runs");
     let script = r#"test -d "$GANG_RUN_DIR" || exit 9; printf '%s %s %s %s|' "$GANG_WORLD_SIZE" "$GANG_LAUNCHER" "$GANG_MPI" "$GANG_ATTEMPT"; printf '%s|' "$@""#;
     let out = run_gang(
-        &[
-            "run",
-            "-n",
-            "2",
-            "--run-dir",
-            root.to_str().unwrap(),
-            "--",
-            "sh",
-            "-c",
-            script,
-            "sh",
-            "a b",
-            "c",
-        ],
+        &["run", "-n", "2", "--run-dir", root.to_str().unwrap(), "--", "sh", "-c", script, "sh", "a b", "c"],
         dir.path(),
     );
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     // The partial last line (no newline) is completed by the supervisor.
-    assert_eq!(
-        sorted_lines(&out.stdout),
-        [
-            "[rank 0] 2 mpirun openmpi 0|a b|c|",
-            "[rank 1] 2 mpirun openmpi 0|a b|c|"
-        ]
-    );
+    assert_eq!(sorted_lines(&out.stdout), ["[rank 0] 2 mpirun openmpi 0|a b|c|", "[rank 1] 2 mpirun openmpi 0|a b|c|"]);
     let run = run_dir_under(&root).unwrap();
     assert!(run.is_absolute());
 }
@@ -102,24 +57,11 @@ fn ranks_get_the_protocol_variables_and_their_arguments() {
 #[test]
 fn more_ranks_than_cores_still_run() {
     require_mpirun();
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let dir = TempDir::new("oversub");
     let root = dir.path().join("runs");
     let n = (cores + 1).to_string();
-    let out = run_gang(
-        &[
-            "run",
-            "-n",
-            &n,
-            "--run-dir",
-            root.to_str().unwrap(),
-            "--",
-            "true",
-        ],
-        dir.path(),
-    );
+    let out = run_gang(&["run", "-n", &n, "--run-dir", root.to_str().unwrap(), "--", "true"], dir.path());
     assert_eq!(out.code, Some(0), "{}", out.stderr);
 }
 
@@ -129,33 +71,11 @@ fn a_failing_rank_stops_the_gang_and_is_named() {
     let dir = TempDir::new("fail");
     let root = dir.path().join("runs");
     let script = r#"if [ "$OMPI_COMM_WORLD_RANK" = 1 ]; then exit 3; fi; sleep 30"#;
-    let out = run_gang(
-        &[
-            "run",
-            "-n",
-            "2",
-            "--run-dir",
-            root.to_str().unwrap(),
-            "--",
-            "sh",
-            "-c",
-            script,
-        ],
-        dir.path(),
-    );
+    let out = run_gang(&["run", "-n", "2", "--run-dir", root.to_str().unwrap(), "--", "sh", "-c", script], dir.path());
     assert_eq!(out.code, Some(3), "{}", out.stderr);
-    assert!(
-        out.stderr
-            .contains("gang: rank 1 failed first: exited with code 3 (attempt 0"),
-        "{}",
-        out.stderr
-    );
+    assert!(out.stderr.contains("gang: rank 1 failed first: exited with code 3 (attempt 0"), "{}", out.stderr);
     let run = run_dir_under(&root).unwrap();
-    assert!(
-        out.stderr.contains(&format!("Records: {}", run.display())),
-        "{}",
-        out.stderr
-    );
+    assert!(out.stderr.contains(&format!("Records: {}", run.display())), "{}", out.stderr);
     assert_gang_gone(&run);
 }
 
@@ -165,27 +85,9 @@ fn a_rank_killed_by_a_signal_reports_128_plus_signal() {
     let dir = TempDir::new("sigrank");
     let root = dir.path().join("runs");
     let script = r#"if [ "$OMPI_COMM_WORLD_RANK" = 0 ]; then kill -KILL $$; fi; sleep 30"#;
-    let out = run_gang(
-        &[
-            "run",
-            "-n",
-            "2",
-            "--run-dir",
-            root.to_str().unwrap(),
-            "--",
-            "sh",
-            "-c",
-            script,
-        ],
-        dir.path(),
-    );
+    let out = run_gang(&["run", "-n", "2", "--run-dir", root.to_str().unwrap(), "--", "sh", "-c", script], dir.path());
     assert_eq!(out.code, Some(137), "{}", out.stderr);
-    assert!(
-        out.stderr
-            .contains("rank 0 failed first: was killed by signal 9 (SIGKILL)"),
-        "{}",
-        out.stderr
-    );
+    assert!(out.stderr.contains("rank 0 failed first: was killed by signal 9 (SIGKILL)"), "{}", out.stderr);
     assert_gang_gone(&run_dir_under(&root).unwrap());
 }
 
@@ -200,25 +102,10 @@ fn a_failure_record_is_the_root_cause() {
         printf '{"rank":1,"attempt":0,"kind":"error","message":"input.parquet: bad magic","host":"h","pid":1,"time_unix_ns":1}' > "$GANG_RUN_DIR/attempt-0/failures/rank-1.json"
         exit 5
     fi; sleep 30"#;
-    let out = run_gang(
-        &[
-            "run",
-            "-n",
-            "2",
-            "--run-dir",
-            root.to_str().unwrap(),
-            "--",
-            "sh",
-            "-c",
-            script,
-        ],
-        dir.path(),
-    );
+    let out = run_gang(&["run", "-n", "2", "--run-dir", root.to_str().unwrap(), "--", "sh", "-c", script], dir.path());
     assert_eq!(out.code, Some(5), "{}", out.stderr);
     assert!(
-        out.stderr.contains(
-            "gang: rank 1 failed first: returned an error: input.parquet: bad magic (attempt 0"
-        ),
+        out.stderr.contains("gang: rank 1 failed first: returned an error: input.parquet: bad magic (attempt 0"),
         "{}",
         out.stderr
     );
@@ -236,32 +123,9 @@ fn a_recorded_failure_stops_a_gang_the_launcher_leaves_running() {
         mkdir -p "$GANG_RUN_DIR/attempt-0/failures"
         printf '{"rank":1,"attempt":0,"kind":"panic","message":"stuck after failing","host":"h","pid":1,"time_unix_ns":1}' > "$GANG_RUN_DIR/attempt-0/failures/rank-1.json"
     fi; sleep 300"#;
-    let out = run_gang(
-        &[
-            "run",
-            "-n",
-            "2",
-            "--run-dir",
-            root.to_str().unwrap(),
-            "--",
-            "sh",
-            "-c",
-            script,
-        ],
-        dir.path(),
-    );
+    let out = run_gang(&["run", "-n", "2", "--run-dir", root.to_str().unwrap(), "--", "sh", "-c", script], dir.path());
     assert_ne!(out.code, Some(0), "{}", out.stderr);
-    assert!(
-        out.stderr
-            .contains("gang: rank 1 failed first: panicked: stuck after failing"),
-        "{}",
-        out.stderr
-    );
-    assert!(
-        out.stderr
-            .contains("did not end the gang after the failure; gang stopped it"),
-        "{}",
-        out.stderr
-    );
+    assert!(out.stderr.contains("gang: rank 1 failed first: panicked: stuck after failing"), "{}", out.stderr);
+    assert!(out.stderr.contains("did not end the gang after the failure; gang stopped it"), "{}", out.stderr);
     assert_gang_gone(&run_dir_under(&root).unwrap());
 }

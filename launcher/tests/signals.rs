@@ -2,10 +2,7 @@
 
 mod common;
 
-use common::{
-    assert_gang_gone, gang, require_mpirun, run_dir_under, started_pids, GangProcess, TempDir,
-    HANG_GUARD,
-};
+use common::{assert_gang_gone, gang, require_mpirun, run_dir_under, started_pids, GangProcess, TempDir, HANG_GUARD};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -14,16 +11,7 @@ use std::time::{Duration, Instant};
 fn start_sleeping_gang(dir: &TempDir) -> (GangProcess, std::path::PathBuf) {
     let root = dir.path().join("runs");
     let mut cmd = Command::new(gang());
-    cmd.args([
-        "run",
-        "-n",
-        "2",
-        "--run-dir",
-        root.to_str().unwrap(),
-        "--",
-        "sleep",
-        "300",
-    ]);
+    cmd.args(["run", "-n", "2", "--run-dir", root.to_str().unwrap(), "--", "sleep", "300"]);
     let gang = GangProcess::spawn(cmd, dir.path());
     let deadline = Instant::now() + HANG_GUARD;
     loop {
@@ -32,10 +20,7 @@ fn start_sleeping_gang(dir: &TempDir) -> (GangProcess, std::path::PathBuf) {
                 return (gang, run);
             }
         }
-        assert!(
-            Instant::now() < deadline,
-            "the ranks never recorded their start"
-        );
+        assert!(Instant::now() < deadline, "the ranks never recorded their start");
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -45,20 +30,11 @@ fn stop_with(signal: &str, signo: i32) {
     let dir = TempDir::new(&format!("sig-{signal}"));
     let (gang, run) = start_sleeping_gang(&dir);
 
-    let sent = Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg(gang.id().to_string())
-        .status()
-        .unwrap();
+    let sent = Command::new("kill").arg(format!("-{signal}")).arg(gang.id().to_string()).status().unwrap();
     assert!(sent.success());
     let out = gang.wait();
     assert_eq!(out.code, Some(128 + signo), "{}", out.stderr);
-    assert!(
-        out.stderr
-            .contains(&format!("received SIG{signal}; the gang was stopped")),
-        "{}",
-        out.stderr
-    );
+    assert!(out.stderr.contains(&format!("received SIG{signal}; the gang was stopped")), "{}", out.stderr);
     assert_gang_gone(&run);
     // No mpirun child of this test is left either.
     let me = std::process::id().to_string();
@@ -92,11 +68,7 @@ fn a_killed_gang_takes_its_ranks_with_it() {
     require_mpirun();
     let dir = TempDir::new("sig-kill");
     let (gang, run) = start_sleeping_gang(&dir);
-    let sent = Command::new("kill")
-        .arg("-KILL")
-        .arg(gang.id().to_string())
-        .status()
-        .unwrap();
+    let sent = Command::new("kill").arg("-KILL").arg(gang.id().to_string()).status().unwrap();
     assert!(sent.success());
     let out = gang.wait();
     assert_eq!(out.code, None, "killed by a signal");

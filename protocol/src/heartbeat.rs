@@ -77,12 +77,9 @@ impl Address {
             }
             Ok(Address::Unix(path))
         } else if let Some(a) = s.strip_prefix("udp:") {
-            let addr: SocketAddr =
-                a.parse().map_err(|e| format!("heartbeat address {s:?}: {e}"))?;
+            let addr: SocketAddr = a.parse().map_err(|e| format!("heartbeat address {s:?}: {e}"))?;
             if !addr.ip().is_loopback() {
-                return Err(format!(
-                    "heartbeat address {s:?}: only loopback addresses are allowed"
-                ));
+                return Err(format!("heartbeat address {s:?}: only loopback addresses are allowed"));
             }
             Ok(Address::Udp(addr))
         } else {
@@ -201,8 +198,7 @@ impl Heartbeat {
         if bytes.len() > MAX_MESSAGE {
             return Err(DecodeError::TooLong(bytes.len()));
         }
-        let msg: Heartbeat =
-            serde_json::from_slice(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        let msg: Heartbeat = serde_json::from_slice(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
         if msg.v != VERSION {
             return Err(DecodeError::Version(msg.v));
         }
@@ -253,11 +249,8 @@ impl HeartbeatSender {
                 SenderSocket::Unix(s)
             }
             Address::Udp(a) => {
-                let local: SocketAddr = if a.is_ipv4() {
-                    ([127, 0, 0, 1], 0).into()
-                } else {
-                    (std::net::Ipv6Addr::LOCALHOST, 0).into()
-                };
+                let local: SocketAddr =
+                    if a.is_ipv4() { ([127, 0, 0, 1], 0).into() } else { (std::net::Ipv6Addr::LOCALHOST, 0).into() };
                 let s = UdpSocket::bind(local)?;
                 s.set_nonblocking(true)?;
                 SenderSocket::Udp(s)

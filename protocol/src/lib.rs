@@ -48,8 +48,7 @@ pub mod vars {
     /// The run's secret token, which every heartbeat must carry.
     pub const TOKEN: &str = "GANG_TOKEN";
     /// All variable names above, for forwarding them to remote nodes (`mpirun -x`).
-    pub const ALL: [&str; 8] =
-        [RUN_ID, RUN_DIR, WORLD_SIZE, ATTEMPT, LAUNCHER, MPI_FLAVOUR, HEARTBEAT, TOKEN];
+    pub const ALL: [&str; 8] = [RUN_ID, RUN_DIR, WORLD_SIZE, ATTEMPT, LAUNCHER, MPI_FLAVOUR, HEARTBEAT, TOKEN];
 }
 
 /// Why a rank failed, as the rank itself saw it.
@@ -289,9 +288,9 @@ impl RunDir {
     /// The heartbeat summary of this attempt, if the launcher wrote one.
     pub fn heartbeats(&self) -> io::Result<Option<HeartbeatSummary>> {
         match fs::read(self.attempt_dir().join("heartbeats.json")) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes).map(Some).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
@@ -347,9 +346,8 @@ fn read_all<T: for<'de> Deserialize<'de>>(dir: &Path, suffix: &str) -> io::Resul
             continue;
         }
         let bytes = fs::read(entry.path())?;
-        let rec = serde_json::from_slice(&bytes).map_err(|e| {
-            io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", entry.path().display()))
-        })?;
+        let rec = serde_json::from_slice(&bytes)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", entry.path().display())))?;
         out.push(rec);
     }
     Ok(out)

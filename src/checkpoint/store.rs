@@ -6,10 +6,10 @@ use super::manifest::{
     sync_dir, temp_dir_name, tensor_file, write_atomically, Entry, FileEntry, Manifest, ShardEntry, ShardMeta,
 };
 use super::safetensors;
-use crate::digest::ChecksumWriter;
 use super::{Meta, Restored, State, Tensor, FORMAT};
 use crate::comm::ReduceOp;
 use crate::context::Context;
+use crate::digest::ChecksumWriter;
 use crate::error::{Error, Result};
 use crate::fault::{FaultKind, FaultPlan};
 use serde::{Deserialize, Serialize};

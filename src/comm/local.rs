@@ -248,7 +248,13 @@ impl LocalComm {
         Ok(())
     }
 
-    pub(crate) fn allgatherv_raw(&self, send: &[u8], recv: &mut [u8], counts: &[usize], displs: &[usize]) -> Result<()> {
+    pub(crate) fn allgatherv_raw(
+        &self,
+        send: &[u8],
+        recv: &mut [u8],
+        counts: &[usize],
+        displs: &[usize],
+    ) -> Result<()> {
         self.note(counts.iter().sum())?;
         check_counts(counts, displs)?;
         let all = self.exchange("allgatherv", send.to_vec())?;
@@ -299,10 +305,7 @@ impl LocalComm {
 
 fn downcast<T: Any>(c: &Contribution) -> Result<&T> {
     c.1.downcast_ref::<T>().ok_or_else(|| {
-        Error::InvalidArgument(format!(
-            "{}: ranks passed different element types to the same collective",
-            c.0
-        ))
+        Error::InvalidArgument(format!("{}: ranks passed different element types to the same collective", c.0))
     })
 }
 

@@ -462,10 +462,7 @@ impl Comm {
 
     fn check_root(&self, root: usize) -> Result<()> {
         if root >= self.size() {
-            return Err(Error::InvalidArgument(format!(
-                "root {root} is not a rank of a gang of {}",
-                self.size()
-            )));
+            return Err(Error::InvalidArgument(format!("root {root} is not a rank of a gang of {}", self.size())));
         }
         Ok(())
     }

@@ -181,7 +181,13 @@ impl MpiComm {
         )
     }
 
-    pub(crate) fn allgatherv_raw(&self, send: &[u8], recv: &mut [u8], rcounts: &[usize], displs: &[usize]) -> Result<()> {
+    pub(crate) fn allgatherv_raw(
+        &self,
+        send: &[u8],
+        recv: &mut [u8],
+        rcounts: &[usize],
+        displs: &[usize],
+    ) -> Result<()> {
         const OP: &str = "MPI_Allgatherv";
         let (rc, rd) = (counts(rcounts, OP)?, counts(displs, OP)?);
         debug_assert!(rcounts.iter().zip(displs).all(|(c, d)| c + d <= recv.len()));

@@ -137,7 +137,10 @@ pub(crate) fn assemble(batch: &RecordBatch, schema: &SchemaRef, p: &Partition) -
             ));
         }
         if !field.is_nullable() && c.null_count() > 0 {
-            return Err(partition_error(p, format!("column {:?} has nulls but was planned as non-nullable", field.name())));
+            return Err(partition_error(
+                p,
+                format!("column {:?} has nulls but was planned as non-nullable", field.name()),
+            ));
         }
         columns.push(c.clone());
     }

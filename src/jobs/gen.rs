@@ -83,7 +83,8 @@ impl GenSpec {
     pub fn true_model(&self) -> TrueModel {
         let outputs = if self.classes == 2 { 1 } else { self.classes.max(1) };
         let mut rng = Rng::new(self.seed ^ 0x6d6f_64656c);
-        let weights = (0..self.features * outputs).map(|_| rng.normal() as f32 * 1.5 / (self.features as f32).sqrt()).collect();
+        let weights =
+            (0..self.features * outputs).map(|_| rng.normal() as f32 * 1.5 / (self.features as f32).sqrt()).collect();
         let bias = (0..outputs).map(|_| rng.normal() as f32 * 0.5).collect();
         let means = (0..self.features).map(|j| (j % 5) as f32 - 2.0).collect();
         let scales = (0..self.features).map(|j| 1.0 + (j % 3) as f32).collect();
@@ -117,7 +118,9 @@ impl GenSpec {
                 // The true model acts on standardized features.
                 for (o, l) in logits.iter_mut().enumerate() {
                     *l = f64::from(model.bias[o])
-                        + (0..self.features).map(|j| f64::from(model.weights[j * model.outputs + o] * z[j])).sum::<f64>();
+                        + (0..self.features)
+                            .map(|j| f64::from(model.weights[j * model.outputs + o] * z[j]))
+                            .sum::<f64>();
                 }
                 if self.classes == 0 {
                     labels_f.push(logits[0] + self.noise * rng.normal());
@@ -243,7 +246,8 @@ mod tests {
         for w in ranges.windows(2) {
             assert_eq!(w[0].end, w[1].start);
         }
-        let total: u64 = (0..4).map(|p| s.generate(p, 100).unwrap().iter().map(|b| b.num_rows() as u64).sum::<u64>()).sum();
+        let total: u64 =
+            (0..4).map(|p| s.generate(p, 100).unwrap().iter().map(|b| b.num_rows() as u64).sum::<u64>()).sum();
         assert_eq!(total, 1003);
     }
 

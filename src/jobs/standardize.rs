@@ -30,12 +30,9 @@ pub fn standardize(batch: &RecordBatch, stats: &TableSummary, columns: &[String]
     let schema = batch.schema();
     let mut arrays: Vec<ArrayRef> = batch.columns().to_vec();
     for name in columns {
-        let idx = schema
-            .index_of(name)
-            .map_err(|_| Error::InvalidArgument(format!("column {name} is not in the input")))?;
-        let s = stats
-            .column(name)
-            .ok_or_else(|| Error::InvalidArgument(format!("no statistics for column {name}")))?;
+        let idx =
+            schema.index_of(name).map_err(|_| Error::InvalidArgument(format!("column {name} is not in the input")))?;
+        let s = stats.column(name).ok_or_else(|| Error::InvalidArgument(format!("no statistics for column {name}")))?;
         let mean = s.mean().unwrap_or(0.0);
         let inv = match s.std() {
             Some(sd) if sd > 0.0 => 1.0 / sd,
@@ -52,7 +49,11 @@ pub fn standardize(batch: &RecordBatch, stats: &TableSummary, columns: &[String]
                 let out: Float64Array = a.as_primitive::<Float64Type>().unary(|x| (x - mean) * inv);
                 Arc::new(out)
             }
-            other => return Err(Error::InvalidArgument(format!("column {name} has type {other}; only float columns are standardized"))),
+            other => {
+                return Err(Error::InvalidArgument(format!(
+                    "column {name} has type {other}; only float columns are standardized"
+                )))
+            }
         };
     }
     Ok(RecordBatch::try_new(schema, arrays)?)

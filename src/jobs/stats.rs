@@ -32,7 +32,15 @@ pub struct ColumnSummary {
 
 impl ColumnSummary {
     fn new(name: &str) -> Self {
-        ColumnSummary { name: name.to_string(), count: 0, nulls: 0, mean: 0.0, m2: 0.0, min: f64::INFINITY, max: f64::NEG_INFINITY }
+        ColumnSummary {
+            name: name.to_string(),
+            count: 0,
+            nulls: 0,
+            mean: 0.0,
+            m2: 0.0,
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+        }
     }
 
     fn push(&mut self, x: f64) {
@@ -106,7 +114,12 @@ impl TableSummary {
     pub fn new(schema: &Schema) -> Self {
         TableSummary {
             rows: 0,
-            columns: schema.fields().iter().filter(|f| is_numeric(f.data_type())).map(|f| ColumnSummary::new(f.name())).collect(),
+            columns: schema
+                .fields()
+                .iter()
+                .filter(|f| is_numeric(f.data_type()))
+                .map(|f| ColumnSummary::new(f.name()))
+                .collect(),
         }
     }
 
@@ -132,7 +145,9 @@ impl TableSummary {
                 DataType::UInt16 => push_all::<UInt16Type>(c, array.as_ref(), f64::from),
                 DataType::UInt32 => push_all::<UInt32Type>(c, array.as_ref(), f64::from),
                 DataType::UInt64 => push_all::<UInt64Type>(c, array.as_ref(), |v| v as f64),
-                other => return Err(Error::InvalidArgument(format!("column {} has type {other}, not a number", c.name))),
+                other => {
+                    return Err(Error::InvalidArgument(format!("column {} has type {other}, not a number", c.name)))
+                }
             }
         }
         Ok(())
@@ -154,7 +169,10 @@ impl TableSummary {
     /// A table for people.
     pub fn to_table(&self) -> String {
         let f = |v: Option<f64>| v.map(|x| format!("{x:.6}")).unwrap_or_else(|| "-".into());
-        let mut s = format!("{:<16} {:>12} {:>8} {:>14} {:>14} {:>14} {:>14}\n", "column", "count", "nulls", "mean", "std", "min", "max");
+        let mut s = format!(
+            "{:<16} {:>12} {:>8} {:>14} {:>14} {:>14} {:>14}\n",
+            "column", "count", "nulls", "mean", "std", "min", "max"
+        );
         for c in &self.columns {
             s += &format!(
                 "{:<16} {:>12} {:>8} {:>14} {:>14} {:>14} {:>14}\n",

@@ -80,7 +80,13 @@ impl OutputCommitter {
     /// # Errors
     /// [`Error::Output`] for a refused or unusable directory (the message says what to
     /// do), including one that some rank cannot see; [`Error::Io`] from the file system.
-    pub fn begin(ctx: &Context, dir: impl AsRef<Path>, format: OutputFormat, overwrite: bool, fingerprint: &str) -> Result<OutputCommitter> {
+    pub fn begin(
+        ctx: &Context,
+        dir: impl AsRef<Path>,
+        format: OutputFormat,
+        overwrite: bool,
+        fingerprint: &str,
+    ) -> Result<OutputCommitter> {
         let dir = dir.as_ref().to_path_buf();
         let attempt = ctx.attempt();
         let decided = (ctx.rank() == 0).then(|| prepare(&dir, format, overwrite, fingerprint, attempt));
@@ -88,7 +94,8 @@ impl OutputCommitter {
         // Every rank must see what rank 0 made: the output must be on a shared file system.
         let stage_file = dir.join(TEMPORARY).join(STAGE);
         let seen = ctx.comm().allgather_bytes(&[u8::from(stage_file.is_file())])?;
-        let blind: Vec<String> = seen.iter().enumerate().filter(|(_, b)| b[0] == 0).map(|(r, _)| r.to_string()).collect();
+        let blind: Vec<String> =
+            seen.iter().enumerate().filter(|(_, b)| b[0] == 0).map(|(r, _)| r.to_string()).collect();
         if !blind.is_empty() {
             return Err(Error::Output {
                 path: dir,
@@ -189,7 +196,8 @@ impl OutputCommitter {
                 return Err(e);
             }
         };
-        let stats = PartStats { id, file: name.clone(), rows, bytes: digest.bytes, crc32: digest.crc32, rank: self.rank };
+        let stats =
+            PartStats { id, file: name.clone(), rows, bytes: digest.bytes, crc32: digest.crc32, rank: self.rank };
         let sidecar = Sidecar { stats: stats.clone(), schema: schema_json(schema) };
         write_json_durably(&tmp_side, &sidecar)?;
         let committed = self.committed_dir();
@@ -410,7 +418,13 @@ fn is_gang_part(name: &str) -> bool {
     digits.len() >= 5 && digits.bytes().all(|b| b.is_ascii_digit()) && ["parquet", "arrow", "h5"].contains(&ext)
 }
 
-fn write_file<I>(format: OutputFormat, path: &Path, schema: &SchemaRef, batches: I, id: usize) -> Result<(u64, super::writer::FileDigest)>
+fn write_file<I>(
+    format: OutputFormat,
+    path: &Path,
+    schema: &SchemaRef,
+    batches: I,
+    id: usize,
+) -> Result<(u64, super::writer::FileDigest)>
 where
     I: IntoIterator<Item = Result<RecordBatch>>,
 {
@@ -473,7 +487,12 @@ enum Outcome<T> {
 /// same success or the same failure: rank 0 its own error, the others an
 /// [`Error::Output`] with the same text, or [`Error::GangFailed`] naming rank 0 for other
 /// errors.
-fn agree<T: Serialize + DeserializeOwned>(ctx: &Context, stage: &str, dir: &Path, decided: Option<Result<T>>) -> Result<T> {
+fn agree<T: Serialize + DeserializeOwned>(
+    ctx: &Context,
+    stage: &str,
+    dir: &Path,
+    decided: Option<Result<T>>,
+) -> Result<T> {
     let (mut buf, mine) = match decided {
         Some(Ok(v)) => (serde_json::to_vec(&Outcome::Ok(v)).map_err(Error::external)?, None),
         Some(Err(e)) => {
@@ -489,8 +508,11 @@ fn agree<T: Serialize + DeserializeOwned>(ctx: &Context, stage: &str, dir: &Path
     if let Some(e) = mine {
         return Err(e);
     }
-    let outcome: Outcome<T> = serde_json::from_slice(&buf)
-        .map_err(|e| Error::GangFailed { rank: 0, stage: stage.into(), message: format!("unreadable decision of rank 0 about {}: {e}", dir.display()) })?;
+    let outcome: Outcome<T> = serde_json::from_slice(&buf).map_err(|e| Error::GangFailed {
+        rank: 0,
+        stage: stage.into(),
+        message: format!("unreadable decision of rank 0 about {}: {e}", dir.display()),
+    })?;
     match outcome {
         Outcome::Ok(v) => Ok(v),
         Outcome::Output { path, detail } => Err(Error::Output { path, detail }),

@@ -58,7 +58,14 @@ impl<'c> StageOutput<'c> {
     ///
     /// # Errors
     /// As [`OutputCommitter::begin`], on every rank alike.
-    pub fn begin(ctx: &'c Context, name: &str, dir: impl Into<PathBuf>, format: OutputFormat, overwrite: bool, fingerprint: &str) -> Result<Self> {
+    pub fn begin(
+        ctx: &'c Context,
+        name: &str,
+        dir: impl Into<PathBuf>,
+        format: OutputFormat,
+        overwrite: bool,
+        fingerprint: &str,
+    ) -> Result<Self> {
         let started = Instant::now();
         let committer = OutputCommitter::begin(ctx, dir.into(), format, overwrite, fingerprint)?;
         Ok(StageOutput { ctx, label: format!("stage {name}"), committer, skipped: 0, started })
@@ -238,16 +245,19 @@ impl<'c> MapStage<'c> {
     where
         F: FnMut(RecordBatch) -> Result<RecordBatch>,
     {
-        let (dir, format) = self
-            .output
-            .clone()
-            .ok_or_else(|| Error::InvalidArgument(format!("map stage {}: no output directory (call .output(dir, format))", self.name)))?;
+        let (dir, format) = self.output.clone().ok_or_else(|| {
+            Error::InvalidArgument(format!("map stage {}: no output directory (call .output(dir, format))", self.name))
+        })?;
         let plan = PartitionPlan::discover_on_root(self.ctx.comm(), &self.inputs, &self.options)?;
         let fingerprint = fingerprint(&self.name, &plan, format);
         let mut out = StageOutput::begin(self.ctx, &self.name, dir, format, self.overwrite, &fingerprint)?;
         let rank = self.ctx.rank();
-        let todo: Vec<Partition> =
-            plan.for_rank(rank, self.ctx.world()).into_iter().filter(|p| !out.skip_if_committed(p.id)).cloned().collect();
+        let todo: Vec<Partition> = plan
+            .for_rank(rank, self.ctx.world())
+            .into_iter()
+            .filter(|p| !out.skip_if_committed(p.id))
+            .cloned()
+            .collect();
         let (reader, schema, options) = (self.reader.clone(), plan.schema.clone(), self.options.clone());
         let prefetch = PrefetchOptions { depth: self.prefetch, ..PrefetchOptions::default() };
         let mut stream = Prefetch::with_reader(todo.clone(), prefetch, move |p| {
@@ -319,7 +329,12 @@ fn input_error(e: Error, part: &Partition, rank: usize) -> Error {
             Error::Input { path, location: location.or_else(|| Some(part.describe())), rank: r.or(Some(rank)), detail }
         }
         Error::GangFailed { .. } => e,
-        other => Error::Input { path: part.file.clone(), location: Some(part.describe()), rank: Some(rank), detail: other.to_string() },
+        other => Error::Input {
+            path: part.file.clone(),
+            location: Some(part.describe()),
+            rank: Some(rank),
+            detail: other.to_string(),
+        },
     }
 }
 

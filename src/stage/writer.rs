@@ -6,11 +6,11 @@
 //! output committer renames only durable files.
 
 use crate::data::FileFormat;
+use crate::digest::ChecksumWriter;
 use crate::error::{Error, Result};
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use std::fmt;
-use crate::digest::ChecksumWriter;
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -197,9 +197,10 @@ pub fn open_sink(format: OutputFormat, path: &Path, schema: &SchemaRef) -> Resul
 /// Same field names, types and nullability (metadata may differ).
 pub(crate) fn same_fields(a: &SchemaRef, b: &SchemaRef) -> bool {
     a.fields().len() == b.fields().len()
-        && a.fields().iter().zip(b.fields()).all(|(x, y)| {
-            x.name() == y.name() && x.data_type() == y.data_type() && x.is_nullable() == y.is_nullable()
-        })
+        && a.fields()
+            .iter()
+            .zip(b.fields())
+            .all(|(x, y)| x.name() == y.name() && x.data_type() == y.data_type() && x.is_nullable() == y.is_nullable())
 }
 
 /// Refuses batches of another schema: the Parquet writer does not check (arrow-rs 60 writes
@@ -274,13 +275,16 @@ impl ParquetSink {
     fn create(path: &Path, schema: &SchemaRef, compression: ParquetCompression) -> Result<Self> {
         use parquet::basic::{Compression, ZstdLevel};
         let codec = match compression {
-            ParquetCompression::Zstd(level) => Compression::ZSTD(ZstdLevel::try_new(level).map_err(|e| parquet_err(path, e))?),
+            ParquetCompression::Zstd(level) => {
+                Compression::ZSTD(ZstdLevel::try_new(level).map_err(|e| parquet_err(path, e))?)
+            }
             ParquetCompression::Snappy => Compression::SNAPPY,
             ParquetCompression::None => Compression::UNCOMPRESSED,
         };
         let props = parquet::file::properties::WriterProperties::builder().set_compression(codec).build();
         let file = ChecksumWriter::new(create_file(path)?);
-        let writer = parquet::arrow::ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(|e| parquet_err(path, e))?;
+        let writer = parquet::arrow::ArrowWriter::try_new(file, schema.clone(), Some(props))
+            .map_err(|e| parquet_err(path, e))?;
         Ok(ParquetSink { path: path.to_path_buf(), writer })
     }
 }

@@ -79,7 +79,10 @@ pub fn feature_columns(schema: &Schema, label: &str, wanted: Option<&[String]>) 
                     .field_with_name(c)
                     .map_err(|_| Error::InvalidArgument(format!("feature column {c} is not in the input")))?;
                 if !numeric(f.data_type()) {
-                    return Err(Error::InvalidArgument(format!("feature column {c} has type {}, not a number", f.data_type())));
+                    return Err(Error::InvalidArgument(format!(
+                        "feature column {c} has type {}, not a number",
+                        f.data_type()
+                    )));
                 }
             }
             Ok(cols.to_vec())
@@ -140,7 +143,9 @@ fn append_rows(x: &mut Vec<f32>, batch: &RecordBatch, columns: &[String]) -> Res
     let k = columns.len();
     let mut cols = Vec::with_capacity(k);
     for c in columns {
-        let a = batch.column_by_name(c).ok_or_else(|| Error::InvalidArgument(format!("column {c} is missing from a batch")))?;
+        let a = batch
+            .column_by_name(c)
+            .ok_or_else(|| Error::InvalidArgument(format!("column {c} is missing from a batch")))?;
         let mut v = Vec::with_capacity(n);
         push_f32(&mut v, a.as_ref(), c)?;
         cols.push(v);
@@ -163,11 +168,22 @@ fn append_rows(x: &mut Vec<f32>, batch: &RecordBatch, columns: &[String]) -> Res
 /// # Errors
 /// [`Error::Input`] from reading (naming file, partition and rank), [`Error::InvalidArgument`]
 /// for a missing label or feature column, nulls, or negative classes.
-pub fn load_shard(ctx: &Context, plan: &PartitionPlan, options: &PlanOptions, label: &str, features: &[String]) -> Result<(Shard, usize)> {
+pub fn load_shard(
+    ctx: &Context,
+    plan: &PartitionPlan,
+    options: &PlanOptions,
+    label: &str,
+    features: &[String],
+) -> Result<(Shard, usize)> {
     let label_type = plan
         .schema
         .field_with_name(label)
-        .map_err(|_| Error::InvalidArgument(format!("label column {label:?} is not in the input (columns: {})", column_list(&plan.schema))))?
+        .map_err(|_| {
+            Error::InvalidArgument(format!(
+                "label column {label:?} is not in the input (columns: {})",
+                column_list(&plan.schema)
+            ))
+        })?
         .data_type()
         .clone();
     let is_class = label_type.is_integer();
@@ -195,7 +211,9 @@ pub fn load_shard(ctx: &Context, plan: &PartitionPlan, options: &PlanOptions, la
     let classes = match &labels {
         Labels::Class(v) => {
             if let Some(bad) = v.iter().find(|&&c| c < 0) {
-                return Err(Error::InvalidArgument(format!("label {label} has the negative class {bad}; classes are 0..k")));
+                return Err(Error::InvalidArgument(format!(
+                    "label {label} has the negative class {bad}; classes are 0..k"
+                )));
             }
             let local_max = v.iter().copied().max().unwrap_or(0) as u64;
             ctx.comm().allreduce_scalar(local_max, ReduceOp::Max)? as usize + 1

@@ -127,7 +127,12 @@ fn permutation(rows: usize, seed: u64, epoch: u64, rank: usize) -> Vec<usize> {
 /// Configuration errors (batch size smaller than the gang, a model that does not fit the
 /// labels), kernel errors on bad data, checkpoint errors, and
 /// [`Error::Environment`] if the ranks' models ever differ.
-pub fn train(ctx: &Context, shard: &Shard, cfg: &TrainConfig, mut on_epoch: impl FnMut(&EpochStats)) -> Result<TrainReport> {
+pub fn train(
+    ctx: &Context,
+    shard: &Shard,
+    cfg: &TrainConfig,
+    mut on_epoch: impl FnMut(&EpochStats),
+) -> Result<TrainReport> {
     let comm = ctx.comm();
     let (rank, world) = (ctx.rank(), ctx.world());
     if cfg.batch_size < world {
@@ -189,10 +194,16 @@ pub fn train(ctx: &Context, shard: &Shard, cfg: &TrainConfig, mut on_epoch: impl
                 .optimizer
                 .state_names()
                 .iter()
-                .map(|n| r.tensor(&format!("optimizer.{n}")).map(|t| (*n, t.data.as_slice())).ok_or_else(|| restore_error(&r.dir, n)))
+                .map(|n| {
+                    r.tensor(&format!("optimizer.{n}"))
+                        .map(|t| (*n, t.data.as_slice()))
+                        .ok_or_else(|| restore_error(&r.dir, n))
+                })
                 .collect::<Result<_>>()?;
-            let opt_steps = r.meta.extra.get("optimizer_steps").and_then(serde_json::Value::as_u64).unwrap_or(saved.step);
-            opt = OptimizerState::from_state(cfg.optimizer, model.num_params(), opt_steps, &state).map_err(kernel_error)?;
+            let opt_steps =
+                r.meta.extra.get("optimizer_steps").and_then(serde_json::Value::as_u64).unwrap_or(saved.step);
+            opt = OptimizerState::from_state(cfg.optimizer, model.num_params(), opt_steps, &state)
+                .map_err(kernel_error)?;
             pos = saved;
             if r.resharded(world) {
                 // Another world size: the same epoch, restarted from its beginning.
@@ -336,9 +347,13 @@ pub fn parse_model(spec: &str, classes: usize) -> Result<ModelKind> {
     let bad = |why: String| Err(Error::InvalidArgument(format!("--model {spec}: {why}")));
     match spec {
         "linear" if classes == 0 => Ok(ModelKind::Linear),
-        "linear" => bad("linear regression needs a real-valued label; this one has classes (use logistic or softmax)".into()),
+        "linear" => {
+            bad("linear regression needs a real-valued label; this one has classes (use logistic or softmax)".into())
+        }
         "logistic" if classes == 2 => Ok(ModelKind::Logistic),
-        "logistic" => bad(format!("logistic regression needs a label with 2 classes; this one has {classes} (use softmax or linear)")),
+        "logistic" => bad(format!(
+            "logistic regression needs a label with 2 classes; this one has {classes} (use softmax or linear)"
+        )),
         "softmax" if classes >= 2 => Ok(ModelKind::Softmax { classes }),
         "softmax" => bad("softmax regression needs a class label (integers 0..k)".into()),
         _ => match spec.strip_prefix("mlp:") {
@@ -347,7 +362,11 @@ pub fn parse_model(spec: &str, classes: usize) -> Result<ModelKind> {
                     .split(',')
                     .map(|s| s.trim().parse::<usize>().ok().filter(|&n| n > 0))
                     .collect::<Option<_>>()
-                    .ok_or_else(|| Error::InvalidArgument(format!("--model {spec}: hidden sizes must be positive integers, e.g. mlp:64,32")))?;
+                    .ok_or_else(|| {
+                        Error::InvalidArgument(format!(
+                            "--model {spec}: hidden sizes must be positive integers, e.g. mlp:64,32"
+                        ))
+                    })?;
                 if hidden.is_empty() || hidden.len() > 2 {
                     return bad("one or two hidden layers, e.g. mlp:64 or mlp:64,32".into());
                 }
@@ -406,8 +425,10 @@ mod tests {
     fn a_restart_from_a_checkpoint_gives_the_same_model_bit_for_bit() {
         let dir = std::env::temp_dir().join(format!("gang-train-ckpt-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let full = execute(Config::local(2), |ctx| Ok(train(ctx, &toy_shard(ctx.rank(), 500), &cfg(None, 0), |_| {})?.model.params().to_vec()))
-            .unwrap();
+        let full = execute(Config::local(2), |ctx| {
+            Ok(train(ctx, &toy_shard(ctx.rank(), 500), &cfg(None, 0), |_| {})?.model.params().to_vec())
+        })
+        .unwrap();
         // A run that stops after 2 epochs (as if killed), with checkpoints every 5 steps,
         // then a run of all 4 epochs that resumes from them.
         let mut short = cfg(Some(&dir), 5);

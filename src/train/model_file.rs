@@ -72,7 +72,10 @@ pub fn load(path: &Path) -> Result<(Model, ModelInfo)> {
     let (tensors, metadata) = safetensors::decode(path, &bytes)?;
     let bad = |detail: String| Error::input(path, Some("metadata".into()), detail);
     if metadata.get("format").map(String::as_str) != Some(FORMAT) {
-        return Err(bad(format!("not a gang model (format {:?}, expected {FORMAT:?}): was it written by gang train?", metadata.get("format"))));
+        return Err(bad(format!(
+            "not a gang model (format {:?}, expected {FORMAT:?}): was it written by gang train?",
+            metadata.get("format")
+        )));
     }
     let get = |k: &str| metadata.get(k).cloned().ok_or_else(|| bad(format!("no {k:?} in the metadata")));
     let info = ModelInfo {
@@ -87,12 +90,19 @@ pub fn load(path: &Path) -> Result<(Model, ModelInfo)> {
     let probe = Model::new(kind.clone(), info.features.len(), 0).map_err(super::kernel_error)?;
     let mut params = vec![0f32; probe.num_params()];
     for v in probe.tensors() {
-        let t = tensors
-            .iter()
-            .find(|t| t.name == v.name)
-            .ok_or_else(|| Error::input(path, Some(format!("tensor {:?}", v.name)), format!("missing: the file does not hold a {} model", info.spec)))?;
+        let t = tensors.iter().find(|t| t.name == v.name).ok_or_else(|| {
+            Error::input(
+                path,
+                Some(format!("tensor {:?}", v.name)),
+                format!("missing: the file does not hold a {} model", info.spec),
+            )
+        })?;
         if t.shape != v.shape {
-            return Err(Error::input(path, Some(format!("tensor {:?}", v.name)), format!("shape {:?}, expected {:?}", t.shape, v.shape)));
+            return Err(Error::input(
+                path,
+                Some(format!("tensor {:?}", v.name)),
+                format!("shape {:?}, expected {:?}", t.shape, v.shape),
+            ));
         }
         params[v.range()].copy_from_slice(&t.data);
     }

@@ -22,8 +22,13 @@ pub fn write_input(dir: &Path, files: usize) -> u64 {
         let rows = 50 + 7 * f as i64;
         let ids: Vec<i64> = (0..rows).map(|i| 1000 * f as i64 + i).collect();
         let xs: Vec<f64> = ids.iter().map(|&i| i as f64 / 8.0).collect();
-        let b = RecordBatch::try_new(input_schema(), vec![Arc::new(Int64Array::from(ids)), Arc::new(Float64Array::from(xs))]).unwrap();
-        let mut sink = open_sink(OutputFormat::default(), &dir.join(format!("in-{f:02}.parquet")), &input_schema()).unwrap();
+        let b = RecordBatch::try_new(
+            input_schema(),
+            vec![Arc::new(Int64Array::from(ids)), Arc::new(Float64Array::from(xs))],
+        )
+        .unwrap();
+        let mut sink =
+            open_sink(OutputFormat::default(), &dir.join(format!("in-{f:02}.parquet")), &input_schema()).unwrap();
         sink.write(&b).unwrap();
         sink.finish().unwrap();
         total += rows as u64;
@@ -78,7 +83,8 @@ pub fn read_output(dir: &Path) -> Vec<(i64, f64, f64)> {
     let mut rows = Vec::new();
     for p in &m.partitions {
         let file = std::fs::File::open(dir.join(&p.file)).unwrap();
-        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap();
+        let reader =
+            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap();
         let mut n = 0;
         for b in reader {
             let b = b.unwrap();

@@ -21,9 +21,7 @@ pub fn randomize(model: &mut Model, scale: f32, seed: u64) {
 /// Labels `0..classes` drawn uniformly.
 pub fn labels(n: usize, classes: usize, seed: u64) -> Vec<i64> {
     let mut rng = SplitMix64::new(seed);
-    (0..n)
-        .map(|_| rng.next_below(classes as u64) as i64)
-        .collect()
+    (0..n).map(|_| rng.next_below(classes as u64) as i64).collect()
 }
 
 fn softplus(z: f64) -> f64 {

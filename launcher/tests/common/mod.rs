@@ -22,10 +22,7 @@ pub fn require_mpirun() {
     let found = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).any(|d| d.join("mpirun").is_file()))
         .unwrap_or(false);
-    assert!(
-        found,
-        "these tests need mpirun on PATH (apt-get install openmpi-bin libopenmpi-dev)"
-    );
+    assert!(found, "these tests need mpirun on PATH (apt-get install openmpi-bin libopenmpi-dev)");
 }
 
 /// A directory removed on drop.
@@ -36,10 +33,7 @@ impl TempDir {
     pub fn new(tag: &str) -> TempDir {
         static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let p = std::env::temp_dir().join(format!(
-            "gang-launcher-test-{tag}-{}-{n}",
-            std::process::id()
-        ));
+        let p = std::env::temp_dir().join(format!("gang-launcher-test-{tag}-{}-{n}", std::process::id()));
         let _ = fs::remove_dir_all(&p);
         fs::create_dir_all(&p).unwrap();
         TempDir(p)
@@ -91,9 +85,7 @@ impl GangProcess {
     /// Starts `cmd` (a `gang` command) with captured output; `marker` identifies its
     /// processes for cleanup.
     pub fn spawn(mut cmd: Command, marker: &Path) -> GangProcess {
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         // A program this test process has just written (a copy of gang, a stand-in
         // gang-rank) can be briefly "busy" while another test thread's fork still holds
         // the write descriptor open; that clears as soon as that child execs.
@@ -109,12 +101,7 @@ impl GangProcess {
         };
         let out = Some(collect(child.stdout.take().unwrap()));
         let err = Some(collect(child.stderr.take().unwrap()));
-        GangProcess {
-            child,
-            marker: marker.to_string_lossy().into_owned(),
-            out,
-            err,
-        }
+        GangProcess { child, marker: marker.to_string_lossy().into_owned(), out, err }
     }
 
     /// Its pid.
@@ -129,21 +116,12 @@ impl GangProcess {
             if let Some(s) = self.child.try_wait().unwrap() {
                 break s;
             }
-            assert!(
-                Instant::now() < deadline,
-                "gang did not finish within {HANG_GUARD:?}: hung"
-            );
+            assert!(Instant::now() < deadline, "gang did not finish within {HANG_GUARD:?}: hung");
             std::thread::sleep(Duration::from_millis(20));
         };
-        let stdout =
-            String::from_utf8_lossy(&self.out.take().unwrap().join().unwrap()).into_owned();
-        let stderr =
-            String::from_utf8_lossy(&self.err.take().unwrap().join().unwrap()).into_owned();
-        Finished {
-            code: status.code(),
-            stdout,
-            stderr,
-        }
+        let stdout = String::from_utf8_lossy(&self.out.take().unwrap().join().unwrap()).into_owned();
+        let stderr = String::from_utf8_lossy(&self.err.take().unwrap().join().unwrap()).into_owned();
+        Finished { code: status.code(), stdout, stderr }
     }
 }
 
@@ -169,9 +147,7 @@ pub fn is_running(pid: u32) -> bool {
     let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return false;
     };
-    let state = stat
-        .rfind(')')
-        .and_then(|i| stat[i + 1..].split_whitespace().next().map(str::to_string));
+    let state = stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next().map(str::to_string));
     !matches!(state.as_deref(), Some("Z") | Some("X") | None)
 }
 
@@ -193,20 +169,13 @@ pub fn processes_mentioning(needle: &str) -> Vec<u32> {
 /// SIGKILLs every process from [`processes_mentioning`].
 pub fn kill_processes_mentioning(needle: &str) {
     for pid in processes_mentioning(needle) {
-        let _ = Command::new("kill")
-            .arg("-KILL")
-            .arg(pid.to_string())
-            .status();
+        let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
     }
 }
 
 /// The single run directory created under `root`, once it exists.
 pub fn run_dir_under(root: &Path) -> Option<PathBuf> {
-    fs::read_dir(root)
-        .ok()?
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .find(|p| p.is_dir())
+    fs::read_dir(root).ok()?.filter_map(|e| e.ok()).map(|e| e.path()).find(|p| p.is_dir())
 }
 
 /// `(supervisor_pid, pid)` of every start record of attempt 0 in `run_dir`.
@@ -217,10 +186,7 @@ pub fn started_pids(run_dir: &Path) -> Vec<(u32, u32)> {
 /// The attempt directories (`attempt-<k>`) of `run_dir`, as sorted attempt numbers.
 pub fn attempts(run_dir: &Path) -> Vec<u32> {
     let mut v: Vec<u32> = fs::read_dir(run_dir)
-        .map(|d| {
-            d.filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix("attempt-")?.parse().ok())
-                .collect()
-        })
+        .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix("attempt-")?.parse().ok()).collect())
         .unwrap_or_default();
     v.sort();
     v
@@ -247,12 +213,8 @@ pub fn started_pids_of(run_dir: &Path, attempt: u32) -> Vec<(u32, u32)> {
         .filter_map(|e| e.ok())
         .filter(|e| e.file_name().to_string_lossy().ends_with(".start.json"))
         .map(|e| {
-            let v: serde_json::Value =
-                serde_json::from_slice(&fs::read(e.path()).unwrap()).unwrap();
-            (
-                v["supervisor_pid"].as_u64().unwrap() as u32,
-                v["pid"].as_u64().unwrap() as u32,
-            )
+            let v: serde_json::Value = serde_json::from_slice(&fs::read(e.path()).unwrap()).unwrap();
+            (v["supervisor_pid"].as_u64().unwrap() as u32, v["pid"].as_u64().unwrap() as u32)
         })
         .collect()
 }
@@ -260,21 +222,14 @@ pub fn started_pids_of(run_dir: &Path, attempt: u32) -> Vec<(u32, u32)> {
 /// Asserts that no process of the run (supervisors, rank programs, mpirun) is still running.
 pub fn assert_gang_gone(run_dir: &Path) {
     let starts = started_pids(run_dir);
-    assert!(
-        !starts.is_empty(),
-        "no start records in {}",
-        run_dir.display()
-    );
+    assert!(!starts.is_empty(), "no start records in {}", run_dir.display());
     for (sup, pid) in starts {
         assert!(!is_running(sup), "supervisor {sup} is still running");
         assert!(!is_running(pid), "rank program {pid} is still running");
     }
     let run_id = run_dir.file_name().unwrap().to_string_lossy();
     let left = processes_mentioning(&format!("GANG_RUN_ID={run_id}"));
-    assert!(
-        left.is_empty(),
-        "processes of run {run_id} still running: {left:?}"
-    );
+    assert!(left.is_empty(), "processes of run {run_id} still running: {left:?}");
 }
 
 /// Output lines, sorted (ranks print in any order).

@@ -6,8 +6,8 @@ use clap::Args;
 use gang::data::plan::{Input, PartitionPlan, PlanOptions};
 use gang::data::{Prefetch, PrefetchOptions};
 use gang::jobs::gen::GenSpec;
-use gang::jobs::stats::{combine_across_ranks, TableSummary};
 use gang::jobs::standardize::{feature_columns, standardize as standardize_batch};
+use gang::jobs::stats::{combine_across_ranks, TableSummary};
 use gang::stage::map::StageOutput;
 use gang::stage::{MapStage, OutputFormat, StageReport};
 use gang::{execute, Config, Context, ReduceOp};
@@ -289,7 +289,11 @@ fn print_report(ctx: &Context, what: &str, r: &StageReport, dir: &Path) {
             r.bytes as f64 / 1e6,
             dir.display(),
             r.seconds,
-            if r.skipped > 0 { format!(" ({} partitions already committed by an earlier attempt)", r.skipped) } else { String::new() }
+            if r.skipped > 0 {
+                format!(" ({} partitions already committed by an earlier attempt)", r.skipped)
+            } else {
+                String::new()
+            }
         );
     }
 }
@@ -423,10 +427,7 @@ pub fn convert(config: Config, a: &ConvertArgs) -> Result<()> {
         if k > total.max(1) {
             return Err(gang::Error::InvalidArgument(format!("--partitions {k} exceeds the {total} input rows")));
         }
-        let fingerprint = format!(
-            "{}-k{k}",
-            gang::stage::map::fingerprint("convert", &plan, format)
-        );
+        let fingerprint = format!("{}-k{k}", gang::stage::map::fingerprint("convert", &plan, format));
         let mut out = StageOutput::begin(ctx, "convert", &a.output.output, format, a.output.overwrite, &fingerprint)?;
         // Global row offset of every input partition, in plan order.
         let mut starts = Vec::with_capacity(plan.partitions.len());
@@ -452,7 +453,13 @@ pub fn convert(config: Config, a: &ConvertArgs) -> Result<()> {
 }
 
 /// Global rows `lo..hi` of the planned input, as batches.
-fn rows_of(plan: &PartitionPlan, starts: &[u64], options: &PlanOptions, lo: u64, hi: u64) -> gang::Result<Vec<RecordBatch>> {
+fn rows_of(
+    plan: &PartitionPlan,
+    starts: &[u64],
+    options: &PlanOptions,
+    lo: u64,
+    hi: u64,
+) -> gang::Result<Vec<RecordBatch>> {
     let mut out = Vec::new();
     for (p, &start) in plan.partitions.iter().zip(starts) {
         let end = start + p.rows;
@@ -481,7 +488,9 @@ pub fn train(config: Config, a: &TrainArgs) -> Result<()> {
     let optimizer = match a.optimizer.as_str() {
         "sgd" => Optimizer::Sgd { lr: a.lr, momentum: a.momentum, weight_decay: a.weight_decay },
         "adam" => match Optimizer::adam(a.lr) {
-            Optimizer::Adam { beta1, beta2, eps, .. } => Optimizer::Adam { lr: a.lr, beta1, beta2, eps, weight_decay: a.weight_decay },
+            Optimizer::Adam { beta1, beta2, eps, .. } => {
+                Optimizer::Adam { lr: a.lr, beta1, beta2, eps, weight_decay: a.weight_decay }
+            }
             other => other,
         },
         other => bail!("--optimizer {other}: expected sgd or adam"),
@@ -515,7 +524,11 @@ pub fn train(config: Config, a: &TrainArgs) -> Result<()> {
             batch_size: a.batch_size,
             optimizer,
             seed: a.seed,
-            checkpoint: a.checkpoint_dir.as_ref().map(|d| CheckpointConfig { dir: d.clone(), every: a.checkpoint_every, keep: a.keep }),
+            checkpoint: a.checkpoint_dir.as_ref().map(|d| CheckpointConfig {
+                dir: d.clone(),
+                every: a.checkpoint_every,
+                keep: a.keep,
+            }),
         };
         let classification = classes > 0;
         let report = train::train(ctx, &shard, &cfg, |e| {
@@ -538,11 +551,18 @@ pub fn train(config: Config, a: &TrainArgs) -> Result<()> {
             meta.insert("final_accuracy".to_string(), f.accuracy().to_string());
             meta.insert("epochs".to_string(), a.epochs.to_string());
             meta.insert("steps".to_string(), report.steps.to_string());
-            let info = model_file::ModelInfo { spec: a.model.clone(), classes, features: features.clone(), label: a.label.clone(), metadata: meta };
+            let info = model_file::ModelInfo {
+                spec: a.model.clone(),
+                classes,
+                features: features.clone(),
+                label: a.label.clone(),
+                metadata: meta,
+            };
             model_file::save(&a.output, &report.model, &info)?;
             let curve = a.curve.clone().unwrap_or_else(|| a.output.with_extension("svg"));
             let title = format!("gang train {} on {} rows, {} ranks", a.model, rows, ctx.world());
-            std::fs::write(&curve, train::svg::loss_curve(&title, &report.epochs, classification)).map_err(|e| gang::Error::io(&curve, e))?;
+            std::fs::write(&curve, train::svg::loss_curve(&title, &report.epochs, classification))
+                .map_err(|e| gang::Error::io(&curve, e))?;
             println!(
                 "final: loss {:.6}{} over all {} rows; {} steps{}; model {} ({} parameters), curve {} ({:.2} s)",
                 f.mean_loss(),
@@ -577,7 +597,12 @@ pub fn predict(config: Config, a: &PredictArgs) -> Result<()> {
             .options(options.clone())
             .output(&a.output.output, format)
             .overwrite(a.output.overwrite)
-            .name(&format!("predict-{}", gang::stage::manifest::fnv1a64(&model.params().iter().flat_map(|p| p.to_le_bytes()).collect::<Vec<_>>())))
+            .name(&format!(
+                "predict-{}",
+                gang::stage::manifest::fnv1a64(
+                    &model.params().iter().flat_map(|p| p.to_le_bytes()).collect::<Vec<_>>()
+                )
+            ))
             .run(|batch| {
                 let x = data::matrix(&batch, &info.features)?;
                 let mut fields: Vec<Field> = batch.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
