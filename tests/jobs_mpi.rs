@@ -6,7 +6,7 @@ mod common;
 mod data_support;
 
 use arrow_array::types::{Float32Type, Float64Type, Int64Type};
-use common::{assert_success, gang, Scratch};
+use common::{assert_success, gang, visible, Scratch};
 use gang::data::{Input, PartitionPlan, PlanOptions};
 use gang::stage::Manifest;
 use std::path::Path;
@@ -179,17 +179,6 @@ fn stats_of_pyarrow_and_h5py_files_are_identical_at_1_2_and_4_ranks() {
             }
         }
     }
-}
-
-/// Names of the files in `dir` that readers see (not `_*`, not `.*`).
-fn visible(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .map(|d| {
-            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .filter(|n| !n.starts_with('_') && !n.starts_with('.'))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 #[test]

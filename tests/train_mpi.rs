@@ -76,20 +76,33 @@ fn same_file(a: &Path, b: &Path) -> bool {
     std::fs::read(a).unwrap() == std::fs::read(b).unwrap()
 }
 
+/// Trains at `n` ranks once cleanly and once with `fault` (launch options `extra`); the
+/// faulted run must succeed after its restarts and write the same model file, byte for
+/// byte. Returns its stdout and stderr.
+fn faulted_run_gives_the_clean_model(
+    sc: &Scratch,
+    data: &Path,
+    n: &str,
+    fault: &str,
+    extra: &[&str],
+) -> (String, String) {
+    let (clean, reference) = train(sc, n, data, &format!("clean-{n}"), None, &[]);
+    assert_success(&clean);
+    let (out, model) = train(sc, n, data, &format!("faulted-{n}"), Some(fault), extra);
+    assert_success(&out);
+    assert!(same_file(&model, &reference), "n={n}, {fault}: the model differs from the uninterrupted one");
+    text(&out)
+}
+
 #[test]
 fn a_killed_rank_is_restarted_and_the_model_is_bitwise_the_uninterrupted_one() {
     let sc = Scratch::new("train-kill");
     let data = dataset(&sc);
     for n in ["2", "4"] {
-        let (clean, reference) = train(&sc, n, &data, &format!("clean-{n}"), None, &[]);
-        assert_success(&clean);
-        let (out, model) =
-            train(&sc, n, &data, &format!("killed-{n}"), Some("rank=1,step=95,kind=kill"), &["--max-restarts", "2"]);
-        let stdout = assert_success(&out);
-        let stderr = text(&out).1;
+        let (stdout, stderr) =
+            faulted_run_gives_the_clean_model(&sc, &data, n, "rank=1,step=95,kind=kill", &["--max-restarts", "2"]);
         assert!(stderr.contains("attempt 0") && stderr.contains("rank 1") && stderr.contains("SIGKILL"), "{stderr}");
         assert!(stdout.contains("resumed from the checkpoint of step 90"), "{stdout}");
-        assert!(same_file(&model, &reference), "n={n}: the restarted model differs from the uninterrupted one");
     }
 }
 
@@ -97,59 +110,28 @@ fn a_killed_rank_is_restarted_and_the_model_is_bitwise_the_uninterrupted_one() {
 fn a_hung_rank_is_detected_and_the_restarted_gang_gives_the_same_model() {
     let sc = Scratch::new("train-hang");
     let data = dataset(&sc);
-    let (clean, reference) = train(&sc, "2", &data, "clean", None, &[]);
-    assert_success(&clean);
-    let (out, model) = train(
-        &sc,
-        "2",
-        &data,
-        "hung",
-        Some("rank=0,step=70,kind=hang"),
-        &["--max-restarts", "1", "--stall-timeout", "3"],
-    );
-    assert_success(&out);
-    let stderr = text(&out).1;
+    let extra = ["--max-restarts", "1", "--stall-timeout", "3"];
+    let (_, stderr) = faulted_run_gives_the_clean_model(&sc, &data, "2", "rank=0,step=70,kind=hang", &extra);
     assert!(stderr.contains("stalled"), "{stderr}");
-    assert!(same_file(&model, &reference), "the model after a stall and restart differs");
 }
 
 #[test]
 fn a_damaged_newest_checkpoint_is_passed_over_for_the_previous_one() {
     let sc = Scratch::new("train-corrupt");
     let data = dataset(&sc);
-    let (clean, reference) = train(&sc, "2", &data, "clean", None, &[]);
-    assert_success(&clean);
     // At step 90 the checkpoint is written, then damaged, then the rank dies.
-    let (out, model) = train(
-        &sc,
-        "2",
-        &data,
-        "damaged",
-        Some("rank=0,step=90,kind=corrupt-latest-checkpoint"),
-        &["--max-restarts", "1"],
-    );
-    let stdout = assert_success(&out);
-    assert!(stdout.contains("resumed from the checkpoint of step 60"), "{stdout}\n{}", text(&out).1);
-    assert!(same_file(&model, &reference), "the model after falling back differs");
+    let fault = "rank=0,step=90,kind=corrupt-latest-checkpoint";
+    let (stdout, stderr) = faulted_run_gives_the_clean_model(&sc, &data, "2", fault, &["--max-restarts", "1"]);
+    assert!(stdout.contains("resumed from the checkpoint of step 60"), "{stdout}\n{stderr}");
 }
 
 #[test]
 fn a_crash_between_shard_write_and_vote_leaves_a_checkpoint_that_is_never_used() {
     let sc = Scratch::new("train-crash-ckpt");
     let data = dataset(&sc);
-    let (clean, reference) = train(&sc, "2", &data, "clean", None, &[]);
-    assert_success(&clean);
-    let (out, model) = train(
-        &sc,
-        "2",
-        &data,
-        "crashed",
-        Some("rank=1,step=90,kind=crash-during-checkpoint"),
-        &["--max-restarts", "1"],
-    );
-    let stdout = assert_success(&out);
-    assert!(stdout.contains("resumed from the checkpoint of step 60"), "{stdout}\n{}", text(&out).1);
-    assert!(same_file(&model, &reference), "the model after the crashed checkpoint differs");
+    let fault = "rank=1,step=90,kind=crash-during-checkpoint";
+    let (stdout, stderr) = faulted_run_gives_the_clean_model(&sc, &data, "2", fault, &["--max-restarts", "1"]);
+    assert!(stdout.contains("resumed from the checkpoint of step 60"), "{stdout}\n{stderr}");
 }
 
 #[test]

@@ -77,12 +77,7 @@ pub struct CkptArgs {
 /// # Errors
 /// `gang-rank` is missing or cannot be started.
 pub fn run_local(a: &CkptArgs) -> Result<i32> {
-    let exe = std::env::current_exe()?;
-    let rank_program = find_rank_program(
-        &exe,
-        detect::which(RANK_PROGRAM),
-        std::env::var_os("GANG_RANK_BIN").filter(|v| !v.is_empty()).map(PathBuf::from),
-    )?;
+    let rank_program = locate_rank_program()?;
     let status = std::process::Command::new(&rank_program)
         .arg("ckpt")
         .args(&a.args)
@@ -138,17 +133,21 @@ pub fn find_rank_program(exe: &Path, from_path: Option<PathBuf>, from_env: Optio
     }
 }
 
+/// [`find_rank_program`] for this `gang` executable, `PATH` and `$GANG_RANK_BIN`.
+fn locate_rank_program() -> Result<PathBuf> {
+    find_rank_program(
+        &std::env::current_exe()?,
+        detect::which(RANK_PROGRAM),
+        std::env::var_os("GANG_RANK_BIN").filter(|v| !v.is_empty()).map(PathBuf::from),
+    )
+}
+
 /// Runs a built-in job as a gang; returns the exit code.
 ///
 /// # Errors
 /// `gang-rank` is missing, or the gang cannot start (see [`run::run`]).
 pub fn run_job(job: &Job) -> Result<i32> {
-    let exe = std::env::current_exe()?;
-    let rank_program = find_rank_program(
-        &exe,
-        detect::which(RANK_PROGRAM),
-        std::env::var_os("GANG_RANK_BIN").filter(|v| !v.is_empty()).map(PathBuf::from),
-    )?;
+    let rank_program = locate_rank_program()?;
     let args = job.args();
     misplaced_launch_option(job.name(), &args.extra)?;
     let mut command: Vec<OsString> = vec![rank_program.into(), job.name().into()];

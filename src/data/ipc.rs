@@ -2,7 +2,7 @@
 //! headers, without reading the bodies), record-batch ranges into batches.
 
 use super::plan::FileInfo;
-use super::{assemble, is_hive_key, partition_error, BatchIter, Partition, PlanOptions, Slice};
+use super::{assembled, is_hive_key, partition_error, BatchIter, Partition, PlanOptions, Slice};
 use crate::error::{Error, Result};
 use arrow_array::RecordBatch;
 use arrow_schema::{Schema, SchemaRef};
@@ -95,18 +95,8 @@ pub(crate) fn read(p: &Partition, schema: &SchemaRef, opts: &PlanOptions) -> Res
     if range.start < range.end {
         reader.set_index(range.start).map_err(|e| partition_error(p, e))?;
     }
-    let (p, schema) = (p.clone(), schema.clone());
     let size = opts.batch_size;
-    let mut failed = false;
-    let batches = reader.take(range.len()).map_while(move |b| {
-        if failed {
-            return None;
-        }
-        let out =
-            b.map_err(|e| partition_error(&p, format!("decode error: {e}"))).and_then(|b| assemble(&b, &schema, &p));
-        failed = out.is_err();
-        Some(out)
-    });
+    let batches = assembled(reader.take(range.len()), p, schema);
     Ok(Box::new(batches.flat_map(move |b| -> Vec<Result<RecordBatch>> {
         match b {
             Ok(b) if b.num_rows() > size => {

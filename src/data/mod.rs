@@ -113,6 +113,26 @@ pub(crate) fn is_hive_key(p: &Partition, name: &str) -> bool {
     p.hive.iter().any(|(k, _)| k == name)
 }
 
+/// Decoded batches of `p`, assembled into `schema`; the stream ends after the first error
+/// (which names the partition), as a reader must not be polled past a decode failure.
+pub(crate) fn assembled<E: std::fmt::Display>(
+    decoded: impl Iterator<Item = std::result::Result<RecordBatch, E>> + Send + 'static,
+    p: &Partition,
+    schema: &SchemaRef,
+) -> impl Iterator<Item = Result<RecordBatch>> + Send + 'static {
+    let (p, schema) = (p.clone(), schema.clone());
+    let mut failed = false;
+    decoded.map_while(move |b| {
+        if failed {
+            return None;
+        }
+        let out =
+            b.map_err(|e| partition_error(&p, format!("decode error: {e}"))).and_then(|b| assemble(&b, &schema, &p));
+        failed = out.is_err();
+        Some(out)
+    })
+}
+
 /// Puts the columns of a decoded `batch` into the order and types of `schema`, adding the
 /// Hive keys of `p` as constant columns.
 pub(crate) fn assemble(batch: &RecordBatch, schema: &SchemaRef, p: &Partition) -> Result<RecordBatch> {

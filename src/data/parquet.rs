@@ -1,7 +1,7 @@
 //! Parquet: footers for planning, row-group ranges into batches with projection pushdown.
 
 use super::plan::FileInfo;
-use super::{assemble, is_hive_key, partition_error, BatchIter, Partition, PlanOptions, Slice};
+use super::{assembled, is_hive_key, partition_error, BatchIter, Partition, PlanOptions, Slice};
 use crate::error::{Error, Result};
 use ::parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
 use ::parquet::arrow::ProjectionMask;
@@ -64,15 +64,5 @@ pub(crate) fn read(p: &Partition, schema: &SchemaRef, opts: &PlanOptions) -> Res
         .with_batch_size(opts.batch_size)
         .build()
         .map_err(|e| partition_error(p, e))?;
-    let (p, schema) = (p.clone(), schema.clone());
-    let mut failed = false;
-    Ok(Box::new(reader.map_while(move |b| {
-        if failed {
-            return None;
-        }
-        let out =
-            b.map_err(|e| partition_error(&p, format!("decode error: {e}"))).and_then(|b| assemble(&b, &schema, &p));
-        failed = out.is_err();
-        Some(out)
-    })))
+    Ok(Box::new(assembled(reader, p, schema)))
 }

@@ -135,7 +135,7 @@ impl TableSummary {
                 .ok_or_else(|| Error::InvalidArgument(format!("column {} is missing from a batch", c.name)))?;
             c.nulls += array.null_count() as u64;
             match array.data_type() {
-                DataType::Float32 => push_all::<Float32Type>(c, array.as_ref(), |v| f64::from(v)),
+                DataType::Float32 => push_all::<Float32Type>(c, array.as_ref(), f64::from),
                 DataType::Float64 => push_all::<Float64Type>(c, array.as_ref(), |v| v),
                 DataType::Int8 => push_all::<Int8Type>(c, array.as_ref(), f64::from),
                 DataType::Int16 => push_all::<Int16Type>(c, array.as_ref(), f64::from),

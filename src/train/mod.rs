@@ -187,7 +187,7 @@ pub fn train(
                         cfg.model,
                         model.num_params()
                     ),
-                })?;
+                });
             }
             model.params_mut().copy_from_slice(&params.data);
             let state: Vec<(&str, &[f32])> = cfg

@@ -117,3 +117,16 @@ pub fn assert_success(out: &Output) -> String {
     assert!(out.status.success(), "gang failed: {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
     stdout
 }
+
+/// Names in `dir` that readers see (not `_*`, not `.*`), sorted; none if `dir` is missing.
+pub fn visible(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.starts_with('_') && !n.starts_with('.'))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}

@@ -60,16 +60,7 @@ pub fn expected_rows(files: usize) -> Vec<(i64, f64, f64)> {
     v
 }
 
-/// Names in `dir` that readers see (not `_*` or `.*`), sorted.
-pub fn visible(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| !n.starts_with('_') && !n.starts_with('.'))
-        .collect();
-    v.sort();
-    v
-}
+pub use crate::common::visible;
 
 /// Every row of a committed Parquet output `(id, x, y)`, sorted by id, after checking the
 /// manifest against the files (all listed, sizes and CRC-32 right, rows right, nothing
