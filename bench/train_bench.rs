@@ -220,7 +220,9 @@ fn epoch(ctx: &Context, model: &str, dir: &str, epochs: u64, batch: usize, out: 
     let opts = PlanOptions::default();
     let plan = PartitionPlan::discover_on_root(ctx.comm(), &[Input::parse(dir)?], &opts)?;
     let features = data::feature_columns(&plan.schema, "y", None)?;
-    let (shard, classes) = data::load_shard(ctx, &plan, &opts, "y", &features)?;
+    let (mut shard, classes) = data::load_shard(ctx, &plan, &opts, "y", &features)?;
+    // As `gang train` does: rows shuffled once after loading, blocks of rows every epoch.
+    shard.shuffle_rows(1);
     let kind = train::parse_model(model, classes)?;
     let cfg = TrainConfig {
         model: kind,
@@ -228,6 +230,7 @@ fn epoch(ctx: &Context, model: &str, dir: &str, epochs: u64, batch: usize, out: 
         batch_size: batch,
         optimizer: Optimizer::adam(0.01),
         seed: 1,
+        shuffle_block: 0,
         checkpoint: None,
     };
     let cores = gang_cores(ctx)?;

@@ -100,3 +100,15 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+
+impl Error {
+    /// The same error with its row number counted `by` rows later (a check of a range of
+    /// rows that starts at row `by`).
+    pub(crate) fn shift_row(self, by: usize) -> Error {
+        match self {
+            Error::Label { row, label, classes } => Error::Label { row: row + by, label, classes },
+            Error::Target { row, value, reason } => Error::Target { row: row + by, value, reason },
+            other => other,
+        }
+    }
+}

@@ -37,14 +37,16 @@
 //!
 //! Parameters are laid out as PyTorch's `nn.Linear` layers (`layer{i}.weight` is
 //! `[out, in]`), see [`Model::tensors`].
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
+mod arith;
 mod dense;
 mod error;
 mod model;
 mod optim;
 mod rng;
 
+pub use arith::Kernels;
 pub use error::{Error, Result};
 pub use model::{BatchStats, Model, ModelKind, Output, Targets, TensorView, CHUNK_ROWS};
 pub use optim::{Optimizer, OptimizerState};

@@ -81,7 +81,10 @@ fn chunk_aligned_calls_add_up_to_one_call() {
             s_pieces.merge(&s);
         }
         assert_eq!(bits(&whole), bits(&pieces), "{}", model.kind());
-        assert_eq!(s_whole, s_pieces);
+        // The f64 loss sums of the calls add in another association than the chunks of
+        // one call: equal to rounding, not bit for bit.
+        assert_eq!((s_whole.correct, s_whole.n), (s_pieces.correct, s_pieces.n));
+        assert!((s_whole.loss_sum - s_pieces.loss_sum).abs() <= 1e-12 * s_whole.loss_sum.abs());
     }
 }
 

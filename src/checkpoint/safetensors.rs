@@ -34,7 +34,7 @@ fn header(tensors: &[&Tensor], metadata: &BTreeMap<String, String>) -> Vec<u8> {
         map.insert("__metadata__".into(), serde_json::to_value(metadata).expect("strings serialize"));
     }
     let mut bytes = serde_json::to_vec(&serde_json::Value::Object(map)).expect("json values serialize");
-    while bytes.len() % 8 != 0 {
+    while !bytes.len().is_multiple_of(8) {
         bytes.push(b' ');
     }
     bytes

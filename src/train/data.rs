@@ -28,29 +28,6 @@ impl Labels {
             Labels::Value(v) => Targets::Value(v),
         }
     }
-
-    /// An empty buffer of the same kind, for `rows` rows.
-    pub fn with_capacity(like: &Labels, rows: usize) -> Labels {
-        match like {
-            Labels::Class(_) => Labels::Class(Vec::with_capacity(rows)),
-            Labels::Value(_) => Labels::Value(Vec::with_capacity(rows)),
-        }
-    }
-
-    /// Replaces the contents with `from`'s labels of `rows`.
-    pub fn gather(&mut self, from: &Labels, rows: &[usize]) {
-        match (self, from) {
-            (Labels::Class(d), Labels::Class(s)) => {
-                d.clear();
-                d.extend(rows.iter().map(|&r| s[r]));
-            }
-            (Labels::Value(d), Labels::Value(s)) => {
-                d.clear();
-                d.extend(rows.iter().map(|&r| s[r]));
-            }
-            _ => unreachable!("labels of one kind"),
-        }
-    }
 }
 
 /// A rank's rows.
@@ -64,6 +41,30 @@ pub struct Shard {
     pub rows: usize,
     /// Number of features.
     pub features: usize,
+}
+
+impl Shard {
+    /// Puts the rows in a random order drawn from `seed`: what `gang train` does once
+    /// after loading, so that the blocks of rows an epoch shuffles (see
+    /// [`train`](crate::train::train)) hold rows from all over the input even when it is
+    /// sorted. The same shard and seed give the same order. The rows are copied into a
+    /// new buffer backed by huge pages where the kernel offers them (for a moment the
+    /// shard is in memory twice).
+    pub fn shuffle_rows(&mut self, seed: u64) {
+        let f = self.features;
+        let mut order: Vec<usize> = (0..self.rows).collect();
+        gang_kernels::SplitMix64::new(seed ^ 0x5348_5546_464c_4521).shuffle(&mut order);
+        let mut x = Vec::with_capacity(self.rows * f);
+        crate::sys::advise_huge_pages(x.spare_capacity_mut());
+        for &r in &order {
+            x.extend_from_slice(&self.x[r * f..(r + 1) * f]);
+        }
+        self.x = x;
+        self.labels = match &self.labels {
+            Labels::Class(v) => Labels::Class(order.iter().map(|&r| v[r]).collect()),
+            Labels::Value(v) => Labels::Value(order.iter().map(|&r| v[r]).collect()),
+        };
+    }
 }
 
 /// The feature columns: `wanted`, or every numeric column but the label and `id`.

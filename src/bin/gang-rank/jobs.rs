@@ -161,6 +161,11 @@ pub struct TrainArgs {
     /// Seed of the initial weights and the shuffles.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Rows kept together when an epoch is shuffled (the rows are shuffled once after
+    /// loading); 0: 128 KiB of rows; 1 reshuffles single rows every epoch, at a cost in
+    /// speed.
+    #[arg(long, default_value_t = 0, value_name = "ROWS")]
+    shuffle_block: usize,
     /// Checkpoint directory (training resumes from its newest complete checkpoint).
     #[arg(long, value_name = "DIR")]
     checkpoint_dir: Option<PathBuf>,
@@ -502,7 +507,8 @@ pub fn train(config: Config, a: &TrainArgs) -> Result<()> {
         let started = Instant::now();
         let plan = PartitionPlan::discover_on_root(ctx.comm(), &inputs, &options)?;
         let features = data::feature_columns(&plan.schema, &a.label, a.features.as_deref())?;
-        let (shard, classes) = data::load_shard(ctx, &plan, &options, &a.label, &features)?;
+        let (mut shard, classes) = data::load_shard(ctx, &plan, &options, &a.label, &features)?;
+        shard.shuffle_rows(a.seed);
         let kind = train::parse_model(&a.model, classes)?;
         let rows = ctx.comm().allreduce_scalar(shard.rows as u64, ReduceOp::Sum)?;
         if ctx.rank() == 0 {
@@ -524,6 +530,7 @@ pub fn train(config: Config, a: &TrainArgs) -> Result<()> {
             batch_size: a.batch_size,
             optimizer,
             seed: a.seed,
+            shuffle_block: a.shuffle_block,
             checkpoint: a.checkpoint_dir.as_ref().map(|d| CheckpointConfig {
                 dir: d.clone(),
                 every: a.checkpoint_every,
