@@ -6,12 +6,13 @@
 //! with `1 / global_rows`. Data are row-major `f32` (`x` is `[n, features]`).
 //!
 //! Everything is deterministic: fixed seeds ([`SplitMix64`]) and a fixed reduction order
-//! (chunks of [`CHUNK_ROWS`] rows, summed in chunk order), so the same inputs give a
-//! bitwise-identical gradient whatever the number of rayon threads. Bitwise equality
-//! across *machines* additionally needs the same binary and the same CPU family: the
-//! losses call the platform's `expf`/`log1pf` (glibc picks an FMA or non-FMA variant at
-//! run time), while every sum and product in this crate is plain IEEE arithmetic in a
-//! fixed order (LLVM never fuses multiply-add on its own).
+//! (chunks of [`CHUNK_ROWS`] rows, summed in chunk order; within a chunk every sum runs in
+//! row order), so the same inputs give a bitwise-identical gradient whatever the number of
+//! rayon threads, and whether a batch comes as one matrix or as row ranges of a larger one
+//! ([`Model::loss_and_grad_rows`]). The kernels are built twice ([`Kernels`]): AVX2 + FMA,
+//! chosen at run time where the CPU has it, and a portable build (multiply and add never
+//! fused); `GANG_KERNELS=portable` forces the latter, which gives the same bits on every
+//! CPU. `exp` and `log1p` are polynomials of this crate, not the C library's.
 //!
 //! ```
 //! use gang_kernels::{Model, ModelKind, Optimizer, OptimizerState, Targets};

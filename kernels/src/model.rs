@@ -1087,6 +1087,32 @@ mod tests {
         softmax_row_is_stable::<crate::arith::Fused>();
     }
 
+    /// The portable and the AVX2 + FMA builds differ only in rounding.
+    #[test]
+    fn both_builds_agree_to_rounding() {
+        if crate::Kernels::detect() != crate::Kernels::Avx2Fma {
+            return;
+        }
+        let (n, f) = (3000usize, 32usize);
+        let mut rng = SplitMix64::new(4);
+        let x: Vec<f32> = (0..n * f).map(|_| rng.next_f32() * 2.0 - 1.0).collect();
+        let y: Vec<i64> = (0..n).map(|i| (i % 2) as i64).collect();
+        for kind in [ModelKind::Logistic, ModelKind::Mlp { hidden: vec![64, 32], outputs: Output::Binary }] {
+            let m = Model::new(kind.clone(), f, 5).unwrap();
+            let wts = m.prepare();
+            let pieces = [Piece { x: &x, y: Targets::Class(&y) }];
+            let (mut g1, mut g2) = (m.grad_buffer(), m.grad_buffer());
+            let s1 = ChunkJob { model: &m, wts: &wts, pieces: &pieces, grad: Some(&mut g1) }.run::<arith::Plain>();
+            // `Fused` outside the AVX2 entry point: slower, the same results.
+            let s2 = ChunkJob { model: &m, wts: &wts, pieces: &pieces, grad: Some(&mut g2) }.run::<arith::Fused>();
+            assert!((s1.loss_sum - s2.loss_sum).abs() < 1e-5 * s1.loss_sum, "{kind}");
+            let scale = g1.iter().fold(0f32, |a, g| a.max(g.abs()));
+            for (a, b) in g1.iter().zip(&g2) {
+                assert!((a - b).abs() <= 1e-4 * scale, "{kind}: {a} vs {b}");
+            }
+        }
+    }
+
     /// A batch given as row ranges of a larger matrix gives the bits of the same rows
     /// gathered into one matrix, for every model shape (ranges that cut chunks and blocks
     /// anywhere).

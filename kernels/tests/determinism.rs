@@ -105,3 +105,17 @@ fn initialisation_depends_only_on_the_seed() {
     let l = Model::new(ModelKind::Softmax { classes: 3 }, 4, 5).unwrap();
     assert!(l.params().iter().all(|&p| p == 0.0));
 }
+
+#[test]
+fn the_build_in_use_is_the_one_asked_for() {
+    use gang_kernels::Kernels;
+    let asked = std::env::var("GANG_KERNELS").unwrap_or_default();
+    let expected = if asked == "portable" { Kernels::Portable } else { Kernels::detect() };
+    assert_eq!(Kernels::active(), expected, "GANG_KERNELS={asked:?}");
+    // Fixed for the life of the process.
+    let other = if expected == Kernels::Portable { Kernels::detect() } else { Kernels::Portable };
+    if other != expected {
+        assert_eq!(Kernels::set(other), Err(expected));
+    }
+    assert_eq!(Kernels::set(expected), Ok(()));
+}

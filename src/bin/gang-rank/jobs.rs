@@ -513,7 +513,8 @@ pub fn train(config: Config, a: &TrainArgs) -> Result<()> {
         let rows = ctx.comm().allreduce_scalar(shard.rows as u64, ReduceOp::Sum)?;
         if ctx.rank() == 0 {
             println!(
-                "train {kind}: {rows} rows x {} features, label {} ({}), {} ranks, batch {}, {} lr {} (attempt {})",
+                "train {kind}: {rows} rows x {} features, label {} ({}), {} ranks, batch {}, {} lr {}, kernels {} \
+                 (attempt {})",
                 features.len(),
                 a.label,
                 if classes > 0 { format!("{classes} classes") } else { "real-valued".to_string() },
@@ -521,6 +522,7 @@ pub fn train(config: Config, a: &TrainArgs) -> Result<()> {
                 a.batch_size,
                 optimizer.name(),
                 a.lr,
+                gang_kernels::Kernels::active(),
                 ctx.attempt()
             );
         }
