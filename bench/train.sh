@@ -80,19 +80,21 @@ def best(rows, key, hi=False):
     return (max if hi else min)(rows, key=lambda f: f[key])
 peak = {(f["probe"], f["threads"]): best([g for g in figs if g["bench"] == "peak" and g["probe"] == f["probe"] and g["threads"] == f["threads"]], "gflops", True)["gflops"] for f in figs if f["bench"] == "peak"}
 probe = {n: best([f for f in figs if f["bench"] == "probe" and f["ranks"] == n], "read_gbs", True) for n in (1, 2)}
-gather = {n: max(f["gather_gbs"] for f in figs if f["bench"] == "probe" and f["ranks"] == n) for n in (1, 2)}
+blocks = {n: max(f["blocks_gbs"] for f in figs if f["bench"] == "probe" and f["ranks"] == n) for n in (1, 2)}
 cpu = subprocess.run("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2", shell=True, capture_output=True, text=True).stdout.strip()
 print(f"Machine: {cpu}, {subprocess.run('nproc', capture_output=True, text=True).stdout.strip()} cores; "
       f"{rounds} round(s); load average {load_before} before, {load_after} after (other builds may have been running).")
 print()
 print("Limits measured in this run (best round): memory read bandwidth "
       + ", ".join(f"{probe[n]['read_gbs']:.1f} GB/s at {n} rank(s) ({probe[n]['cores']} core(s))" for n in (1, 2))
-      + "; shuffled 128-B row gather (what `train` does per step) "
-      + ", ".join(f"{gather[n]:.2f} GB/s at {n}" for n in (1, 2))
+      + "; the same read as 128 KiB blocks in random order (how `train` reads an epoch) "
+      + ", ".join(f"{blocks[n]:.1f} GB/s at {n}" for n in (1, 2))
       + "; peak f32 " + ", ".join(f"{peak[('fma_peak', t)]:.0f} GFLOP/s on {t} core(s)" for t in (1, 2))
       + f" ({next(f['isa'] for f in figs if f['bench'] == 'peak' and f['probe'] == 'fma_peak')}, -march=native), "
       + ", ".join(f"{peak[('sse_peak', t)]:.0f}" for t in (1, 2))
-      + " GFLOP/s as gang's kernels are built (baseline x86-64 SSE, multiply and add not fused).")
+      + " GFLOP/s with baseline x86-64 SSE, multiply and add not fused (gang's portable kernel build, "
+      + "GANG_KERNELS=portable; the default build on this CPU is AVX2 + FMA, whose peak equals the AVX-512 one on "
+      + "CPUs that split 512-bit operations in two).")
 print()
 print("| benchmark | ranks | figure | limit | ratio (target) |")
 print("|---|---:|---:|---|---:|")
@@ -114,7 +116,7 @@ for model in ("logistic", "mlp:64"):
               f"allreduce {100*e['allreduce_share_mean']:.1f}% of the epoch (max over ranks {100*e['allreduce_share_max']:.1f}%, "
               f"median over epochs {100*statistics.median(shares):.1f}%) | "
               f"floor {floor:.3f} s = max({mem:.3f} s memory, {comp:.3f} s FMA peak on {cores} core(s)); "
-              f"as built: {comp_built:.3f} s compute; shuffled gather {e['x_bytes']/(gather[n]*1e9):.3f} s | "
+              f"portable build: {comp_built:.3f} s compute; x read as shuffled blocks {e['x_bytes']/(blocks[n]*1e9):.3f} s | "
               f"{ratio:.1f}x (2x: {'met' if ratio <= 2 else 'NOT met'}) |")
 for n in (1, 2):
     rows = [f for f in figs if f["bench"] == "ckpt" and f["ranks"] == n]

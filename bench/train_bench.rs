@@ -156,33 +156,28 @@ fn probe(ctx: &Context, out: &str) -> Result<()> {
         triad_best = triad_best.max(world * (3 * n_triad * 4) as f64 / s / 1e9);
         std::hint::black_box(&a);
     }
-    // What `train` does each step instead of streaming: gather rows of 32 f32 (128 B) in a
-    // shuffled order into a batch buffer, one thread per rank.
+    // The same bytes in the order `train` reads them: blocks of 128 KiB (its default
+    // shuffle block) in a random order, every thread of the rank on its share of them.
     drop((a, b, c));
-    let (f, batch) = (32, 8192);
-    let rows = n_read / f;
-    let mut order: Vec<usize> = (0..rows).collect();
+    let block = gang::train::SHUFFLE_BLOCK_BYTES / 4;
+    let mut order: Vec<usize> = (0..n_read / block).collect();
     gang_kernels::SplitMix64::new(ctx.rank() as u64 + 1).shuffle(&mut order);
-    let mut xb = vec![0f32; batch * f];
-    let mut gather_best = 0f64;
+    let mut blocks_best = 0f64;
     for _ in 0..3 {
-        ctx.comm().barrier()?;
-        let t = Instant::now();
-        for step in order.chunks_exact(batch) {
-            for (i, &r) in step.iter().enumerate() {
-                xb[i * f..(i + 1) * f].copy_from_slice(&x[r * f..(r + 1) * f]);
+        let per = order.len() / threads;
+        let s = timed_threads(ctx, threads, |i| {
+            for &b in &order[i * per..(i + 1) * per] {
+                std::hint::black_box(read_sum(&x[b * block..(b + 1) * block]));
             }
-            std::hint::black_box(&xb);
-        }
-        let s = ctx.comm().allreduce_scalar(t.elapsed().as_secs_f64(), ReduceOp::Max)?;
-        gather_best = gather_best.max(world * (rows / batch * batch * f * 4) as f64 / s / 1e9);
+        })?;
+        blocks_best = blocks_best.max(world * (per * threads * block * 4) as f64 / s / 1e9);
     }
     append(
         ctx,
         out,
         serde_json::json!({
             "bench": "probe", "ranks": ctx.world(), "cores": cores, "threads_per_rank": threads,
-            "read_gbs": read_best, "triad_gbs": triad_best, "gather_gbs": gather_best,
+            "read_gbs": read_best, "triad_gbs": triad_best, "blocks_gbs": blocks_best,
         }),
     )
 }
