@@ -31,3 +31,28 @@ pub(crate) fn advise_huge_pages<T>(buf: &mut [std::mem::MaybeUninit<T>]) {
         libc::madvise(first as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
     }
 }
+
+/// Starts the write-back of `len` bytes of `file` from `offset` to the disk without
+/// waiting for it (`sync_file_range(SYNC_FILE_RANGE_WRITE)`): a large file written in
+/// pieces then reaches the disk while the rest is still being written, and the closing
+/// fsync finds little left to do. Not a durability guarantee on its own (the fsync is
+/// still needed). Best effort: errors and other systems are ignored (the fsync reports
+/// any failure to write).
+pub(crate) fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: sync_file_range(2) on a file descriptor we own reads no memory of ours;
+        // a bad range or descriptor only yields an error code, which we ignore.
+        unsafe {
+            libc::sync_file_range(
+                file.as_raw_fd(),
+                offset as libc::off64_t,
+                len as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WRITE,
+            );
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, offset, len);
+}
