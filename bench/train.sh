@@ -3,8 +3,9 @@
 #   epoch time of logistic regression and MLP(64) (Adam, batch 8192) on 2,000,000 x 32 f32
 #     at 1 and 2 ranks, beside the floor max(x bytes / memory bandwidth, FLOPs / peak FLOP/s),
 #     both measured here (bench/train_bench.rs `probe`, bench/c/fma_peak.c); allreduce share;
-#   checkpoint save of 256 MB (1/4 replicated, 3/4 sharded) beside a plain sequential write
-#     + fsync of the same bytes to the same directory;
+#   checkpoint save of 256 MB (1/4 replicated, 3/4 sharded) beside the faster of two plain
+#     sequential writes + fsync of the same bytes to the same directory (one stream; with
+#     write-back started every 32 MiB, as the checkpoint writer does);
 #   failure-to-resume latency (rank 1 SIGKILLed at step 45, `--max-restarts 1
 #     --restart-backoff 0`, 256 MB checkpoint of step 40) beside 2 s + the checkpoint read time
 #     (restore of that checkpoint on its own, in a fresh gang).
@@ -124,10 +125,14 @@ for n in (1, 2):
         continue
     save = best(rows, "save_seconds")["save_seconds"]
     plain = best(rows, "plain_seconds")["plain_seconds"]
+    ahead = best(rows, "plain_ahead_seconds")["plain_ahead_seconds"]
+    disk = min(plain, ahead)
     mb = rows[0]["bytes"] / 1e6
-    ratio = plain / save
+    ratio = disk / save
     print(f"| checkpoint save, {mb:.0f} MB (1/4 replicated, 3/4 sharded) | {n} | {mb/save:.0f} MB/s ({save:.3f} s) | "
-          f"write + fsync of the same bytes: {mb/plain:.0f} MB/s ({plain:.3f} s) | {100*ratio:.0f}% (70%: {'met' if ratio >= 0.7 else 'NOT met'}) |")
+          f"disk bandwidth = the faster of two plain writes + fsync of the same bytes: {mb/plain:.0f} MB/s ({plain:.3f} s) "
+          f"as one stream, {mb/ahead:.0f} MB/s ({ahead:.3f} s) with write-back started every 32 MiB as the checkpoint does | "
+          f"{100*ratio:.0f}% (70%: {'met' if ratio >= 0.7 else 'NOT met'}) |")
     rs = best(rows, "restore_seconds")["restore_seconds"]
     print(f"| checkpoint restore, same checkpoint, warm page cache | {n} | {mb/rs:.0f} MB/s ({rs:.3f} s) | - | - |")
 rest = [f for f in figs if f["bench"] == "restore"]

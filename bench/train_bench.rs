@@ -13,8 +13,9 @@
 //! - `ckpt DIR MB REPS OUT.json`: `CheckpointStore::save` of MB megabytes (a quarter
 //!   replicated, three quarters sharded over the ranks), beside the limit: every rank
 //!   writing the same number of bytes as its shard files sequentially (1 MiB writes) and
-//!   fsyncing them (file and directory) in the same directory; then `CheckpointStore::restore` of that checkpoint on its
-//!   own (the checkpoint read time).
+//!   fsyncing them (file and directory) in the same directory, once as one stream and once
+//!   starting write-back every 32 MiB as the checkpoint writer does; then
+//!   `CheckpointStore::restore` of that checkpoint on its own (the checkpoint read time).
 //! - `restore DIR REPS OUT.json`: `CheckpointStore::restore` of the newest checkpoint in
 //!   DIR on its own, in a fresh gang: the checkpoint read time of the resume figure.
 //! - `resume DIR MB STEPS EVERY TIMES.json`: a rank program for the failure-to-resume

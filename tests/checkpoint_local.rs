@@ -3,6 +3,7 @@
 //! `ckpt ls` / `ckpt verify` logic, and files that Python's safetensors (or numpy) loads.
 
 mod common;
+mod python;
 
 use common::Scratch;
 use gang::checkpoint::{self, CheckpointStore, Meta, State, Tensor};
@@ -360,7 +361,7 @@ except ImportError:
 r0, r1 = load_file(path0), load_file(path1)
 print(how, json.dumps({k: [list(v.shape), v.astype("<f4").view("<u4").ravel().tolist()] for k, v in sorted({**r0, **{"r1." + k: v for k, v in r1.items()}}.items())}))
 "#;
-    let out = std::process::Command::new("python3")
+    let out = python::python()
         .args(["-c", script])
         .arg(d.join("rank-0.safetensors"))
         .arg(d.join("rank-1.safetensors"))

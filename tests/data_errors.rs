@@ -1,6 +1,7 @@
 //! Bad input: every error names the file and where in it, and says what to do.
 
 mod data_support;
+mod python;
 
 use arrow_array::{ArrayRef, Float64Array, Int64Array, RecordBatch};
 use data_support::{python_fixtures, scratch};

@@ -2,6 +2,7 @@
 //! are checked, not just row counts.
 
 mod data_support;
+mod python;
 
 use arrow_array::types::{Float32Type, Float64Type, Int32Type, Int64Type, UInt16Type, UInt8Type};
 use arrow_array::{
@@ -306,7 +307,7 @@ fn hdf5_writer_round_trips_and_compresses() {
          assert (f['id'][:] == np.arange(100000)).all(); print('ok')",
         path.display().to_string()
     );
-    let out = std::process::Command::new("python3").args(["-c", &script]).output().unwrap();
+    let out = python::python().args(["-c", &script]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     // Non-numeric columns and nulls are refused with the column named.

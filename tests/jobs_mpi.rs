@@ -4,6 +4,7 @@
 
 mod common;
 mod data_support;
+mod python;
 
 use arrow_array::types::{Float32Type, Float64Type, Int64Type};
 use common::{assert_success, gang, visible, Scratch};

@@ -5,6 +5,7 @@
 //! scikit-learn and `gang predict`.
 
 mod common;
+mod python;
 
 use common::{assert_success, gang, gang_env, text, Scratch};
 use std::path::{Path, PathBuf};
@@ -156,9 +157,8 @@ fn an_exhausted_restart_budget_fails_with_the_root_cause() {
 fn logistic_regression_reaches_scikit_learns_log_loss_within_one_percent() {
     let sc = Scratch::new("train-sklearn");
     let data = dataset(&sc);
-    let python = std::env::var_os("GANG_TEST_PYTHON").unwrap_or_else(|| "python3".into());
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sklearn_reference.py");
-    let reference = std::process::Command::new(python).arg(&script).arg(&data).arg("y").output().unwrap();
+    let reference = python::python().arg(&script).arg(&data).arg("y").output().unwrap();
     assert!(
         reference.status.success(),
         "{} failed (python3 -m pip install scikit-learn pyarrow numpy): {}",
@@ -251,7 +251,6 @@ fn predict_applies_the_model_with_exactly_once_output_and_the_model_loads_in_num
     assert!((right as f64 / rows as f64 - acc).abs() < 1e-3, "predictions {right}/{rows} vs training accuracy {acc}");
 
     // The model file is plain safetensors: numpy reads it with nothing but json and the header.
-    let python = std::env::var_os("GANG_TEST_PYTHON").unwrap_or_else(|| "python3".into());
     let code = r#"
 import json, struct, sys
 import numpy as np
@@ -263,7 +262,7 @@ w = h['layer0.weight']
 a = np.frombuffer(b[8 + n + w['data_offsets'][0]: 8 + n + w['data_offsets'][1]], dtype='<f4').reshape(w['shape'])
 print(json.dumps({'model': meta['model'], 'shape': list(a.shape), 'finite': bool(np.isfinite(a).all())}))
 "#;
-    let out = std::process::Command::new(python).arg("-c").arg(code).arg(&model).output().unwrap();
+    let out = python::python().arg("-c").arg(code).arg(&model).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(j["model"], "logistic");

@@ -17,9 +17,7 @@ pub fn python_fixtures() -> &'static Path {
     DIR.get_or_init(|| {
         let dir = scratch("python-fixtures");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/make_fixtures.py");
-        // ./dev test points GANG_TEST_PYTHON at a Python that has the packages.
-        let python = std::env::var_os("GANG_TEST_PYTHON").unwrap_or_else(|| "python3".into());
-        let out = std::process::Command::new(python).arg(&script).arg(&dir).output().unwrap_or_else(|e| {
+        let out = crate::python::python().arg(&script).arg(&dir).output().unwrap_or_else(|e| {
             panic!("cannot run python3 ({e}); the data tests need python3 with pyarrow, h5py and numpy: python3 -m pip install pyarrow h5py numpy")
         });
         assert!(
