@@ -30,6 +30,14 @@ pub(crate) trait Arith: Copy + Send + Sync + 'static {
     fn dot(a: &[f32], b: &[f32]) -> f32 {
         crate::dense::dot_lanes::<Self>(a, b)
     }
+
+    /// `[dot(x[r], w) for r in 0..8]` for eight rows `x` `[8, f]` (`f = w.len()`): the
+    /// bits of eight [`dot`](Arith::dot) calls; builds may compute the rows side by side.
+    #[inline(always)]
+    fn dot_rows8(x: &[f32], w: &[f32]) -> [f32; 8] {
+        let f = w.len();
+        std::array::from_fn(|r| Self::dot(&x[r * f..(r + 1) * f], w))
+    }
 }
 
 /// `a * b + c` with two roundings: any CPU.
@@ -80,6 +88,52 @@ impl Arith for Fused {
             s = x.mul_add(*y, s);
         }
         s
+    }
+
+    /// Eight rows side by side: eight independent accumulators (no FMA waits on the one
+    /// before), `w` loaded once per 8 features, then the eight reductions at once by
+    /// transposition, adding in the order [`dot`](Arith::dot) adds.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn dot_rows8(x: &[f32], w: &[f32]) -> [f32; 8] {
+        use std::arch::x86_64::*;
+        let f = w.len();
+        assert!(x.len() >= 8 * f, "eight rows of {f} features");
+        let full = f - f % 8;
+        let mut out = [0f32; 8];
+        // SAFETY: `Fused` code runs only inside `run_avx2_fma` (see `dispatch`), on a CPU
+        // with AVX2 and FMA. Row r's loads read x[r * f + k..r * f + k + 8] with
+        // k + 8 <= full <= f and r < 8, inside `x` (asserted above); w[k..k + 8] likewise.
+        unsafe {
+            let mut acc = [_mm256_setzero_ps(); 8];
+            let mut k = 0;
+            while k < full {
+                let wk = _mm256_loadu_ps(w.as_ptr().add(k));
+                for (r, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(_mm256_loadu_ps(x.as_ptr().add(r * f + k)), wk, *a);
+                }
+                k += 8;
+            }
+            // h_r = low half + high half of acc_r, rows r and r + 4 in one register.
+            let halves = |a: __m256, b: __m256| {
+                _mm256_add_ps(_mm256_permute2f128_ps::<0x20>(a, b), _mm256_permute2f128_ps::<0x31>(a, b))
+            };
+            let (h04, h15, h26, h37) =
+                (halves(acc[0], acc[4]), halves(acc[1], acc[5]), halves(acc[2], acc[6]), halves(acc[3], acc[7]));
+            // [h0_0 + h0_2, h1_0 + h1_2, h0_1 + h0_3, h1_1 + h1_3 | rows 4 and 5], then rows 2, 3 | 6, 7.
+            let u = _mm256_add_ps(_mm256_unpacklo_ps(h04, h15), _mm256_unpackhi_ps(h04, h15));
+            let v = _mm256_add_ps(_mm256_unpacklo_ps(h26, h37), _mm256_unpackhi_ps(h26, h37));
+            // (h_0 + h_2) + (h_1 + h_3) for rows 0..8, in order.
+            let sums =
+                _mm256_add_ps(_mm256_shuffle_ps::<0b01_00_01_00>(u, v), _mm256_shuffle_ps::<0b11_10_11_10>(u, v));
+            _mm256_storeu_ps(out.as_mut_ptr(), sums);
+        }
+        for (r, o) in out.iter_mut().enumerate() {
+            for (xv, wv) in x[r * f + full..(r + 1) * f].iter().zip(&w[full..]) {
+                *o = xv.mul_add(*wv, *o);
+            }
+        }
+        out
     }
 }
 
@@ -302,6 +356,28 @@ mod tests {
             // SAFETY: the CPU has AVX2 and FMA (checked above).
             let (fast, lanes) = unsafe { run_avx2_fma(Job(&a, &b)) };
             assert_eq!(fast.to_bits(), lanes.to_bits(), "n={n}");
+        }
+    }
+
+    #[test]
+    fn eight_rows_side_by_side_give_the_bits_of_eight_dots() {
+        if Kernels::detect() != Kernels::Avx2Fma {
+            return;
+        }
+        struct Job<'a>(&'a [f32], &'a [f32]);
+        impl Kernel for Job<'_> {
+            type Output = ([f32; 8], [f32; 8]);
+            fn run<A: Arith>(self) -> ([f32; 8], [f32; 8]) {
+                let f = self.1.len();
+                (A::dot_rows8(self.0, self.1), std::array::from_fn(|r| A::dot(&self.0[r * f..(r + 1) * f], self.1)))
+            }
+        }
+        for f in [1usize, 5, 8, 13, 16, 32, 33, 70] {
+            let x: Vec<f32> = (0..8 * f).map(|i| (i as f32 * 0.37).sin() * 1e3).collect();
+            let w: Vec<f32> = (0..f).map(|i| (i as f32 * 0.11).cos()).collect();
+            // SAFETY: the CPU has AVX2 and FMA (checked above).
+            let (side_by_side, one_by_one) = unsafe { run_avx2_fma(Job(&x, &w)) };
+            assert_eq!(side_by_side.map(f32::to_bits), one_by_one.map(f32::to_bits), "f={f}");
         }
     }
 }
