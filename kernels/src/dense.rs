@@ -312,7 +312,18 @@ pub(crate) fn forward<A: Arith>(layer: &DenseWeights<'_>, x: &[f32], rows: usize
     match layer.wt {
         Some(wt) => rows_times_matrix::<A>(x, rows, ni, wt, no, Some(layer.b), z),
         None => {
-            for r in 0..rows {
+            // Narrow layers: one dot product per row and output, eight rows side by side.
+            let eights = rows - rows % 8;
+            for r in (0..eights).step_by(8) {
+                let x8 = &x[r * ni..(r + 8) * ni];
+                for o in 0..no {
+                    let d = A::dot_rows8(x8, &layer.w[o * ni..(o + 1) * ni]);
+                    for (q, dq) in d.into_iter().enumerate() {
+                        z[(r + q) * no + o] = layer.b[o] + dq;
+                    }
+                }
+            }
+            for r in eights..rows {
                 let xr = &x[r * ni..(r + 1) * ni];
                 for (o, zo) in z[r * no..(r + 1) * no].iter_mut().enumerate() {
                     *zo = layer.b[o] + dot::<A>(xr, &layer.w[o * ni..(o + 1) * ni]);
