@@ -884,6 +884,21 @@ impl Kernel for ChunkJob<'_, '_, '_> {
     }
 }
 
+/// Whether any label is outside `0..classes`, as a unit of work for [`arith::dispatch`].
+struct AnyLabelOutside<'a> {
+    labels: &'a [i64],
+    classes: u64,
+}
+
+impl Kernel for AnyLabelOutside<'_> {
+    type Output = bool;
+    #[inline(always)]
+    fn run<A: Arith>(self) -> bool {
+        // (Negative labels are huge as u64.)
+        self.labels.iter().fold(false, |bad, &c| bad | (c as u64 >= self.classes))
+    }
+}
+
 /// One chunk's outputs, as a unit of work for [`arith::dispatch`].
 struct OutputsJob<'a> {
     model: &'a Model,
@@ -1023,9 +1038,10 @@ fn fold_in_order(dst: &mut [f32], parts: &[Vec<f32>]) {
 }
 
 fn check_labels(labels: &[i64], classes: usize) -> Result<()> {
-    // Every batch is checked: first a pass without early exit (vectorised), then the
-    // search for the row to name only when one is bad.
-    if !labels.iter().fold(false, |bad, &c| bad | (c as u64 >= classes as u64)) {
+    // Every batch is checked: first a pass without early exit (vectorised, with AVX2
+    // where the CPU has it: 64-bit compares), then the search for the row to name only
+    // when one is bad.
+    if !arith::dispatch(AnyLabelOutside { labels, classes: classes as u64 }) {
         return Ok(());
     }
     match labels.iter().position(|&c| c < 0 || c as u64 >= classes as u64) {
