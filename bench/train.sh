@@ -10,7 +10,8 @@
 #     --restart-backoff 0`, 256 MB checkpoint of step 40) beside 2 s + the checkpoint read time
 #     (restore of that checkpoint on its own, in a fresh gang).
 #
-#   bench/train.sh [ROUNDS]     (default 3; best round of each figure, median for latency)
+#   bench/train.sh [ROUNDS]     (default 3; best round of each figure, median for latency;
+#                                epochs also against each round's own limits)
 # Writes bench/results/train.md and prints the table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
