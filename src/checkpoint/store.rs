@@ -554,8 +554,8 @@ pub(crate) fn load(dir: &Path, m: &Manifest, rank: usize) -> Result<Loaded> {
     };
     let tensor_name = tensor_file(rank);
     let tensor_path = dir.join(&tensor_name);
-    let bytes = read_checked(&tensor_path, file(&tensor_name)?)?;
-    let (tensors, _) = safetensors::decode(&tensor_path, &bytes)?;
+    let entry = file(&tensor_name)?;
+    let (tensors, _) = safetensors::read_verified(&tensor_path, entry.bytes, entry.crc32)?;
     let meta_name = meta_file(rank);
     let meta_path = dir.join(&meta_name);
     let meta_bytes = read_checked(&meta_path, file(&meta_name)?)?;
