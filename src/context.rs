@@ -360,7 +360,8 @@ fn init_mpi(config: &Config, env: RankEnv) -> Result<Context> {
     let (rank, size) = (comm.rank(), comm.size());
     install_abort_on_panic(PanicInfo { rank, attempt: env.attempt, run_dir: env.run_dir.clone() });
     // The rank's main thread makes MPI calls and runs the training kernels: as a worker
-    // of their thread pool it computes its share of each step rather than sleeping on it.
+    // of their thread pool (when the rank has two cores or more) it computes its share of
+    // each step rather than sleeping on it.
     gang_kernels::adopt_current_thread();
     crate::heartbeat::start(rank, env.attempt);
     if let Err(e) = env.check_against_mpi(rank, size) {

@@ -57,14 +57,21 @@ pub use rng::SplitMix64;
 /// this thread as its worker 0 (and as many threads in all as rayon would start,
 /// `RAYON_NUM_THREADS` or the CPUs this process may run on). A rank's main thread that
 /// calls the kernels then works on its own batch while the other threads steal chunks,
-/// instead of handing the batch to the pool and sleeping until it is done: per step, one
-/// thread wake-up less on the critical path (about a fifth of an MLP(64) step of 8,192
-/// rows on two cores).
+/// instead of handing the batch to the pool and sleeping until it is done: one thread
+/// wake-up less on the critical path of every step.
 ///
 /// Call it once, early, from the thread that will call the kernels for the life of the
-/// process (a rank's main thread). Returns `false`, changing nothing, when the global pool
-/// already exists (rayon was used before, or another thread called this first): the
-/// kernels then run as before, on the existing pool.
+/// process (a rank's main thread). Rayon work started by other threads runs on the pool's
+/// other threads (this one joins in only when it calls rayon itself), so the pool is built
+/// this way only when it has at least two threads; with one, the kernels run sequentially
+/// on the calling thread anyway. Returns whether the pool was built; `false`, changing
+/// nothing, also when the global pool already exists (rayon was used before, or another
+/// thread called this first).
 pub fn adopt_current_thread() -> bool {
-    rayon::ThreadPoolBuilder::new().use_current_thread().build_global().is_ok()
+    let threads = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    threads >= 2 && rayon::ThreadPoolBuilder::new().num_threads(threads).use_current_thread().build_global().is_ok()
 }

@@ -24,6 +24,17 @@ fn an_adopted_thread_is_worker_zero_and_the_gradient_keeps_its_bits() {
     });
 
     assert_eq!(rayon::current_thread_index(), None, "the test thread starts outside any pool");
+    let threads = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if threads < 2 {
+        // One thread: nothing to adopt (rayon work from other threads would find no worker).
+        assert!(!gang_kernels::adopt_current_thread());
+        assert_eq!(rayon::current_thread_index(), None);
+        return;
+    }
     assert!(gang_kernels::adopt_current_thread(), "the global pool did not exist yet");
     assert_eq!(rayon::current_thread_index(), Some(0));
     assert!(!gang_kernels::adopt_current_thread(), "a second call must change nothing");
