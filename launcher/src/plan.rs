@@ -152,6 +152,13 @@ pub fn build(input: &PlanInput) -> Result<LaunchPlan> {
             }
             // With a hostfile its slot counts decide; mpirun then says clearly when there
             // are too few, instead of us oversubscribing remote nodes behind the user's back.
+            // When a rank dies, mpirun waits this many seconds (default 1) before it
+            // signals the others, and as long again before SIGKILL: a second added to every
+            // failure-to-resume. gang's outputs and checkpoints are safe against SIGKILL at
+            // any point (nothing is visible before its commit), so no grace is needed.
+            args.push("--mca".into());
+            args.push("odls_base_sigkill_timeout".into());
+            args.push("0".into());
             if oversubscribed && input.hostfile.is_none() {
                 args.push("--oversubscribe".into());
                 // Busy-polling ranks sharing a core starve each other without this.
@@ -265,7 +272,7 @@ mod tests {
     fn open_mpi_plain() {
         let plan = build(&input(LauncherKind::Mpirun, MpiFlavour::OpenMpi)).unwrap();
         assert_eq!(plan.program, PathBuf::from("/usr/bin/mpirun"));
-        let mut want = vec!["-n".to_string(), "2".into()];
+        let mut want: Vec<String> = ["-n", "2", "--mca", "odls_base_sigkill_timeout", "0"].map(String::from).to_vec();
         want.extend(forward_flags());
         want.extend(TAIL.map(String::from));
         assert_eq!(argv(&plan), want);
@@ -278,10 +285,20 @@ mod tests {
         i.ranks = 5;
         i.tag_output = false;
         let a = argv(&build(&i).unwrap());
-        let mut want: Vec<String> =
-            ["-n", "5", "--allow-run-as-root", "--oversubscribe", "--mca", "mpi_yield_when_idle", "1"]
-                .map(String::from)
-                .to_vec();
+        let mut want: Vec<String> = [
+            "-n",
+            "5",
+            "--allow-run-as-root",
+            "--mca",
+            "odls_base_sigkill_timeout",
+            "0",
+            "--oversubscribe",
+            "--mca",
+            "mpi_yield_when_idle",
+            "1",
+        ]
+        .map(String::from)
+        .to_vec();
         want.extend(forward_flags());
         want.extend(["/opt/gang/bin/gang", "__rank-supervisor", "--", "/bin/prog", "a b", "--x"].map(String::from));
         assert_eq!(a, want);
@@ -293,7 +310,7 @@ mod tests {
         i.hostfile = Some("/etc/hosts.mpi".into());
         i.ranks = 8;
         let a = argv(&build(&i).unwrap());
-        assert_eq!(&a[..4], ["-n", "8", "--hostfile", "/etc/hosts.mpi"]);
+        assert_eq!(&a[..7], ["-n", "8", "--mca", "odls_base_sigkill_timeout", "0", "--hostfile", "/etc/hosts.mpi"]);
         assert!(!a.contains(&"--oversubscribe".to_string()));
         assert!(!a.contains(&"--allow-run-as-root".to_string()));
     }
