@@ -117,6 +117,9 @@ pub struct PlanInput {
     pub supervisor: PathBuf,
     /// Prefix each output line of a rank with `[rank R] `.
     pub tag_output: bool,
+    /// Open MPI's `odls_base_sigkill_timeout`: seconds between SIGTERM and SIGKILL when
+    /// mpirun stops the ranks.
+    pub kill_grace: u32,
     /// Absolute path of the user program.
     pub program: PathBuf,
     /// Its arguments.
@@ -152,13 +155,14 @@ pub fn build(input: &PlanInput) -> Result<LaunchPlan> {
             }
             // With a hostfile its slot counts decide; mpirun then says clearly when there
             // are too few, instead of us oversubscribing remote nodes behind the user's back.
-            // When a rank dies, mpirun waits this many seconds (default 1) before it
-            // signals the others, and as long again before SIGKILL: a second added to every
-            // failure-to-resume. gang's outputs and checkpoints are safe against SIGKILL at
-            // any point (nothing is visible before its commit), so no grace is needed.
+            // When a rank dies, mpirun waits this many seconds (Open MPI's default: 1)
+            // before it signals the others, and as long again before SIGKILL: a second
+            // added to every failure-to-resume. gang's outputs and checkpoints are safe
+            // against SIGKILL at any point (nothing is visible before its commit), so the
+            // default is no grace (`--kill-grace`).
             args.push("--mca".into());
             args.push("odls_base_sigkill_timeout".into());
-            args.push("0".into());
+            args.push(input.kill_grace.to_string().into());
             if oversubscribed && input.hostfile.is_none() {
                 args.push("--oversubscribe".into());
                 // Busy-polling ranks sharing a core starve each other without this.
@@ -242,6 +246,7 @@ mod tests {
             hostfile: None,
             supervisor: "/opt/gang/bin/gang".into(),
             tag_output: true,
+            kill_grace: 0,
             program: "/bin/prog".into(),
             args: vec!["a b".into(), "--x".into()],
             env: RankEnv {
@@ -311,6 +316,9 @@ mod tests {
         i.ranks = 8;
         let a = argv(&build(&i).unwrap());
         assert_eq!(&a[..7], ["-n", "8", "--mca", "odls_base_sigkill_timeout", "0", "--hostfile", "/etc/hosts.mpi"]);
+        i.kill_grace = 5;
+        let a = argv(&build(&i).unwrap());
+        assert_eq!(&a[2..5], ["--mca", "odls_base_sigkill_timeout", "5"]);
         assert!(!a.contains(&"--oversubscribe".to_string()));
         assert!(!a.contains(&"--allow-run-as-root".to_string()));
     }

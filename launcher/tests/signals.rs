@@ -9,9 +9,15 @@ use std::time::{Duration, Instant};
 /// Starts `gang run -n 2 -- sleep 300` and waits (bounded) until both ranks have recorded
 /// their start; returns the process and its run directory.
 fn start_sleeping_gang(dir: &TempDir) -> (GangProcess, std::path::PathBuf) {
+    start_gang(dir, &[], &["sleep", "300"])
+}
+
+/// Starts `gang run -n 2 OPTIONS -- PROGRAM` and waits (bounded) until both ranks have
+/// recorded their start.
+fn start_gang(dir: &TempDir, options: &[&str], program: &[&str]) -> (GangProcess, std::path::PathBuf) {
     let root = dir.path().join("runs");
     let mut cmd = Command::new(gang());
-    cmd.args(["run", "-n", "2", "--run-dir", root.to_str().unwrap(), "--", "sleep", "300"]);
+    cmd.args(["run", "-n", "2", "--run-dir", root.to_str().unwrap()]).args(options).arg("--").args(program);
     let gang = GangProcess::spawn(cmd, dir.path());
     let deadline = Instant::now() + HANG_GUARD;
     loop {
@@ -59,6 +65,21 @@ fn sigterm_stops_the_whole_gang() {
 #[test]
 fn sigint_stops_the_whole_gang() {
     stop_with("INT", 2);
+}
+
+#[test]
+fn a_kill_grace_lets_the_ranks_clean_up_on_sigterm() {
+    require_mpirun();
+    let dir = TempDir::new("sig-grace");
+    let script = "trap 'kill $!; sleep 0.3; echo cleaned up; exit 0' TERM; sleep 300 & wait";
+    let (gang, run) = start_gang(&dir, &["--kill-grace", "3"], &["sh", "-c", script]);
+    let sent = Command::new("kill").arg("-TERM").arg(gang.id().to_string()).status().unwrap();
+    assert!(sent.success());
+    let out = gang.wait();
+    assert_eq!(out.code, Some(128 + 15), "{}", out.stderr);
+    let cleaned: Vec<&str> = out.stdout.lines().filter(|l| l.ends_with("cleaned up")).collect();
+    assert_eq!(cleaned.len(), 2, "both ranks run their SIGTERM handler to the end: {}", out.stdout);
+    assert_gang_gone(&run);
 }
 
 #[test]
