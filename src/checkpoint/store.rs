@@ -364,27 +364,35 @@ impl CheckpointStore {
                     continue;
                 }
             };
-            // Rank 0's replicated tensors and metadata reach every rank.
+            // Rank 0's replicated tensors and metadata reach every rank: names, shapes and
+            // metadata first, then each tensor's values broadcast straight into place.
             let (replicated, meta0, mine) = if world > 1 {
-                let mut bytes = Vec::new();
-                if let Some(l) = &loaded {
-                    if rank == 0 {
-                        let meta = serde_json::to_string(&l.meta).map_err(Error::external)?;
-                        let refs: Vec<&Tensor> = l.replicated.iter().collect();
-                        bytes = safetensors::to_bytes(&refs, &BTreeMap::from([("meta".to_string(), meta)]));
-                    }
+                let mut head = Vec::new();
+                if let (0, Some(l)) = (rank, &loaded) {
+                    let shapes: Vec<(&str, &[usize])> =
+                        l.replicated.iter().map(|t| (t.name.as_str(), t.shape.as_slice())).collect();
+                    head = serde_json::to_vec(&(shapes, &l.meta)).map_err(Error::external)?;
                 }
-                ctx.comm().broadcast_bytes(0, &mut bytes)?;
+                ctx.comm().broadcast_bytes(0, &mut head)?;
                 if rank == 0 {
-                    let l = loaded.expect("rank 0 loaded");
+                    let mut l = loaded.expect("rank 0 loaded");
+                    for t in &mut l.replicated {
+                        ctx.comm().broadcast(0, &mut t.data)?;
+                    }
                     (l.replicated, l.meta.clone(), Some((l.sharded, l.meta)))
                 } else {
-                    let from = step_dir.join(tensor_file(0));
-                    let (tensors, md) = safetensors::decode(&from, &bytes)?;
-                    let meta0: Meta = md
-                        .get("meta")
-                        .and_then(|m| serde_json::from_str(m).ok())
-                        .ok_or_else(|| Error::input(&from, None, "rank 0 sent no metadata"))?;
+                    let (shapes, meta0): (Vec<(String, Vec<usize>)>, Meta) =
+                        serde_json::from_slice(&head).map_err(|e| Error::GangFailed {
+                            rank: 0,
+                            stage: "checkpoint restore".into(),
+                            message: format!("unreadable list of replicated tensors from rank 0: {e}"),
+                        })?;
+                    let mut tensors = Vec::with_capacity(shapes.len());
+                    for (name, shape) in shapes {
+                        let mut data = vec![0f32; shape.iter().product()];
+                        ctx.comm().broadcast(0, &mut data)?;
+                        tensors.push(Tensor { name, shape, data });
+                    }
                     (tensors, meta0, loaded.map(|l| (l.sharded, l.meta)))
                 }
             } else {
