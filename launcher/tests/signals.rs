@@ -71,8 +71,19 @@ fn sigint_stops_the_whole_gang() {
 fn a_kill_grace_lets_the_ranks_clean_up_on_sigterm() {
     require_mpirun();
     let dir = TempDir::new("sig-grace");
-    let script = "trap 'kill $!; sleep 0.3; echo cleaned up; exit 0' TERM; sleep 300 & wait";
-    let (gang, run) = start_gang(&dir, &["--kill-grace", "3"], &["sh", "-c", script]);
+    // Each rank says when its handler is in place: a SIGTERM before that would end it at once.
+    let ready = dir.path().join("ready");
+    std::fs::create_dir_all(&ready).unwrap();
+    let script = format!(
+        "trap 'kill $!; sleep 0.3; echo cleaned up; exit 0' TERM; touch {}/$OMPI_COMM_WORLD_RANK; sleep 300 & wait",
+        ready.display()
+    );
+    let (gang, run) = start_gang(&dir, &["--kill-grace", "3"], &["sh", "-c", &script]);
+    let deadline = Instant::now() + HANG_GUARD;
+    while std::fs::read_dir(&ready).unwrap().count() < 2 {
+        assert!(Instant::now() < deadline, "the ranks never installed their handler");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let sent = Command::new("kill").arg("-TERM").arg(gang.id().to_string()).status().unwrap();
     assert!(sent.success());
     let out = gang.wait();
