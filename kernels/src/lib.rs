@@ -6,8 +6,9 @@
 //! with `1 / global_rows`. Data are row-major `f32` (`x` is `[n, features]`).
 //!
 //! Everything is deterministic: fixed seeds ([`SplitMix64`]) and a fixed reduction order
-//! (chunks of [`CHUNK_ROWS`] rows, summed in chunk order; within a chunk every sum runs in
-//! row order), so the same inputs give a bitwise-identical gradient whatever the number of
+//! (chunks of [`CHUNK_ROWS`] rows, summed in chunk order; within a chunk every gradient sum
+//! runs in row order, the loss in four interleaved lanes of rows), so the same inputs give a
+//! bitwise-identical gradient and loss whatever the number of
 //! rayon threads, and whether a batch comes as one matrix or as row ranges of a larger one
 //! ([`Model::loss_and_grad_rows`]). The kernels are built twice ([`Kernels`]): AVX2 + FMA,
 //! chosen at run time where the CPU has it, and a portable build (multiply and add never

@@ -1057,8 +1057,8 @@ fn regression_row(z: f32, t: f32) -> (f32, f32) {
     (0.5 * d * d, d)
 }
 
-/// Log-loss of logit `z` against target probability `t`, its derivative
-/// `sigmoid(z) - t`, and whether the predicted class matches.
+/// Log-loss of logit `z` against target probability `t`, and its derivative
+/// `sigmoid(z) - t`.
 ///
 /// `loss = t softplus(-z) + (1 - t) softplus(z)` with
 /// `softplus(z) = max(z, 0) + ln(1 + e^-|z|)`: no overflow, and no cancellation for
