@@ -117,8 +117,8 @@ pub struct PlanInput {
     pub supervisor: PathBuf,
     /// Prefix each output line of a rank with `[rank R] `.
     pub tag_output: bool,
-    /// Open MPI's `odls_base_sigkill_timeout`: seconds between SIGTERM and SIGKILL when
-    /// mpirun stops the ranks.
+    /// Open MPI's `odls_base_sigkill_timeout`: seconds mpirun waits before it sends the
+    /// ranks SIGTERM when it stops them, and again before SIGKILL.
     pub kill_grace: u32,
     /// Absolute path of the user program.
     pub program: PathBuf,

@@ -57,11 +57,11 @@ pub struct LaunchOptions {
     /// `gang` with exit code 124.
     #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = parse_seconds)]
     pub stall_timeout: Duration,
-    /// Whole seconds Open MPI gives the ranks between SIGTERM and SIGKILL when it stops the
-    /// gang (after a rank failed, or on SIGINT/SIGTERM to gang), and waits before the
-    /// SIGTERM after a failure. 0, the default, stops them at once: gang's outputs and
-    /// checkpoints are safe against SIGKILL at any point, and a restart begins sooner.
-    /// Raise it for programs that clean up on SIGTERM. (mpirun with Open MPI only.)
+    /// Whole seconds Open MPI waits before it sends the ranks SIGTERM when it stops the gang
+    /// (after a rank failed, or on SIGINT/SIGTERM to gang), and as long again before
+    /// SIGKILL. 0, the default, stops them at once: gang's outputs and checkpoints are safe
+    /// against SIGKILL at any point, and a restart begins sooner. Raise it for programs
+    /// that clean up on SIGTERM. (mpirun with Open MPI only.)
     #[arg(long, value_name = "SECONDS", default_value_t = 0)]
     pub kill_grace: u32,
 }
@@ -236,7 +236,10 @@ pub fn run(opts: &LaunchOptions, command: &[OsString]) -> Result<i32> {
         Some(l) => (l.address().to_string(), l.token().to_string()),
         None => (String::new(), String::new()),
     };
-    let watch = Watch { sig_rx: &sig_rx, listener: listener.as_ref(), stall_timeout: opts.stall_timeout };
+    // mpirun waits the kill grace before it sends the ranks SIGTERM and as long again before
+    // SIGKILL: give it that time before stopping it by force.
+    let stop_grace = STOP_GRACE + 2 * Duration::from_secs(u64::from(opts.kill_grace));
+    let watch = Watch { sig_rx: &sig_rx, listener: listener.as_ref(), stall_timeout: opts.stall_timeout, stop_grace };
     let code =
         attempts(opts, launcher, &run, &run_id, &watch, |attempt| plan::build(&input(attempt, &address, &token)));
     signals_handle.close();
@@ -248,6 +251,8 @@ struct Watch<'a> {
     sig_rx: &'a mpsc::Receiver<i32>,
     listener: Option<&'a heartbeat::Listener>,
     stall_timeout: Duration,
+    /// From SIGTERM to the launcher to its SIGKILL.
+    stop_grace: Duration,
 }
 
 /// Runs attempt after attempt until one succeeds, the user stops the gang, or the restart
@@ -424,7 +429,7 @@ fn plan_world(plan: &LaunchPlan) -> usize {
 }
 
 /// Waits for the launcher. On the first signal sends SIGTERM to its process group, on a
-/// second signal or after [`STOP_GRACE`] SIGKILL. Also stops the gang when a rank recorded
+/// second signal or after [`STOP_GRACE`] (plus twice the kill grace) SIGKILL. Also stops the gang when a rank recorded
 /// a failure and the launcher is still running [`FAILURE_GRACE`] later, and when a rank
 /// stalls (see [`heartbeat`]).
 fn watch(
@@ -492,7 +497,7 @@ fn watch(
             term_sent = Some(Instant::now());
             let _ = sys::signal_group(pgid, sys::SIGTERM);
         }
-        if !kill_sent && term_sent.is_some_and(|t| t.elapsed() >= STOP_GRACE) {
+        if !kill_sent && term_sent.is_some_and(|t| t.elapsed() >= w.stop_grace) {
             kill_sent = true;
             let _ = sys::signal_group(pgid, sys::SIGKILL);
         }

@@ -78,7 +78,8 @@ fn a_kill_grace_lets_the_ranks_clean_up_on_sigterm() {
         "trap 'kill $!; sleep 0.3; echo cleaned up; exit 0' TERM; touch {}/$OMPI_COMM_WORLD_RANK; sleep 300 & wait",
         ready.display()
     );
-    let (gang, run) = start_gang(&dir, &["--kill-grace", "3"], &["sh", "-c", &script]);
+    // Open MPI waits the grace before the SIGTERM and as long again before the SIGKILL.
+    let (gang, run) = start_gang(&dir, &["--kill-grace", "2"], &["sh", "-c", &script]);
     let deadline = Instant::now() + HANG_GUARD;
     while std::fs::read_dir(&ready).unwrap().count() < 2 {
         assert!(Instant::now() < deadline, "the ranks never installed their handler");
