@@ -429,9 +429,9 @@ fn plan_world(plan: &LaunchPlan) -> usize {
 }
 
 /// Waits for the launcher. On the first signal sends SIGTERM to its process group, on a
-/// second signal or after [`STOP_GRACE`] (plus twice the kill grace) SIGKILL. Also stops the gang when a rank recorded
-/// a failure and the launcher is still running [`FAILURE_GRACE`] later, and when a rank
-/// stalls (see [`heartbeat`]).
+/// second signal or after [`STOP_GRACE`] (plus twice the kill grace) SIGKILL. Also stops
+/// the gang when a rank recorded a failure and the launcher is still running
+/// [`FAILURE_GRACE`] later, and when a rank stalls (see [`heartbeat`]).
 fn watch(
     child: &mut Child,
     pgid: u32,
