@@ -279,22 +279,6 @@ fn my_files_bytes(step_dir: &Path, rank: usize) -> Result<u64> {
     Ok(n)
 }
 
-/// `sync_file_range(SYNC_FILE_RANGE_WRITE)`: starts the write-back of a range without
-/// waiting, as the checkpoint writer does every 32 MiB.
-#[allow(unsafe_code)]
-fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: the call reads no memory of ours; a bad range only yields an ignored error.
-    unsafe {
-        libc::sync_file_range(
-            file.as_raw_fd(),
-            offset as libc::off64_t,
-            len as libc::off64_t,
-            libc::SYNC_FILE_RANGE_WRITE,
-        );
-    }
-}
-
 fn fsync_dir(dir: &Path) -> Result<()> {
     std::fs::File::open(dir)?.sync_all()?;
     Ok(())
@@ -368,7 +352,7 @@ fn ckpt(ctx: &Context, dir: &Path, mb: usize, reps: usize, out: &str) -> Result<
                     written += chunk.len() as u64;
                     // The same write-back started every 32 MiB as the checkpoint's.
                     if ahead && written.is_multiple_of(32 << 20) {
-                        start_writeback(&f, written - (32 << 20), 32 << 20);
+                        gang::bench_support::start_writeback(&f, written - (32 << 20), 32 << 20);
                     }
                 }
                 f.sync_all()?;

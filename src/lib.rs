@@ -37,6 +37,12 @@ pub mod section;
 pub mod selftest;
 pub mod stage;
 mod sys;
+/// What gang's benchmarks (`bench/`) share with the library to measure its limits on the
+/// same terms; not part of the API.
+#[doc(hidden)]
+pub mod bench_support {
+    pub use crate::sys::start_writeback;
+}
 pub mod train;
 
 pub use checkpoint::CheckpointStore;

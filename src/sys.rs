@@ -38,7 +38,7 @@ pub(crate) fn advise_huge_pages<T>(buf: &mut [std::mem::MaybeUninit<T>]) {
 /// fsync finds little left to do. Not a durability guarantee on its own (the fsync is
 /// still needed). Best effort: errors and other systems are ignored (the fsync reports
 /// any failure to write).
-pub(crate) fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
+pub fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
     #[cfg(target_os = "linux")]
     {
         use std::os::fd::AsRawFd;
