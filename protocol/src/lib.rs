@@ -62,6 +62,43 @@ pub enum FailureKind {
     Error,
 }
 
+/// Whether a restart of the gang can mend a failure: what the launcher's restart policy
+/// reads from a rank's [`FailureRecord`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum FailureClass {
+    /// Options or arguments that cannot work: the same command fails the same way again.
+    Usage,
+    /// A bad input file or dataset: it fails the same way until the input is fixed.
+    Input,
+    /// A rank died or stalled, an MPI or I/O error, a panic: a restart may succeed.
+    #[default]
+    Transient,
+}
+
+impl FailureClass {
+    /// Whether restarting the gang can help.
+    pub fn restartable(self) -> bool {
+        matches!(self, FailureClass::Transient)
+    }
+
+    /// `usage`, `input` or `transient`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureClass::Usage => "usage",
+            FailureClass::Input => "input",
+            FailureClass::Transient => "transient",
+        }
+    }
+}
+
+impl std::fmt::Display for FailureClass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Written by a rank (through the `gang` library) just before it aborts the gang.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FailureRecord {
@@ -71,6 +108,9 @@ pub struct FailureRecord {
     pub attempt: u32,
     /// Panic or error.
     pub kind: FailureKind,
+    /// Whether a restart can help (records of older versions read as transient).
+    #[serde(default)]
+    pub class: FailureClass,
     /// The error or panic message, with its location where known.
     pub message: String,
     /// Host name of the rank.
@@ -88,11 +128,18 @@ impl FailureRecord {
             rank,
             attempt,
             kind,
+            class: FailureClass::Transient,
             message,
             host: hostname(),
             pid: std::process::id(),
             time_unix_ns: now_unix_ns(),
         }
+    }
+
+    /// The same record with `class` (the default is [`FailureClass::Transient`]).
+    pub fn with_class(mut self, class: FailureClass) -> Self {
+        self.class = class;
+        self
     }
 }
 
