@@ -1,19 +1,16 @@
 //! Starting a rank: [`Config`] (plain data), [`init`] and [`execute`], and the guarantee
 //! that a failing rank never leaves its peers hanging.
 
+#[cfg(feature = "mpi")]
 use crate::comm::mpi::{MpiComm, MpiRuntime};
-use crate::comm::{Backend, Comm, LocalGroup};
+use crate::comm::{Comm, FailureScope, LocalGroup};
 use crate::env::{placement_from_hosts, RankEnv};
 use crate::error::{Error, Result};
+use crate::failure::{self, RunInfo};
+pub use crate::failure::{EXIT_RANK_ERROR, EXIT_RANK_PANIC};
 use gang_protocol::device::Device;
-use gang_protocol::{FailureKind, FailureRecord, RunDir};
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Once, OnceLock};
-
-/// Exit code of a rank that aborts the gang because its code returned an error.
-pub const EXIT_RANK_ERROR: i32 = 1;
-/// Exit code of a rank that aborts the gang because its code panicked (Rust's own).
-pub const EXIT_RANK_PANIC: i32 = 101;
+use gang_protocol::RunDir;
+use std::path::Path;
 
 /// How the ranks of this process are made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,16 +141,10 @@ pub struct Context {
     device: Device,
     env: RankEnv,
     run_dir: Option<RunDir>,
+    run: RunInfo,
+    mpi_threading: Option<MpiThreading>,
     // Barrier sections this context has entered (see `crate::section`).
     sections_entered: std::sync::atomic::AtomicU64,
-    // Keeps MPI alive while the context lives; dropped after `comm` (field order).
-    _mpi: Option<Arc<MpiRuntime>>,
-}
-
-impl std::fmt::Debug for MpiRuntime {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("MpiRuntime")
-    }
 }
 
 impl Context {
@@ -227,12 +218,22 @@ impl Context {
         &self.env
     }
 
-    /// The MPI library's version string, or `"local"` on the Local backend.
+    /// The MPI library's version string, or `local (N threads)` on the Local backend.
     pub fn backend_description(&self) -> String {
-        match self.comm.backend_name() {
-            "mpi" => crate::comm::mpi::library_version(),
-            _ => format!("local ({} threads)", self.world()),
-        }
+        self.comm.backend_description()
+    }
+
+    /// The thread level MPI provides to this rank (asked for with `GANG_MPI_THREADING`, or
+    /// whatever the program that adopted its communicator initialized); `None` on the
+    /// Local backend.
+    pub fn mpi_threading(&self) -> Option<MpiThreading> {
+        self.mpi_threading
+    }
+
+    /// The attempt and run directory, as storage and stages that work on a bare
+    /// communicator take them.
+    pub fn run_info(&self) -> &RunInfo {
+        &self.run
     }
 
     /// The number of barrier sections this context entered before, then counts one more
@@ -249,68 +250,13 @@ impl Context {
         crate::heartbeat::report(step, total, what);
     }
 
-    /// Records why this rank failed in the run directory and stops the whole gang: under
-    /// MPI every process of the job is killed (`MPI_Abort`); on the Local backend the
-    /// peers' collectives fail with [`Error::GangFailed`].
-    pub fn fail_gang(&self, stage: &str, error: &dyn std::fmt::Display) {
-        let message = error.to_string();
-        record_failure(self.rank(), self.attempt(), self.run_dir(), FailureKind::Error, &format!("{stage}: {message}"));
-        self.comm.abort_gang(stage, &message, EXIT_RANK_ERROR);
+    /// Records why this rank failed (with the error's [`class`](Error::class)) in the run
+    /// directory and stops the whole gang: under MPI every process of the job is killed
+    /// (`MPI_Abort`, this does not return); on the Local backend the peers' collectives
+    /// fail with [`Error::GangFailed`].
+    pub fn fail_gang(&self, stage: &str, error: &Error) {
+        failure::fail_gang(&self.comm, &self.run, stage, error, EXIT_RANK_ERROR);
     }
-}
-
-/// Prints why `rank` failed and records it in the run directory (best effort: a failure
-/// to record is printed too), before the caller stops the gang.
-fn record_failure(rank: usize, attempt: u32, run_dir: Option<&Path>, kind: FailureKind, message: &str) {
-    let what = match kind {
-        FailureKind::Panic => "panicked",
-        _ => "failed",
-    };
-    eprintln!("gang: rank {rank} {what}: {message}; stopping the gang");
-    if let Some(dir) = run_dir {
-        let run = RunDir::open(dir).with_attempt(attempt);
-        if let Err(e) = run.write_failure(&FailureRecord::now(rank, attempt, kind, message.to_string())) {
-            eprintln!("gang: rank {rank}: could not record the failure in {}: {e}", dir.display());
-        }
-    }
-}
-
-/// What the panic hook needs to know about the MPI rank of this process.
-struct PanicInfo {
-    rank: usize,
-    attempt: u32,
-    run_dir: Option<PathBuf>,
-}
-
-static MPI_RANK_INFO: OnceLock<PanicInfo> = OnceLock::new();
-static HOOK: Once = Once::new();
-
-/// Installs the panic hook that turns a panic anywhere in an MPI rank into a gang abort:
-/// the default message is printed, the failure is recorded in the run directory, and
-/// `MPI_Abort` ends every process of the job (unwinding would finalize MPI while the peers
-/// wait in a collective: a hang that never ends).
-fn install_abort_on_panic(info: PanicInfo) {
-    let _ = MPI_RANK_INFO.set(info);
-    HOOK.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |p| {
-            previous(p);
-            if !crate::comm::mpi::is_active() {
-                return;
-            }
-            let Some(info) = MPI_RANK_INFO.get() else { return };
-            let payload = p
-                .payload()
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| p.payload().downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "panic".to_string());
-            let location = p.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
-            let message = format!("{payload}{location}");
-            record_failure(info.rank, info.attempt, info.run_dir.as_deref(), FailureKind::Panic, &message);
-            crate::comm::mpi::abort_world(EXIT_RANK_PANIC);
-        }));
-    });
 }
 
 /// The context of this process's rank.
@@ -351,33 +297,120 @@ fn init_with(config: &Config) -> Result<Context> {
     }
 }
 
+#[cfg(feature = "mpi")]
 fn init_mpi(config: &Config, env: RankEnv) -> Result<Context> {
     let runtime = MpiRuntime::init(config.mpi_threading)?;
-    let mut comm = Comm::new(Backend::Mpi(MpiComm::world(runtime.clone())?));
+    let threading = runtime.threading();
+    let comm = Comm::from_backend(Box::new(MpiComm::world(runtime)?));
+    mpi_context(comm, env, config, Some(threading), false)
+}
+
+#[cfg(not(feature = "mpi"))]
+fn init_mpi(_config: &Config, _env: RankEnv) -> Result<Context> {
+    Err(Error::Environment(
+        "this program was started by an MPI launcher but gang was built without its `mpi` \
+         feature: rebuild with the default features to run as MPI ranks"
+            .into(),
+    ))
+}
+
+/// The context of this rank on a duplicate of `comm`, a communicator the program owns
+/// (from rsmpi: its world, or a split of it). MPI stays the program's: gang never calls
+/// `MPI_Finalize` for it, frees its duplicate only while MPI is alive, and reads the thread
+/// level with `MPI_Query_thread`. Collective over `comm`.
+///
+/// The gang is `comm`'s ranks: rank, size, local ranks and nodes are `comm`'s, found by
+/// exchanging host names (the launcher's variables describe the whole job and are not
+/// checked against it). A panic or a failure stops the whole MPI job, as MPI does.
+///
+/// # Examples
+/// ```no_run
+/// use gang::mpi::topology::{Color, Communicator};
+///
+/// let universe = gang::mpi::initialize().unwrap();
+/// let world = universe.world();
+/// let half = world.split_by_color(Color::with_value(world.rank() % 2)).unwrap();
+/// let ctx = gang::init_from_comm(&half).unwrap();
+/// assert_eq!(ctx.world(), half.size() as usize);
+/// drop(ctx); // before `universe`, which finalizes MPI
+/// ```
+///
+/// # Errors
+/// [`Error::Environment`] if MPI is not initialized or already finalized; [`Error::Mpi`].
+#[cfg(feature = "mpi")]
+pub fn init_from_comm<C>(comm: &C) -> Result<Context>
+where
+    C: ::mpi::raw::AsRaw<Raw = ::mpi::ffi::MPI_Comm>,
+{
+    let comm = MpiComm::adopt(comm)?;
+    let threading = comm.runtime().threading();
+    mpi_context(Comm::from_backend(Box::new(comm)), RankEnv::from_env()?, &Config::default(), Some(threading), true)
+}
+
+/// [`init_from_comm`] for a raw `MPI_Comm` handle (from C, or `MPI_Comm_f2c` of a Fortran
+/// handle).
+///
+/// # Safety
+/// `raw` is a valid communicator of the initialized, not finalized MPI of this process,
+/// and every rank of it makes this call.
+///
+/// # Errors
+/// As [`init_from_comm`].
+#[cfg(feature = "mpi")]
+#[allow(unsafe_code)] // The entry point of the C API: the handle's validity is the caller's.
+pub unsafe fn init_from_raw_comm(raw: ::mpi::ffi::MPI_Comm) -> Result<Context> {
+    // SAFETY: the caller's contract.
+    let comm = unsafe { MpiComm::adopt_raw(raw) }?;
+    let threading = comm.runtime().threading();
+    mpi_context(Comm::from_backend(Box::new(comm)), RankEnv::from_env()?, &Config::default(), Some(threading), true)
+}
+
+/// A Process-scope rank's context: failure hook, kernels' thread pool, heartbeats, the
+/// check against the launcher's variables (unless `adopted`), placement.
+#[cfg(feature = "mpi")]
+fn mpi_context(
+    mut comm: Comm,
+    env: RankEnv,
+    config: &Config,
+    mpi_threading: Option<MpiThreading>,
+    adopted: bool,
+) -> Result<Context> {
     if let Some(m) = config.max_count {
         comm.set_max_count(m);
     }
     let (rank, size) = (comm.rank(), comm.size());
-    install_abort_on_panic(PanicInfo { rank, attempt: env.attempt, run_dir: env.run_dir.clone() });
+    let mut run = RunInfo::new(env.attempt);
+    run.run_dir = env.run_dir.clone();
+    failure::claim_process(&comm, &run);
     // The rank's main thread makes MPI calls and runs the training kernels: as a worker
     // of their thread pool (when the rank has two cores or more) it computes its share of
     // each step rather than sleeping on it.
     gang_kernels::adopt_current_thread();
-    crate::heartbeat::start(rank, env.attempt);
-    if let Err(e) = env.check_against_mpi(rank, size) {
-        // Every process checks on its own (with a mismatched MPI they are separate worlds
-        // and no collective is possible), so a process that finds a disagreement must not
-        // return into code whose collectives its peers might wait in: report and abort.
-        record_failure(rank, env.attempt, env.run_dir.as_deref(), FailureKind::Error, &format!("init: {e}"));
-        crate::comm::mpi::abort_world(EXIT_RANK_ERROR);
+    // Heartbeats name the process by its rank in the launcher's job, which for an adopted
+    // communicator is not its rank in the gang.
+    crate::heartbeat::start(if adopted { env.rank.unwrap_or(rank) } else { rank }, env.attempt);
+    if !adopted {
+        if let Err(e) = env.check_against_mpi(rank, size) {
+            // Every process checks on its own (with a mismatched MPI they are separate
+            // worlds and no collective is possible), so a process that finds a
+            // disagreement must not return into code whose collectives its peers might
+            // wait in: report and abort.
+            failure::fail_gang(&comm, &run, "init", &e, EXIT_RANK_ERROR);
+        }
     }
     let host = gang_protocol::hostname();
     let hosts = comm.allgather_bytes(host.as_bytes())?;
     let hosts: Vec<String> = hosts.iter().map(|h| String::from_utf8_lossy(h).into_owned()).collect();
     let (derived_local, derived_local_size, derived_node) = placement_from_hosts(&hosts, rank);
-    let local_rank = env.local_rank.unwrap_or(derived_local);
-    let local_size = env.local_size.unwrap_or(derived_local_size);
-    let node_index = env.node_index.unwrap_or(derived_node);
+    let (local_rank, local_size, node_index) = if adopted {
+        (derived_local, derived_local_size, derived_node)
+    } else {
+        (
+            env.local_rank.unwrap_or(derived_local),
+            env.local_size.unwrap_or(derived_local_size),
+            env.node_index.unwrap_or(derived_node),
+        )
+    };
     let device = env.device(local_rank);
     let run_dir = env.run_dir.clone().map(|d| RunDir::open(d).with_attempt(env.attempt));
     Ok(Context {
@@ -389,8 +422,9 @@ fn init_mpi(config: &Config, env: RankEnv) -> Result<Context> {
         device,
         env,
         run_dir,
+        run,
+        mpi_threading,
         sections_entered: Default::default(),
-        _mpi: Some(runtime),
     })
 }
 
@@ -402,6 +436,8 @@ fn local_context(mut comm: Comm, env: RankEnv, config: &Config) -> Context {
     let local_size = comm.size();
     let device = env.device(local_rank);
     let run_dir = env.run_dir.clone().map(|d| RunDir::open(d).with_attempt(env.attempt));
+    let mut run = RunInfo::new(env.attempt);
+    run.run_dir = env.run_dir.clone();
     Context {
         comm,
         local_rank,
@@ -411,8 +447,9 @@ fn local_context(mut comm: Comm, env: RankEnv, config: &Config) -> Context {
         device,
         env,
         run_dir,
+        run,
+        mpi_threading: None,
         sections_entered: Default::default(),
-        _mpi: None,
     }
 }
 
@@ -447,14 +484,14 @@ where
         BackendChoice::Local(n) if n > 1 => execute_local(n, &config, &f),
         _ => {
             let ctx = init_with(&config)?;
-            if ctx.comm().backend_name() == "local" {
+            if ctx.comm().failure_scope() == FailureScope::Thread {
                 return execute_local(1, &config, &f);
             }
             match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&ctx))) {
                 Ok(Ok(v)) => Ok(vec![v]),
                 Ok(Err(e)) => {
                     ctx.fail_gang("execute", &e);
-                    // fail_gang does not return under MPI.
+                    // fail_gang does not return under Process scope (MPI).
                     Err(e)
                 }
                 // The panic hook has already aborted the gang; this is unreachable under
@@ -490,11 +527,7 @@ where
                             Err(e)
                         }
                         Err(p) => {
-                            let msg = p
-                                .downcast_ref::<&str>()
-                                .map(|s| s.to_string())
-                                .or_else(|| p.downcast_ref::<String>().cloned())
-                                .unwrap_or_else(|| "panic".into());
+                            let msg = failure::panic_message(p.as_ref());
                             ctx.comm().abort_gang("execute", &format!("panicked: {msg}"), EXIT_RANK_PANIC);
                             Err(Error::GangFailed {
                                 rank: ctx.rank(),

@@ -19,6 +19,9 @@ pub enum Error {
         op: &'static str,
         /// The MPI error code.
         code: i32,
+        /// Its error class (`MPI_Error_class`): what to match on, since codes are
+        /// implementation-specific refinements of the standard classes.
+        class: i32,
         /// `MPI_Error_string` of the code.
         message: String,
     },
@@ -111,12 +114,21 @@ pub enum Error {
     },
     /// An error from user code or another library.
     External(Box<dyn std::error::Error + Send + Sync>),
+    /// An error of user code with the class the code gave it (see [`Error::classified`]).
+    Classified {
+        /// Whether a restart can help.
+        class: crate::failure::FailureClass,
+        /// The error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl std::fmt::Display for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Error::Mpi { op, code, message } => write!(f, "{op} failed (MPI error {code}): {message}"),
+            Error::Mpi { op, code, class, message } => {
+                write!(f, "{op} failed (MPI error {code}, class {class}): {message}")
+            }
             Error::GangFailed { rank, stage, message } => {
                 write!(f, "the gang failed: rank {rank} failed in {stage}: {message}")
             }
@@ -175,6 +187,7 @@ impl std::fmt::Display for Error {
             Error::Parquet(e) => write!(f, "parquet: {e}"),
             Error::Io { path, source } => write!(f, "{}: {source}", path.display()),
             Error::External(e) => write!(f, "{e}"),
+            Error::Classified { source, .. } => write!(f, "{source}"),
         }
     }
 }
@@ -184,6 +197,7 @@ impl std::error::Error for Error {
         match self {
             Error::Io { source, .. } => Some(source),
             Error::External(e) => Some(e.as_ref()),
+            Error::Classified { source, .. } => Some(source.as_ref()),
             Error::Arrow(e) => Some(e),
             Error::Parquet(e) => Some(e),
             _ => None,
@@ -192,6 +206,37 @@ impl std::error::Error for Error {
 }
 
 impl Error {
+    /// Whether a restart of the gang can mend this error, as recorded for the launcher:
+    /// [`FailureClass::Usage`](crate::failure::FailureClass::Usage) for arguments, launch
+    /// environments and programs that cannot work (invalid arguments, a wrong world size,
+    /// mismatched collectives or sections, an unusable output location);
+    /// [`FailureClass::Input`](crate::failure::FailureClass::Input) for bad input files;
+    /// [`FailureClass::Transient`](crate::failure::FailureClass::Transient) for everything
+    /// else (MPI and I/O errors, a failed peer, errors of user code).
+    pub fn class(&self) -> crate::failure::FailureClass {
+        use crate::failure::FailureClass;
+        match self {
+            Error::InvalidArgument(_)
+            | Error::Environment(_)
+            | Error::WorldSizeMismatch { .. }
+            | Error::CollectiveMismatch { .. }
+            | Error::SectionMismatch { .. }
+            | Error::Output { .. } => FailureClass::Usage,
+            Error::Input { .. } | Error::SchemaMismatch { .. } => FailureClass::Input,
+            Error::Classified { class, .. } => *class,
+            _ => FailureClass::Transient,
+        }
+    }
+
+    /// `error` with an explicit class (for errors of user code that a restart cannot mend:
+    /// `Error::classified(FailureClass::Usage, "--steps must be positive")`).
+    pub fn classified(
+        class: crate::failure::FailureClass,
+        error: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Error {
+        Error::Classified { class, source: error.into() }
+    }
+
     /// Wraps any error (for `?` on foreign errors inside rank code).
     pub fn external(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
         Error::External(e.into())

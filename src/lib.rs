@@ -30,6 +30,7 @@ pub mod data;
 mod digest;
 pub mod env;
 mod error;
+pub mod failure;
 pub mod fault;
 pub mod heartbeat;
 pub mod jobs;
@@ -45,11 +46,18 @@ pub mod bench_support {
 }
 pub mod train;
 
+/// The rsmpi crate gang's Mpi backend is built on, for programs that initialize MPI
+/// themselves and hand gang a communicator ([`init_from_comm`]).
+#[cfg(feature = "mpi")]
+pub use ::mpi;
 pub use checkpoint::CheckpointStore;
 pub use comm::{Comm, LocalGroup, LocalMember, RankBuffers, ReduceOp, Scalar};
 pub use context::{execute, init, BackendChoice, Config, Context, MpiThreading, EXIT_RANK_ERROR, EXIT_RANK_PANIC};
+#[cfg(feature = "mpi")]
+pub use context::{init_from_comm, init_from_raw_comm};
 pub use env::{LauncherKind, RankEnv};
 pub use error::{Error, Result};
+pub use failure::{FailureClass, RunInfo};
 pub use gang_protocol::device::Device;
 pub use section::{Gang, TaskInfo};
 

@@ -35,15 +35,15 @@
 
 use crate::checkpoint::{CheckpointStore, Restored, State};
 use crate::comm::Comm;
-use crate::context::{Context, EXIT_RANK_PANIC};
+use crate::context::Context;
 use crate::error::{Error, Result};
+use crate::failure::{self, stage_label as stage, FailureClass, EXIT_RANK_PANIC};
 use gang_protocol::device::Device;
-use gang_protocol::{FailureKind, FailureRecord, RunDir};
+use gang_protocol::FailureKind;
 use serde::{Deserialize, Serialize};
 use std::cell::Cell;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::Arc;
 
 /// Where a member of the gang runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -264,41 +264,19 @@ impl Context {
             // Under MPI the panic hook has already recorded the failure and aborted.
             Err(p) => {
                 let stage = stage(name, gang.step());
-                let message = format!("panicked: {}", payload(p.as_ref()));
+                let message = format!("panicked: {}", failure::panic_message(p.as_ref()));
                 if !REPORTED.replace(true) {
-                    record(
+                    failure::record(
                         self.rank(),
-                        self.attempt(),
-                        self.run_dir().map(PathBuf::from),
+                        self.run_info(),
                         FailureKind::Panic,
+                        FailureClass::Transient,
                         &format!("{stage}: {message}"),
                     );
                     self.comm().abort_gang(&stage, &message, EXIT_RANK_PANIC);
                 }
                 Err(Error::GangFailed { rank: self.rank(), stage, message })
             }
-        }
-    }
-}
-
-fn stage(name: &str, step: u64) -> String {
-    format!("section {name} step {step}")
-}
-
-fn payload(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "panic".to_string())
-}
-
-/// Prints and records a failure of `rank` (best effort), as the context does.
-fn record(rank: usize, attempt: u32, run_dir: Option<PathBuf>, kind: FailureKind, message: &str) {
-    eprintln!("gang: rank {rank} failed: {message}; stopping the gang");
-    if let Some(dir) = run_dir {
-        let run = RunDir::open(&dir).with_attempt(attempt);
-        if let Err(e) = run.write_failure(&FailureRecord::now(rank, attempt, kind, message.to_string())) {
-            eprintln!("gang: rank {rank}: could not record the failure in {}: {e}", dir.display());
         }
     }
 }
@@ -310,23 +288,10 @@ thread_local! {
     static REPORTED: Cell<bool> = const { Cell::new(false) };
 }
 
-/// What the panic hook of an MPI rank needs to name the section a panic happened in.
-#[derive(Clone)]
-struct Current {
-    name: String,
-    step: Arc<AtomicU64>,
-    rank: usize,
-    attempt: u32,
-    run_dir: Option<PathBuf>,
-}
-
-/// The sections this MPI process is inside of (one rank per process under MPI).
-static CURRENT: Mutex<Vec<Current>> = Mutex::new(Vec::new());
-static HOOK: Once = Once::new();
-
-/// Marks this thread (and, under MPI, the process) as inside a section until dropped.
+/// Marks this thread as inside a section until dropped (and, under MPI, the process, so
+/// that a panic is recorded as `section <name> step <s>: panicked: ...`).
 struct Mark {
-    mpi: bool,
+    _stage: failure::StageMark,
 }
 
 impl Mark {
@@ -335,54 +300,12 @@ impl Mark {
             REPORTED.set(false);
         }
         DEPTH.set(DEPTH.get() + 1);
-        let mpi = ctx.comm().backend_name() == "mpi";
-        if mpi {
-            install_hook();
-            let cur = Current {
-                name: gang.name.clone(),
-                step: gang.step.clone(),
-                rank: ctx.rank(),
-                attempt: ctx.attempt(),
-                run_dir: ctx.run_dir().map(PathBuf::from),
-            };
-            CURRENT.lock().unwrap_or_else(|p| p.into_inner()).push(cur);
-        }
-        Mark { mpi }
+        Mark { _stage: failure::enter_stage(ctx.comm(), &gang.name, gang.step.clone()) }
     }
 }
 
 impl Drop for Mark {
     fn drop(&mut self) {
         DEPTH.set(DEPTH.get().saturating_sub(1));
-        if self.mpi {
-            CURRENT.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        }
     }
-}
-
-/// Layers a hook over the rank's abort-on-panic hook: a panic inside a section of an MPI
-/// rank is recorded as `section <name> step <s>: <panic>` before `MPI_Abort`; any other
-/// panic goes to the previous hook unchanged.
-fn install_hook() {
-    HOOK.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |p| {
-            let current = CURRENT.try_lock().ok().and_then(|s| s.last().cloned());
-            match current {
-                Some(c) if crate::comm::mpi::is_active() => {
-                    let thread = std::thread::current();
-                    eprintln!("thread '{}' {p}", thread.name().unwrap_or("<unnamed>"));
-                    let location = p.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
-                    let message = format!(
-                        "{}: panicked: {}{location}",
-                        stage(&c.name, c.step.load(Ordering::Relaxed)),
-                        payload(p.payload())
-                    );
-                    record(c.rank, c.attempt, c.run_dir, FailureKind::Panic, &message);
-                    crate::comm::mpi::abort_world(EXIT_RANK_PANIC);
-                }
-                _ => previous(p),
-            }
-        }));
-    });
 }

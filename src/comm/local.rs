@@ -6,7 +6,7 @@
 //! so peers get [`Error::GangFailed`] instead of waiting forever; a rank that calls a
 //! different collective than its peers gets [`Error::CollectiveMismatch`].
 
-use super::{ReduceOp, Scalar, MPI_MAX_COUNT};
+use super::{CommBackend, Elements, ElementsMut, FailureScope, ReduceOp, Scalar, MPI_MAX_COUNT};
 use crate::error::{Error, Result};
 use std::any::Any;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -59,33 +59,34 @@ impl LocalGroup {
     /// If `size` is 0.
     pub fn new(size: usize) -> LocalGroup {
         assert!(size > 0, "a gang has at least one rank");
-        LocalGroup {
-            shared: Arc::new(Shared {
-                size,
-                round: Mutex::new(Round {
-                    slots: (0..size).map(|_| None).collect(),
-                    arrived: 0,
-                    published: None,
-                    read: 0,
-                    aborted: None,
-                }),
-                cv: Condvar::new(),
-            }),
-        }
+        LocalGroup { shared: Shared::new(size) }
     }
 
     /// One member per rank, in rank order.
     pub fn members(&self) -> Vec<LocalMember> {
-        (0..self.shared.size)
-            .map(|rank| LocalMember {
-                inner: LocalComm {
-                    rank,
-                    shared: self.shared.clone(),
-                    calls: AtomicUsize::new(0),
-                    largest_count: AtomicUsize::new(0),
-                },
-            })
-            .collect()
+        (0..self.shared.size).map(|rank| LocalMember { inner: LocalComm::new(rank, self.shared.clone()) }).collect()
+    }
+}
+
+impl Shared {
+    fn new(size: usize) -> Arc<Shared> {
+        Arc::new(Shared {
+            size,
+            round: Mutex::new(Round {
+                slots: (0..size).map(|_| None).collect(),
+                arrived: 0,
+                published: None,
+                read: 0,
+                aborted: None,
+            }),
+            cv: Condvar::new(),
+        })
+    }
+}
+
+impl std::fmt::Debug for LocalComm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalComm").field("rank", &self.rank).field("size", &self.shared.size).finish()
     }
 }
 
@@ -102,7 +103,7 @@ impl LocalMember {
 
     /// The communicator of this rank.
     pub fn into_comm(self) -> crate::Comm {
-        crate::Comm::new(super::Backend::Local(self.inner))
+        crate::Comm::from_backend(Box::new(self.inner))
     }
 }
 
@@ -111,17 +112,13 @@ pub(crate) struct LocalComm {
     shared: Arc<Shared>,
     /// Number of primitive calls and the largest count seen, so tests can check that large
     /// buffers were split as the limit demands.
-    pub(crate) calls: AtomicUsize,
-    pub(crate) largest_count: AtomicUsize,
+    calls: AtomicUsize,
+    largest_count: AtomicUsize,
 }
 
 impl LocalComm {
-    pub(crate) fn rank(&self) -> usize {
-        self.rank
-    }
-
-    pub(crate) fn size(&self) -> usize {
-        self.shared.size
+    fn new(rank: usize, shared: Arc<Shared>) -> LocalComm {
+        LocalComm { rank, shared, calls: AtomicUsize::new(0), largest_count: AtomicUsize::new(0) }
     }
 
     fn lock(&self) -> MutexGuard<'_, Round> {
@@ -187,24 +184,12 @@ impl LocalComm {
         Ok(all)
     }
 
-    pub(crate) fn abort(&self, stage: &str, message: &str) {
-        let mut st = self.lock();
-        if st.aborted.is_none() {
-            st.aborted = Some((self.rank, stage.to_string(), message.to_string()));
-        }
-        self.shared.cv.notify_all();
-    }
-
-    pub(crate) fn barrier(&self) -> Result<()> {
-        self.exchange("barrier", ()).map(|_| ())
-    }
-
     fn note(&self, count: usize) -> Result<()> {
         self.largest_count.fetch_max(count, Ordering::Relaxed);
         check_count(count)
     }
 
-    pub(crate) fn bcast_raw<T: Scalar>(&self, root: usize, buf: &mut [T]) -> Result<()> {
+    fn bcast_typed<T: Scalar>(&self, root: usize, buf: &mut [T]) -> Result<()> {
         self.note(buf.len())?;
         let mine: Option<Vec<T>> = (self.rank == root).then(|| buf.to_vec());
         let all = self.exchange("broadcast", (root, buf.len(), mine))?;
@@ -222,7 +207,7 @@ impl LocalComm {
         Ok(())
     }
 
-    pub(crate) fn allreduce_raw<T: Scalar>(&self, send: Option<&[T]>, recv: &mut [T], op: ReduceOp) -> Result<()> {
+    fn allreduce_typed<T: Scalar>(&self, send: Option<&[T]>, recv: &mut [T], op: ReduceOp) -> Result<()> {
         self.note(recv.len())?;
         let mine: Vec<T> = send.unwrap_or(recv).to_vec();
         let all = self.exchange("allreduce", (op, mine))?;
@@ -247,14 +232,90 @@ impl LocalComm {
         }
         Ok(())
     }
+}
 
-    pub(crate) fn allgatherv_raw(
-        &self,
-        send: &[u8],
-        recv: &mut [u8],
-        counts: &[usize],
-        displs: &[usize],
-    ) -> Result<()> {
+impl CommBackend for LocalComm {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn size(&self) -> usize {
+        self.shared.size
+    }
+
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    fn description(&self) -> String {
+        format!("local ({} threads)", self.shared.size)
+    }
+
+    fn failure_scope(&self) -> FailureScope {
+        FailureScope::Thread
+    }
+
+    fn abort(&self, stage: &str, message: &str, _code: i32) {
+        let mut st = self.lock();
+        if st.aborted.is_none() {
+            st.aborted = Some((self.rank, stage.to_string(), message.to_string()));
+        }
+        self.shared.cv.notify_all();
+    }
+
+    fn barrier(&self) -> Result<()> {
+        self.exchange("barrier", ()).map(|_| ())
+    }
+
+    fn broadcast(&self, root: usize, buf: ElementsMut<'_>) -> Result<()> {
+        crate::with_elements!(buf, ElementsMut, b => self.bcast_typed(root, b))
+    }
+
+    fn allreduce(&self, send: Option<Elements<'_>>, recv: ElementsMut<'_>, op: ReduceOp) -> Result<()> {
+        macro_rules! typed {
+            ($($v:ident),*) => {
+                match (send, recv) {
+                    $(
+                        (None, ElementsMut::$v(r)) => self.allreduce_typed(None, r, op),
+                        (Some(Elements::$v(s)), ElementsMut::$v(r)) => self.allreduce_typed(Some(s), r, op),
+                    )*
+                    (Some(s), r) => Err(Error::InvalidArgument(format!(
+                        "allreduce: send holds {} but recv holds {}",
+                        s.type_name(),
+                        r.type_name()
+                    ))),
+                }
+            };
+        }
+        typed!(F32, F64, I64, U64, U8, Bool)
+    }
+
+    fn call_counters(&self) -> Option<(usize, usize)> {
+        Some((self.largest_count.load(Ordering::Relaxed), self.calls.load(Ordering::Relaxed)))
+    }
+
+    fn split(&self, color: Option<u32>, key: i32) -> Result<Option<Box<dyn CommBackend>>> {
+        // Round 1: every rank's (color, key). Round 2: the first rank of each color (in
+        // the new order) makes the new group and hands it to the others.
+        let all = self.exchange("split", (color, key))?;
+        let mut members: Vec<(i32, usize)> = Vec::new();
+        for (r, c) in all.iter().enumerate() {
+            let (rc, rk) = downcast::<(Option<u32>, i32)>(c)?;
+            if rc.is_some() && *rc == color {
+                members.push((*rk, r));
+            }
+        }
+        members.sort();
+        let leader = color.is_some() && members.first().map(|m| m.1) == Some(self.rank);
+        let made: Option<Arc<Shared>> = leader.then(|| Shared::new(members.len()));
+        let all = self.exchange("split", made)?;
+        let Some(&(_, first)) = members.first().filter(|_| color.is_some()) else { return Ok(None) };
+        let shared = downcast::<Option<Arc<Shared>>>(&all[first])?.clone().expect("the leader made the group");
+        let new_rank = members.iter().position(|m| m.1 == self.rank).expect("this rank is a member");
+        Ok(Some(Box::new(LocalComm::new(new_rank, shared))))
+    }
+
+    fn allgatherv(&self, send: &[u8], recv: &mut [u8], counts: &[usize], displs: &[usize]) -> Result<()> {
         self.note(counts.iter().sum())?;
         check_counts(counts, displs)?;
         let all = self.exchange("allgatherv", send.to_vec())?;
@@ -273,7 +334,7 @@ impl LocalComm {
         Ok(())
     }
 
-    pub(crate) fn alltoallv_raw(
+    fn alltoallv(
         &self,
         send: &[u8],
         scounts: &[usize],
@@ -329,7 +390,6 @@ fn check_counts(counts: &[usize], displs: &[usize]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::comm::Backend;
 
     /// The splitting above the primitives really splits: no primitive call exceeds the
     /// limit, and a large buffer takes many calls.
@@ -349,9 +409,12 @@ mod tests {
                     let mut v = vec![1u64; 100];
                     comm.allreduce(&mut v, ReduceOp::Sum).unwrap();
                     assert!(v.iter().all(|&x| x == 3));
-                    let Backend::Local(l) = &comm.backend else { unreachable!() };
-                    assert!(l.largest_count.load(Ordering::Relaxed) <= 7);
-                    assert!(l.calls.load(Ordering::Relaxed) > 20);
+                    assert!(comm.max_count() == 7);
+                    let l = format!("{:?}", comm.backend());
+                    assert!(l.contains("LocalComm"), "{l}");
+                    let (largest, calls) = comm.backend().call_counters().expect("a Local comm");
+                    assert!(largest <= 7);
+                    assert!(calls > 20);
                 });
             }
         });

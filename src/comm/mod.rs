@@ -1,24 +1,28 @@
 //! Collective communication among the ranks of a gang.
 //!
-//! [`Comm`] is one type with two backends:
+//! [`Comm`] is one type over a trait of transports, [`CommBackend`]:
 //!
-//! - **Mpi**: the real thing, through rsmpi over the system's Open MPI or MPICH, on a
-//!   duplicate of `MPI_COMM_WORLD` whose error handler is `MPI_ERRORS_RETURN`, so every MPI
-//!   failure comes back as an [`Error::Mpi`].
-//! - **Local**: N ranks as threads of one process with the same semantics: the default for
-//!   a laptop run and the way unit tests exercise multi-rank logic without mpirun. It is not
-//!   a distributed engine.
+//! - **Mpi** (cargo feature `mpi`, on by default): the real thing, through rsmpi over the
+//!   system's Open MPI or MPICH, on a duplicate of `MPI_COMM_WORLD` (or of a communicator
+//!   the program adopts) whose error handler is `MPI_ERRORS_RETURN`, so every MPI failure
+//!   comes back as an [`Error::Mpi`] carrying MPI's error class.
+//! - **Local** (always): N ranks as threads of one process with the same semantics: the
+//!   default for a laptop run and the way unit tests exercise multi-rank logic without
+//!   mpirun. It is not a distributed engine.
 //!
 //! Both backends implement the same small set of *bounded* primitives (counts and
 //! displacements must fit what one MPI call can count, an `int`); everything in this module
 //! is built on them, so the splitting of large buffers into chunks is one piece of code,
 //! exercised on the Local backend with a tiny injected limit and on MPI for real.
 
+mod backend;
 pub(crate) mod local;
+#[cfg(feature = "mpi")]
 pub(crate) mod mpi;
 
 use crate::error::{Error, Result};
 
+pub use backend::{CommBackend, Elements, ElementsMut, FailureScope};
 pub use local::{LocalGroup, LocalMember};
 
 /// The largest count one MPI call takes (`int`).
@@ -48,23 +52,14 @@ pub trait Scalar: Copy + Send + Sync + PartialEq + std::fmt::Debug + 'static + s
     /// `a op b`, as the Local backend computes it (in rank order, like MPI's canonical
     /// order for commutative operations on one node).
     fn combine(a: Self, b: Self, op: ReduceOp) -> Self;
-    #[doc(hidden)]
-    fn dtype() -> DType;
+    /// The slice as a backend receives it.
+    fn elements(s: &[Self]) -> Elements<'_>;
+    /// The mutable slice as a backend receives it.
+    fn elements_mut(s: &mut [Self]) -> ElementsMut<'_>;
 }
 
 mod sealed {
     pub trait Sealed {}
-}
-
-#[doc(hidden)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DType {
-    F32,
-    F64,
-    I64,
-    U64,
-    U8,
-    Bool,
 }
 
 macro_rules! numeric_scalar {
@@ -83,8 +78,11 @@ macro_rules! numeric_scalar {
                     ReduceOp::And | ReduceOp::Or => unreachable!("checked by supports()"),
                 }
             }
-            fn dtype() -> DType {
-                DType::$d
+            fn elements(s: &[Self]) -> Elements<'_> {
+                Elements::$d(s)
+            }
+            fn elements_mut(s: &mut [Self]) -> ElementsMut<'_> {
+                ElementsMut::$d(s)
             }
         }
     };
@@ -112,8 +110,11 @@ impl Scalar for bool {
             _ => unreachable!("checked by supports()"),
         }
     }
-    fn dtype() -> DType {
-        DType::Bool
+    fn elements(s: &[Self]) -> Elements<'_> {
+        Elements::Bool(s)
+    }
+    fn elements_mut(s: &mut [Self]) -> ElementsMut<'_> {
+        ElementsMut::Bool(s)
     }
 }
 
@@ -203,13 +204,8 @@ impl RankBuffers {
 /// mismatch is reported as [`Error::CollectiveMismatch`]; a rank that fails makes the
 /// collectives of its peers return [`Error::GangFailed`] instead of hanging.
 pub struct Comm {
-    backend: Backend,
+    backend: Box<dyn CommBackend>,
     max_count: usize,
-}
-
-pub(crate) enum Backend {
-    Local(local::LocalComm),
-    Mpi(mpi::MpiComm),
 }
 
 impl std::fmt::Debug for Comm {
@@ -222,17 +218,9 @@ impl std::fmt::Debug for Comm {
     }
 }
 
-macro_rules! dispatch {
-    ($self:ident, $c:ident => $e:expr) => {
-        match &$self.backend {
-            Backend::Local($c) => $e,
-            Backend::Mpi($c) => $e,
-        }
-    };
-}
-
 impl Comm {
-    pub(crate) fn new(backend: Backend) -> Comm {
+    /// A communicator over `backend` (a transport of gang's or of the program's own).
+    pub fn from_backend(backend: Box<dyn CommBackend>) -> Comm {
         Comm { backend, max_count: MPI_MAX_COUNT }
     }
 
@@ -254,20 +242,48 @@ impl Comm {
 
     /// This rank's index in the gang, `0..size()`.
     pub fn rank(&self) -> usize {
-        dispatch!(self, c => c.rank())
+        self.backend.rank()
     }
 
     /// Number of ranks in the gang.
     pub fn size(&self) -> usize {
-        dispatch!(self, c => c.size())
+        self.backend.size()
     }
 
-    /// `"mpi"` or `"local"`.
+    /// The backend's short name: `"mpi"`, `"local"`.
     pub fn backend_name(&self) -> &'static str {
-        match self.backend {
-            Backend::Local(_) => "local",
-            Backend::Mpi(_) => "mpi",
+        self.backend.name()
+    }
+
+    /// The backend's description: the MPI library's version, `local (N threads)`.
+    pub fn backend_description(&self) -> String {
+        self.backend.description()
+    }
+
+    /// What a rank's failure does to its process (one rank per process under MPI, several
+    /// on the Local backend).
+    pub fn failure_scope(&self) -> FailureScope {
+        self.backend.failure_scope()
+    }
+
+    /// The transport underneath.
+    pub fn backend(&self) -> &dyn CommBackend {
+        self.backend.as_ref()
+    }
+
+    /// Splits the ranks into disjoint communicators, one per `color`, ordered within each
+    /// by `key` and then by rank (`MPI_Comm_split`); a rank passing `None` takes part but
+    /// gets `None`. The new communicators keep this one's [`Comm::max_count`]. Collective.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if `color` exceeds `i32::MAX`; communication errors.
+    pub fn split(&self, color: Option<u32>, key: i32) -> Result<Option<Comm>> {
+        if let Some(c) = color {
+            if c > i32::MAX as u32 {
+                return Err(Error::InvalidArgument(format!("split: color {c} exceeds i32::MAX")));
+            }
         }
+        Ok(self.backend.split(color, key)?.map(|b| Comm { backend: b, max_count: self.max_count }))
     }
 
     /// Waits until every rank has called `barrier`.
@@ -275,7 +291,7 @@ impl Comm {
     /// # Errors
     /// [`Error::Mpi`] from MPI; [`Error::GangFailed`] on the Local backend if a peer failed.
     pub fn barrier(&self) -> Result<()> {
-        dispatch!(self, c => c.barrier())
+        self.backend.barrier()
     }
 
     /// Replaces `buf` on every rank with `root`'s `buf` (all ranks pass slices of the same
@@ -286,7 +302,7 @@ impl Comm {
     pub fn broadcast<T: Scalar>(&self, root: usize, buf: &mut [T]) -> Result<()> {
         self.check_root(root)?;
         for chunk in buf.chunks_mut(self.max_count) {
-            dispatch!(self, c => c.bcast_raw(root, chunk))?;
+            self.backend.broadcast(root, T::elements_mut(chunk))?;
         }
         Ok(())
     }
@@ -316,7 +332,7 @@ impl Comm {
     pub fn allreduce<T: Scalar>(&self, buf: &mut [T], op: ReduceOp) -> Result<()> {
         check_op::<T>(op)?;
         for chunk in buf.chunks_mut(self.max_count) {
-            dispatch!(self, c => c.allreduce_raw(None, chunk, op))?;
+            self.backend.allreduce(None, T::elements_mut(chunk), op)?;
         }
         Ok(())
     }
@@ -335,7 +351,7 @@ impl Comm {
             )));
         }
         for (s, r) in send.chunks(self.max_count).zip(recv.chunks_mut(self.max_count)) {
-            dispatch!(self, c => c.allreduce_raw(Some(s), r, op))?;
+            self.backend.allreduce(Some(T::elements(s)), T::elements_mut(r), op)?;
         }
         Ok(())
     }
@@ -362,7 +378,7 @@ impl Comm {
             // One call, straight into the result.
             let counts = lens;
             let displs = out.offsets[..n].to_vec();
-            dispatch!(self, c => c.allgatherv_raw(send, &mut out.data, &counts, &displs))?;
+            self.backend.allgatherv(send, &mut out.data, &counts, &displs)?;
             return Ok(out);
         }
         // Rounds: in round r every rank sends bytes [r*piece, (r+1)*piece) of its buffer,
@@ -376,7 +392,7 @@ impl Comm {
             tmp.clear();
             tmp.resize(counts.iter().sum(), 0);
             let mine = &send[start.min(send.len())..(start + piece).min(send.len())];
-            dispatch!(self, c => c.allgatherv_raw(mine, &mut tmp, &counts, &displs))?;
+            self.backend.allgatherv(mine, &mut tmp, &counts, &displs)?;
             for j in (0..n).filter(|&j| counts[j] > 0) {
                 let dst = out.offsets[j] + start;
                 out.data[dst..dst + counts[j]].copy_from_slice(&tmp[displs[j]..displs[j] + counts[j]]);
@@ -399,37 +415,27 @@ impl Comm {
                 send.len()
             )));
         }
-        // Every rank learns the whole n x n matrix of part lengths, so that all ranks make
+        // Counts travel by an all-to-all of counts (8 bytes per peer, O(ranks) per rank).
+        // Each rank also learns, through one small allreduce, whether any rank's send or
+        // receive exceeds one call and the longest part anywhere, so that every rank makes
         // the same choice between one call and rounds (a split decision would hang).
-        let mut row = Vec::with_capacity(8 * n);
-        for j in 0..n {
-            row.extend_from_slice(&(send.part_len(j) as u64).to_le_bytes());
-        }
-        let rows = self.allgather_bytes(&row)?;
-        let mut matrix = vec![0usize; n * n]; // matrix[i * n + j]: bytes from rank i to rank j
-        for (i, r) in rows.iter().enumerate() {
-            for (j, b) in r.chunks_exact(8).enumerate() {
-                matrix[i * n + j] = to_usize(u64::from_le_bytes(b.try_into().expect("8 bytes")))?;
-            }
-        }
-        let me = self.rank();
-        let send_lens: Vec<usize> = (0..n).map(|j| matrix[me * n + j]).collect();
-        let recv_lens: Vec<usize> = (0..n).map(|i| matrix[i * n + me]).collect();
+        let send_lens: Vec<usize> = (0..n).map(|j| send.part_len(j)).collect();
+        let recv_lens = self.all_to_all_counts(&send_lens)?;
+        let sent: usize = send_lens.iter().sum();
+        let received: usize = recv_lens.iter().sum();
+        let longest_here = send_lens.iter().chain(&recv_lens).copied().max().unwrap_or(0);
+        let mut agreed = [sent.max(received) as u64, longest_here as u64];
+        self.allreduce(&mut agreed, ReduceOp::Max)?;
         let mut out = RankBuffers::from_lengths(&recv_lens);
-        let fits = (0..n).all(|r| {
-            let sent: usize = (0..n).map(|j| matrix[r * n + j]).sum();
-            let received: usize = (0..n).map(|i| matrix[i * n + r]).sum();
-            sent <= self.max_count && received <= self.max_count
-        });
-        if fits {
+        if to_usize(agreed[0])? <= self.max_count {
             let sd = send.offsets[..n].to_vec();
             let rd = out.offsets[..n].to_vec();
-            dispatch!(self, c => c.alltoallv_raw(&send.data, &send_lens, &sd, &mut out.data, &recv_lens, &rd))?;
+            self.backend.alltoallv(&send.data, &send_lens, &sd, &mut out.data, &recv_lens, &rd)?;
             return Ok(out);
         }
         // Rounds, as in allgather_bytes; the longest part anywhere sets their number.
         let piece = (self.max_count / n).max(1);
-        let longest = matrix.iter().copied().max().unwrap_or(0);
+        let longest = to_usize(agreed[1])?;
         let (mut stmp, mut rtmp) = (Vec::new(), Vec::new());
         for start in (0..longest).step_by(piece) {
             let sc: Vec<usize> = send_lens.iter().map(|&l| l.saturating_sub(start).min(piece)).collect();
@@ -442,13 +448,38 @@ impl Comm {
             }
             rtmp.clear();
             rtmp.resize(rc.iter().sum(), 0);
-            dispatch!(self, c => c.alltoallv_raw(&stmp, &sc, &sd, &mut rtmp, &rc, &rd))?;
+            self.backend.alltoallv(&stmp, &sc, &sd, &mut rtmp, &rc, &rd)?;
             for i in (0..n).filter(|&i| rc[i] > 0) {
                 let dst = out.offsets[i] + start;
                 out.data[dst..dst + rc[i]].copy_from_slice(&rtmp[rd[i]..rd[i] + rc[i]]);
             }
         }
         Ok(out)
+    }
+
+    /// `counts[j]` goes to rank `j`; element `i` of the result came from rank `i`. One
+    /// all-to-all of 8 bytes per peer, in rounds of fewer bytes per peer when the count
+    /// limit is lower (as in tests).
+    fn all_to_all_counts(&self, counts: &[usize]) -> Result<Vec<usize>> {
+        let n = self.size();
+        let bytes: Vec<[u8; 8]> = counts.iter().map(|&c| (c as u64).to_le_bytes()).collect();
+        let mut recv = vec![[0u8; 8]; n];
+        let piece = (self.max_count / n).clamp(1, 8);
+        let (mut stmp, mut rtmp) = (Vec::with_capacity(piece * n), vec![0u8; piece * n]);
+        for start in (0..8).step_by(piece) {
+            let width = piece.min(8 - start);
+            stmp.clear();
+            for b in &bytes {
+                stmp.extend_from_slice(&b[start..start + width]);
+            }
+            let c = vec![width; n];
+            let d: Vec<usize> = (0..n).map(|i| i * width).collect();
+            self.backend.alltoallv(&stmp, &c, &d, &mut rtmp[..width * n], &c, &d)?;
+            for (i, r) in recv.iter_mut().enumerate() {
+                r[start..start + width].copy_from_slice(&rtmp[i * width..(i + 1) * width]);
+            }
+        }
+        recv.into_iter().map(|b| to_usize(u64::from_le_bytes(b))).collect()
     }
 
     /// Every rank's `len`. A sum over a vector in which each rank fills its own slot, so
@@ -471,10 +502,31 @@ impl Comm {
     /// the job is killed), on the Local backend every peer's next or current collective
     /// fails with [`Error::GangFailed`].
     pub(crate) fn abort_gang(&self, stage: &str, message: &str, code: i32) {
-        match &self.backend {
-            Backend::Local(c) => c.abort(stage, message),
-            Backend::Mpi(_) => mpi::abort_world(code),
-        }
+        self.backend.abort(stage, message, code)
+    }
+}
+
+/// Whether a transport of [`FailureScope::Process`] is alive in this process (MPI
+/// initialized and not finalized), so that stopping the gang can still reach the peers.
+pub(crate) fn process_scope_active() -> bool {
+    #[cfg(feature = "mpi")]
+    {
+        mpi::is_active()
+    }
+    #[cfg(not(feature = "mpi"))]
+    {
+        false
+    }
+}
+
+/// Ends this process and, through MPI when it is alive, every process of the job.
+pub(crate) fn abort_process(code: i32) -> ! {
+    #[cfg(feature = "mpi")]
+    mpi::abort_world(code);
+    #[cfg(not(feature = "mpi"))]
+    {
+        let _ = code;
+        std::process::abort()
     }
 }
 

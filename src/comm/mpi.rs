@@ -1,11 +1,13 @@
 //! The MPI backend: the one place in the rank runtime that calls MPI.
 //!
-//! rsmpi initializes and finalizes MPI ([`::mpi::environment::Universe`]); the collectives
-//! call the raw C API through `mpi::ffi` so that every return code is checked at one
-//! chokepoint ([`check`]) on a communicator whose error handler is `MPI_ERRORS_RETURN`.
+//! rsmpi initializes and finalizes MPI ([`::mpi::environment::Universe`]) when gang owns
+//! it; a program that initialized MPI itself hands gang a communicator, which gang
+//! duplicates and never finalizes. The collectives call the raw C API through `mpi::ffi`
+//! so that every return code is checked at one chokepoint ([`check`]) on a communicator
+//! whose error handler is `MPI_ERRORS_RETURN`.
 #![allow(unsafe_code)]
 
-use super::{DType, ReduceOp, Scalar};
+use super::{CommBackend, Elements, ElementsMut, FailureScope, ReduceOp};
 use crate::error::{Error, Result};
 use ::mpi::ffi;
 use std::ffi::{c_int, c_void};
@@ -17,19 +19,64 @@ extern "C" {
     static GANG_MPI_MAX_ERROR_STRING: c_int;
 }
 
-/// The initialized MPI library. Dropping the last reference finalizes MPI, after every
-/// communicator holding it has been freed.
+/// The initialized MPI library. When gang initialized it, dropping the last reference
+/// finalizes MPI, after every communicator holding it has been freed; MPI that the program
+/// initialized itself is never finalized by gang.
 pub(crate) struct MpiRuntime {
-    _universe: ::mpi::environment::Universe,
+    _universe: Option<::mpi::environment::Universe>,
+    threading: crate::MpiThreading,
+}
+
+impl std::fmt::Debug for MpiRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MpiRuntime")
+            .field("owned", &self._universe.is_some())
+            .field("threading", &self.threading)
+            .finish()
+    }
 }
 
 impl MpiRuntime {
+    /// MPI as the program initialized it: gang will not finalize it. The thread level is
+    /// read with `MPI_Query_thread`.
+    pub(crate) fn adopted() -> Result<Arc<MpiRuntime>> {
+        if !is_active() {
+            return Err(Error::Environment(
+                "a communicator can be adopted only while MPI is initialized and not finalized: \
+                 call MPI_Init (or rsmpi's mpi::initialize) first"
+                    .into(),
+            ));
+        }
+        let mut provided: c_int = 0;
+        // SAFETY: MPI is initialized; out-pointer to a live integer.
+        check(unsafe { ffi::MPI_Query_thread(&mut provided) }, "MPI_Query_thread")?;
+        // SAFETY: reading immutable constants exported by the rsmpi shim.
+        let threading = unsafe {
+            if provided == ffi::RSMPI_THREAD_MULTIPLE {
+                crate::MpiThreading::Multiple
+            } else if provided == ffi::RSMPI_THREAD_SERIALIZED {
+                crate::MpiThreading::Serialized
+            } else if provided == ffi::RSMPI_THREAD_FUNNELED {
+                crate::MpiThreading::Funneled
+            } else {
+                crate::MpiThreading::Single
+            }
+        };
+        Ok(Arc::new(MpiRuntime { _universe: None, threading }))
+    }
+
+    /// The thread level MPI provides.
+    pub(crate) fn threading(&self) -> crate::MpiThreading {
+        self.threading
+    }
+
     /// Initializes MPI at the given thread level.
     pub(crate) fn init(threading: crate::MpiThreading) -> Result<Arc<MpiRuntime>> {
         if ::mpi::environment::is_initialized() {
             return Err(Error::Environment(
                 "MPI is already initialized in this process: call gang::init() once, before \
-                 any other MPI use"
+                 any other MPI use, or hand gang the program's communicator with \
+                 gang::init_from_comm()"
                     .into(),
             ));
         }
@@ -47,7 +94,7 @@ impl MpiRuntime {
                  (GANG_MPI_THREADING): choose a lower level or an MPI built with thread support"
             )));
         }
-        Ok(Arc::new(MpiRuntime { _universe: universe }))
+        Ok(Arc::new(MpiRuntime { _universe: Some(universe), threading }))
     }
 }
 
@@ -58,7 +105,8 @@ pub(crate) fn library_version() -> String {
         .unwrap_or_else(|_| "unknown MPI".to_string())
 }
 
-/// A duplicate of `MPI_COMM_WORLD` with `MPI_ERRORS_RETURN`.
+/// A duplicate of `MPI_COMM_WORLD` (or of an adopted communicator) with
+/// `MPI_ERRORS_RETURN`.
 pub(crate) struct MpiComm {
     raw: ffi::MPI_Comm,
     rank: usize,
@@ -82,7 +130,12 @@ fn check(code: c_int, op: &'static str) -> Result<()> {
     } else {
         "unknown error".to_string()
     };
-    Err(Error::Mpi { op, code, message })
+    let mut class: c_int = code;
+    // SAFETY: out-pointer to a live integer; MPI_Error_class may be called with any code.
+    if unsafe { ffi::MPI_Error_class(code, &mut class) } != ffi::MPI_SUCCESS as c_int {
+        class = code;
+    }
+    Err(Error::Mpi { op, code, class, message })
 }
 
 fn count(n: usize, op: &'static str) -> Result<c_int> {
@@ -93,16 +146,31 @@ fn counts(v: &[usize], op: &'static str) -> Result<Vec<c_int>> {
     v.iter().map(|&n| count(n, op)).collect()
 }
 
-fn datatype(d: DType) -> ffi::MPI_Datatype {
+/// Pointer, length and MPI datatype of a typed buffer.
+fn raw_parts(e: &Elements<'_>) -> (*const c_void, usize, ffi::MPI_Datatype) {
     // SAFETY: reading immutable datatype handles exported by the rsmpi shim.
     unsafe {
-        match d {
-            DType::F32 => ffi::RSMPI_FLOAT,
-            DType::F64 => ffi::RSMPI_DOUBLE,
-            DType::I64 => ffi::RSMPI_INT64_T,
-            DType::U64 => ffi::RSMPI_UINT64_T,
-            DType::U8 => ffi::RSMPI_UINT8_T,
-            DType::Bool => ffi::RSMPI_C_BOOL,
+        match e {
+            Elements::F32(b) => (b.as_ptr().cast(), b.len(), ffi::RSMPI_FLOAT),
+            Elements::F64(b) => (b.as_ptr().cast(), b.len(), ffi::RSMPI_DOUBLE),
+            Elements::I64(b) => (b.as_ptr().cast(), b.len(), ffi::RSMPI_INT64_T),
+            Elements::U64(b) => (b.as_ptr().cast(), b.len(), ffi::RSMPI_UINT64_T),
+            Elements::U8(b) => (b.as_ptr().cast(), b.len(), ffi::RSMPI_UINT8_T),
+            Elements::Bool(b) => (b.as_ptr().cast(), b.len(), ffi::RSMPI_C_BOOL),
+        }
+    }
+}
+
+fn raw_parts_mut(e: &mut ElementsMut<'_>) -> (*mut c_void, usize, ffi::MPI_Datatype) {
+    // SAFETY: reading immutable datatype handles exported by the rsmpi shim.
+    unsafe {
+        match e {
+            ElementsMut::F32(b) => (b.as_mut_ptr().cast(), b.len(), ffi::RSMPI_FLOAT),
+            ElementsMut::F64(b) => (b.as_mut_ptr().cast(), b.len(), ffi::RSMPI_DOUBLE),
+            ElementsMut::I64(b) => (b.as_mut_ptr().cast(), b.len(), ffi::RSMPI_INT64_T),
+            ElementsMut::U64(b) => (b.as_mut_ptr().cast(), b.len(), ffi::RSMPI_UINT64_T),
+            ElementsMut::U8(b) => (b.as_mut_ptr().cast(), b.len(), ffi::RSMPI_UINT8_T),
+            ElementsMut::Bool(b) => (b.as_mut_ptr().cast(), b.len(), ffi::RSMPI_C_BOOL),
         }
     }
 }
@@ -121,13 +189,56 @@ fn op_handle(op: ReduceOp) -> ffi::MPI_Op {
 }
 
 impl MpiComm {
-    /// Duplicates `MPI_COMM_WORLD` and makes MPI errors on it return instead of abort.
+    /// Duplicates `MPI_COMM_WORLD`.
     pub(crate) fn world(runtime: Arc<MpiRuntime>) -> Result<MpiComm> {
+        // SAFETY: reading the immutable handle of MPI_COMM_WORLD exported by the rsmpi shim.
+        let world = unsafe { ffi::RSMPI_COMM_WORLD };
+        // SAFETY: MPI is initialized (we hold the runtime) and MPI_COMM_WORLD is valid.
+        unsafe { MpiComm::duplicate(runtime, world) }
+    }
+
+    /// A duplicate of a communicator of the program's own MPI (see
+    /// [`crate::init_from_comm`]).
+    pub(crate) fn adopt<C: ::mpi::raw::AsRaw<Raw = ffi::MPI_Comm>>(parent: &C) -> Result<MpiComm> {
+        let runtime = MpiRuntime::adopted()?;
+        // SAFETY: rsmpi's communicators hand out valid handles, and MPI is initialized and
+        // not finalized (checked by `adopted`).
+        unsafe { MpiComm::duplicate(runtime, parent.as_raw()) }
+    }
+
+    /// [`MpiComm::adopt`] of a raw handle.
+    ///
+    /// # Safety
+    /// `parent` is a valid communicator of this process's MPI, and every rank of it makes
+    /// this call.
+    pub(crate) unsafe fn adopt_raw(parent: ffi::MPI_Comm) -> Result<MpiComm> {
+        let runtime = MpiRuntime::adopted()?;
+        // SAFETY: the caller's contract; MPI is initialized (checked by `adopted`).
+        unsafe { MpiComm::duplicate(runtime, parent) }
+    }
+
+    /// Duplicates `parent` (gang's communicators never share a context with the
+    /// program's: no message of one can match a receive of the other) and makes MPI errors
+    /// on the duplicate return instead of abort.
+    ///
+    /// # Safety
+    /// `parent` is a valid communicator of the initialized, not finalized MPI that
+    /// `runtime` stands for, and every rank of `parent` calls this collectively.
+    pub(crate) unsafe fn duplicate(runtime: Arc<MpiRuntime>, parent: ffi::MPI_Comm) -> Result<MpiComm> {
         let mut raw = std::mem::MaybeUninit::<ffi::MPI_Comm>::uninit();
-        // SAFETY: MPI is initialized (we hold the runtime); `raw` receives the new handle.
-        check(unsafe { ffi::MPI_Comm_dup(ffi::RSMPI_COMM_WORLD, raw.as_mut_ptr()) }, "MPI_Comm_dup")?;
+        // SAFETY: `parent` is valid (caller's contract); `raw` receives the new handle.
+        check(unsafe { ffi::MPI_Comm_dup(parent, raw.as_mut_ptr()) }, "MPI_Comm_dup")?;
         // SAFETY: MPI_Comm_dup succeeded and initialized `raw`.
         let raw = unsafe { raw.assume_init() };
+        // SAFETY: `raw` is a fresh communicator that nothing else holds.
+        unsafe { MpiComm::own(runtime, raw) }
+    }
+
+    /// Takes ownership of `raw` (freed on drop), with `MPI_ERRORS_RETURN`.
+    ///
+    /// # Safety
+    /// `raw` is a valid communicator that no one else frees.
+    unsafe fn own(runtime: Arc<MpiRuntime>, raw: ffi::MPI_Comm) -> Result<MpiComm> {
         let mut comm = MpiComm { raw, rank: 0, size: 0, runtime };
         // SAFETY: `comm.raw` is a valid communicator; ERRORS_RETURN is a predefined handler.
         check(unsafe { ffi::MPI_Comm_set_errhandler(comm.raw, ffi::RSMPI_ERRORS_RETURN) }, "MPI_Comm_set_errhandler")?;
@@ -141,53 +252,76 @@ impl MpiComm {
         Ok(comm)
     }
 
-    pub(crate) fn rank(&self) -> usize {
+    /// The MPI runtime this communicator keeps alive.
+    pub(crate) fn runtime(&self) -> &Arc<MpiRuntime> {
+        &self.runtime
+    }
+}
+
+impl std::fmt::Debug for MpiComm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MpiComm").field("rank", &self.rank).field("size", &self.size).finish()
+    }
+}
+
+impl CommBackend for MpiComm {
+    fn rank(&self) -> usize {
         self.rank
     }
 
-    pub(crate) fn size(&self) -> usize {
+    fn size(&self) -> usize {
         self.size
     }
 
-    pub(crate) fn barrier(&self) -> Result<()> {
+    fn name(&self) -> &'static str {
+        "mpi"
+    }
+
+    fn description(&self) -> String {
+        library_version()
+    }
+
+    fn failure_scope(&self) -> FailureScope {
+        FailureScope::Process
+    }
+
+    fn barrier(&self) -> Result<()> {
         // SAFETY: valid communicator.
         check(unsafe { ffi::MPI_Barrier(self.raw) }, "MPI_Barrier")
     }
 
-    pub(crate) fn bcast_raw<T: Scalar>(&self, root: usize, buf: &mut [T]) -> Result<()> {
-        let n = count(buf.len(), "MPI_Bcast")?;
-        // SAFETY: `buf` is a live, writable buffer of `n` elements of the datatype matching
-        // `T`; all ranks pass the same count (checked by the caller's protocol).
-        check(
-            unsafe { ffi::MPI_Bcast(buf.as_mut_ptr().cast(), n, datatype(T::dtype()), root as c_int, self.raw) },
-            "MPI_Bcast",
-        )
+    fn broadcast(&self, root: usize, mut buf: ElementsMut<'_>) -> Result<()> {
+        let (ptr, len, dt) = raw_parts_mut(&mut buf);
+        let n = count(len, "MPI_Bcast")?;
+        // SAFETY: `ptr` is a live, writable buffer of `n` elements of datatype `dt`; all
+        // ranks pass the same count (checked by the caller's protocol).
+        check(unsafe { ffi::MPI_Bcast(ptr, n, dt, root as c_int, self.raw) }, "MPI_Bcast")
     }
 
-    pub(crate) fn allreduce_raw<T: Scalar>(&self, send: Option<&[T]>, recv: &mut [T], op: ReduceOp) -> Result<()> {
-        let n = count(recv.len(), "MPI_Allreduce")?;
-        let sendbuf: *const c_void = match send {
-            Some(s) => s.as_ptr().cast(),
+    fn allreduce(&self, send: Option<Elements<'_>>, mut recv: ElementsMut<'_>, op: ReduceOp) -> Result<()> {
+        let (rptr, len, dt) = raw_parts_mut(&mut recv);
+        let n = count(len, "MPI_Allreduce")?;
+        let sendbuf: *const c_void = match &send {
+            Some(s) => {
+                let (sptr, slen, sdt) = raw_parts(s);
+                if slen != len || sdt != dt {
+                    return Err(Error::InvalidArgument(format!(
+                        "allreduce: send holds {slen} {} but recv {len} {}",
+                        s.type_name(),
+                        recv.type_name()
+                    )));
+                }
+                sptr
+            }
             // SAFETY: reading the MPI_IN_PLACE sentinel exported by the shim.
             None => unsafe { GANG_MPI_IN_PLACE },
         };
-        // SAFETY: `recv` is a live buffer of `n` elements of T's datatype; `send` is either
-        // MPI_IN_PLACE or a live buffer of the same length (checked by the caller).
-        check(
-            unsafe {
-                ffi::MPI_Allreduce(sendbuf, recv.as_mut_ptr().cast(), n, datatype(T::dtype()), op_handle(op), self.raw)
-            },
-            "MPI_Allreduce",
-        )
+        // SAFETY: `rptr` is a live buffer of `n` elements of `dt`; `sendbuf` is either
+        // MPI_IN_PLACE or a live buffer of the same length and type (checked above).
+        check(unsafe { ffi::MPI_Allreduce(sendbuf, rptr, n, dt, op_handle(op), self.raw) }, "MPI_Allreduce")
     }
 
-    pub(crate) fn allgatherv_raw(
-        &self,
-        send: &[u8],
-        recv: &mut [u8],
-        rcounts: &[usize],
-        displs: &[usize],
-    ) -> Result<()> {
+    fn allgatherv(&self, send: &[u8], recv: &mut [u8], rcounts: &[usize], displs: &[usize]) -> Result<()> {
         const OP: &str = "MPI_Allgatherv";
         let (rc, rd) = (counts(rcounts, OP)?, counts(displs, OP)?);
         debug_assert!(rcounts.iter().zip(displs).all(|(c, d)| c + d <= recv.len()));
@@ -210,7 +344,7 @@ impl MpiComm {
         )
     }
 
-    pub(crate) fn alltoallv_raw(
+    fn alltoallv(
         &self,
         send: &[u8],
         scounts: &[usize],
@@ -243,6 +377,29 @@ impl MpiComm {
             OP,
         )
     }
+
+    fn split(&self, color: Option<u32>, key: i32) -> Result<Option<Box<dyn CommBackend>>> {
+        let color = match color {
+            Some(c) => c as c_int,
+            // SAFETY: reading an immutable constant exported by the rsmpi shim.
+            None => unsafe { ffi::RSMPI_UNDEFINED },
+        };
+        let mut raw = std::mem::MaybeUninit::<ffi::MPI_Comm>::uninit();
+        // SAFETY: valid communicator; `raw` receives the new handle (or MPI_COMM_NULL).
+        check(unsafe { ffi::MPI_Comm_split(self.raw, color, key, raw.as_mut_ptr()) }, "MPI_Comm_split")?;
+        // SAFETY: MPI_Comm_split succeeded and initialized `raw`.
+        let raw = unsafe { raw.assume_init() };
+        // SAFETY: reading the immutable MPI_COMM_NULL handle exported by the rsmpi shim.
+        if raw == unsafe { ffi::RSMPI_COMM_NULL } {
+            return Ok(None);
+        }
+        // SAFETY: a new communicator from MPI_Comm_split that only we hold.
+        Ok(Some(Box::new(unsafe { MpiComm::own(self.runtime.clone(), raw) }?)))
+    }
+
+    fn abort(&self, _stage: &str, _message: &str, code: i32) {
+        abort_comm(self.raw, code)
+    }
 }
 
 impl Drop for MpiComm {
@@ -259,10 +416,18 @@ impl Drop for MpiComm {
 
 /// Kills every process of the MPI job (`MPI_Abort` on `MPI_COMM_WORLD`), then this one.
 pub(crate) fn abort_world(code: i32) -> ! {
-    if ::mpi::environment::is_initialized() && !::mpi::environment::is_finalized() {
-        // SAFETY: MPI is initialized and not finalized; MPI_Abort may be called at any time.
+    // SAFETY: reading the immutable handle of MPI_COMM_WORLD exported by the rsmpi shim.
+    abort_comm(unsafe { ffi::RSMPI_COMM_WORLD }, code)
+}
+
+/// `MPI_Abort` on `comm` (Open MPI and MPICH end every process of the job), then ends this
+/// process whatever happened.
+fn abort_comm(comm: ffi::MPI_Comm, code: i32) -> ! {
+    if is_active() {
+        // SAFETY: MPI is initialized and not finalized; MPI_Abort may be called at any time
+        // on a valid communicator.
         unsafe {
-            ffi::MPI_Abort(ffi::RSMPI_COMM_WORLD, code);
+            ffi::MPI_Abort(comm, code);
         }
     }
     // MPI_Abort should not return; make sure this process ends whatever happened.

@@ -40,10 +40,9 @@ pub struct StageReport {
 
 /// The rank's side of a stage that writes partitions: begin, commit partitions, finish.
 ///
-/// A failure while producing or writing a partition stops the gang under MPI
-/// ([`Context::fail_gang`], which does not return) so that no peer waits in the job
-/// commit; on the Local backend the error is returned (and [`crate::execute`] stops the
-/// peers).
+/// A failure while producing or writing a partition stops the gang on every backend
+/// ([`Context::fail_gang`]) so that no peer waits in the job commit: under MPI that does
+/// not return; on the Local backend the error is returned after the peers were stopped.
 #[derive(Debug)]
 pub struct StageOutput<'c> {
     ctx: &'c Context,
@@ -95,12 +94,12 @@ impl<'c> StageOutput<'c> {
         self.committer.write_partition(id, schema, batches).map_err(|e| self.fail(e))
     }
 
-    /// Stops the gang with `err` under MPI (does not return); returns `err` on the Local
-    /// backend. For failures of a partition outside [`StageOutput::commit`].
+    /// Records `err` as this rank's failure in the stage and stops the gang, on every
+    /// backend alike: under MPI this does not return (`MPI_Abort`); on the Local backend
+    /// the peers' collectives fail and `err` comes back to be returned. For failures of a
+    /// partition outside [`StageOutput::commit`].
     pub fn fail(&self, err: Error) -> Error {
-        if self.ctx.comm().backend_name() == "mpi" {
-            self.ctx.fail_gang(&self.label, &err);
-        }
+        self.ctx.fail_gang(&self.label, &err);
         err
     }
 
