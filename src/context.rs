@@ -4,7 +4,9 @@
 #[cfg(feature = "mpi")]
 use crate::comm::mpi::{MpiComm, MpiRuntime};
 use crate::comm::{Comm, FailureScope, LocalGroup};
-use crate::env::{placement_from_hosts, RankEnv};
+#[cfg(feature = "mpi")]
+use crate::env::placement_from_hosts;
+use crate::env::RankEnv;
 use crate::error::{Error, Result};
 use crate::failure::{self, RunInfo};
 pub use crate::failure::{EXIT_RANK_ERROR, EXIT_RANK_PANIC};

@@ -104,6 +104,7 @@ pub enum Error {
     /// An Arrow error without a file to name.
     Arrow(arrow_schema::ArrowError),
     /// A Parquet error without a file to name.
+    #[cfg(feature = "parquet")]
     Parquet(parquet::errors::ParquetError),
     /// An I/O error about a file or directory.
     Io {
@@ -184,6 +185,7 @@ impl std::fmt::Display for Error {
             ),
             Error::Output { path, detail } => write!(f, "output {}: {detail}", path.display()),
             Error::Arrow(e) => write!(f, "arrow: {e}"),
+            #[cfg(feature = "parquet")]
             Error::Parquet(e) => write!(f, "parquet: {e}"),
             Error::Io { path, source } => write!(f, "{}: {source}", path.display()),
             Error::External(e) => write!(f, "{e}"),
@@ -199,6 +201,7 @@ impl std::error::Error for Error {
             Error::External(e) => Some(e.as_ref()),
             Error::Classified { source, .. } => Some(source.as_ref()),
             Error::Arrow(e) => Some(e),
+            #[cfg(feature = "parquet")]
             Error::Parquet(e) => Some(e),
             _ => None,
         }
@@ -271,6 +274,7 @@ impl From<arrow_schema::ArrowError> for Error {
     }
 }
 
+#[cfg(feature = "parquet")]
 impl From<parquet::errors::ParquetError> for Error {
     fn from(e: parquet::errors::ParquetError) -> Self {
         Error::Parquet(e)

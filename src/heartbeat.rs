@@ -14,6 +14,9 @@
 //! The progress slot is per process: on the Local backend the ranks (threads) of the
 //! process share it, last writer wins; heartbeats are only sent under MPI.
 
+// Heartbeats are sent by ranks of Process scope (MPI) only.
+#![cfg_attr(not(feature = "mpi"), allow(dead_code))]
+
 use gang_protocol::heartbeat::{Address, Heartbeat, HeartbeatSender, Progress, INTERVAL};
 use gang_protocol::vars;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -115,6 +115,41 @@ pub fn selftest(comm: &Comm) -> Result<SelftestReport> {
     }
     checks += 1;
 
+    // Split: even and odd ranks, each ordered by descending rank (key = -rank); with three
+    // ranks or more the last rank takes part without a color and gets no communicator.
+    let opt_out = n >= 3 && rank == n - 1;
+    let color = (!opt_out).then_some((rank % 2) as u32);
+    let sub = comm.split(color, -(rank as i32))?;
+    match (sub, opt_out) {
+        (None, true) => {}
+        (Some(sub), false) => {
+            let members: Vec<usize> = (0..n).filter(|&r| r % 2 == rank % 2 && !(n >= 3 && r == n - 1)).rev().collect();
+            let want_rank = members.iter().position(|&r| r == rank).expect("a member");
+            if (sub.rank(), sub.size(), sub.max_count()) != (want_rank, members.len(), max_count) {
+                return Err(fail(format!(
+                    "split: rank {rank} became {} of {} (max count {}), expected {want_rank} of {} ({max_count})",
+                    sub.rank(),
+                    sub.size(),
+                    sub.max_count(),
+                    members.len()
+                )));
+            }
+            // Collectives on the new communicator involve its members only.
+            let sum = sub.allreduce_scalar(rank as u64, ReduceOp::Sum)?;
+            expect_eq("allreduce on a split", &[sum], &[members.iter().map(|&r| r as u64).sum::<u64>()])?;
+            let names = sub.allgather_bytes(&(rank as u64).to_le_bytes())?;
+            let got: Vec<u64> = names.iter().map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes"))).collect();
+            expect_eq(
+                "allgather on a split (in key order)",
+                &got,
+                &members.iter().map(|&r| r as u64).collect::<Vec<_>>(),
+            )?;
+        }
+        (Some(_), true) => return Err(fail(format!("split: rank {rank} passed no color but got a communicator"))),
+        (None, false) => return Err(fail(format!("split: rank {rank} passed a color but got no communicator"))),
+    }
+    checks += 1;
+
     comm.barrier()?;
     checks += 1;
     Ok(SelftestReport { checks, max_count })

@@ -508,6 +508,7 @@ impl Comm {
 
 /// Whether a transport of [`FailureScope::Process`] is alive in this process (MPI
 /// initialized and not finalized), so that stopping the gang can still reach the peers.
+#[cfg_attr(not(feature = "mpi"), allow(dead_code))]
 pub(crate) fn process_scope_active() -> bool {
     #[cfg(feature = "mpi")]
     {
@@ -520,6 +521,7 @@ pub(crate) fn process_scope_active() -> bool {
 }
 
 /// Ends this process and, through MPI when it is alive, every process of the job.
+#[cfg_attr(not(feature = "mpi"), allow(dead_code))]
 pub(crate) fn abort_process(code: i32) -> ! {
     #[cfg(feature = "mpi")]
     mpi::abort_world(code);

@@ -5,7 +5,7 @@
 //! library is built without thread safety), so HDF5 partitions decode one at a time
 //! whatever the number of prefetch threads.
 
-use super::plan::{FileInfo, Hdf5TwoD};
+use super::format::{FileInfo, Format, Hdf5TwoD};
 use super::{assemble, partition_error, BatchIter, Partition, PlanOptions, Slice};
 use crate::error::{Error, Result};
 use ::hdf5::types::{FloatSize, IntSize, TypeDescriptor};
@@ -504,5 +504,18 @@ impl Hdf5Writer {
         drop(columns);
         file.close().map_err(|e| Error::Output { path: path.clone(), detail: format!("close failed: {e}") })?;
         std::fs::File::open(&path).and_then(|f| f.sync_all()).map_err(|e| Error::io(&path, e))
+    }
+}
+
+/// The Hdf5 format of the data plane.
+pub(crate) struct Hdf5;
+
+impl Format for Hdf5 {
+    fn file_info(&self, path: &Path, datasets: &[String], opts: &PlanOptions) -> Result<FileInfo> {
+        file_info(path, datasets, opts.hdf5_2d)
+    }
+
+    fn read(&self, p: &Partition, schema: &SchemaRef, opts: &PlanOptions) -> Result<BatchIter> {
+        read(p, schema, opts)
     }
 }

@@ -1,7 +1,7 @@
 //! Arrow IPC files: the footer for planning (rows per record batch from the message
 //! headers, without reading the bodies), record-batch ranges into batches.
 
-use super::plan::FileInfo;
+use super::format::{FileInfo, Format};
 use super::{assembled, is_hive_key, partition_error, BatchIter, Partition, PlanOptions, Slice};
 use crate::error::{Error, Result};
 use arrow_array::RecordBatch;
@@ -105,4 +105,17 @@ pub(crate) fn read(p: &Partition, schema: &SchemaRef, opts: &PlanOptions) -> Res
             other => vec![other],
         }
     })))
+}
+
+/// The Ipc format of the data plane.
+pub(crate) struct Ipc;
+
+impl Format for Ipc {
+    fn file_info(&self, path: &Path, _datasets: &[String], _opts: &PlanOptions) -> Result<FileInfo> {
+        file_info(path)
+    }
+
+    fn read(&self, p: &Partition, schema: &SchemaRef, opts: &PlanOptions) -> Result<BatchIter> {
+        read(p, schema, opts)
+    }
 }

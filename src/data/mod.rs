@@ -6,12 +6,16 @@
 //! - [`read_partition`]: one partition as an iterator of batches (`parquet`, `hdf5`, `ipc`).
 //! - [`pipeline`]: the next batches decoded while the current one is processed.
 
+mod format;
+#[cfg(feature = "hdf5")]
 mod hdf5;
 mod ipc;
+#[cfg(feature = "parquet")]
 mod parquet;
 pub mod pipeline;
 pub mod plan;
 
+#[cfg(feature = "hdf5")]
 pub use self::hdf5::Hdf5Writer;
 pub use pipeline::{Prefetch, PrefetchOptions};
 pub use plan::{Hdf5TwoD, Input, PartitionPlan, PlanOptions};
@@ -96,11 +100,7 @@ pub fn read_partition(p: &Partition, schema: &SchemaRef, opts: &PlanOptions) -> 
     if opts.batch_size == 0 {
         return Err(Error::InvalidArgument("batch_size must be at least 1".into()));
     }
-    match p.format {
-        FileFormat::Parquet => parquet::read(p, schema, opts),
-        FileFormat::Ipc => ipc::read(p, schema, opts),
-        FileFormat::Hdf5 => self::hdf5::read(p, schema, opts),
-    }
+    format::driver(p.format, &p.file)?.read(p, schema, opts)
 }
 
 /// An input error about partition `p`.

@@ -1,6 +1,6 @@
 //! Parquet: footers for planning, row-group ranges into batches with projection pushdown.
 
-use super::plan::FileInfo;
+use super::format::{FileInfo, Format};
 use super::{assembled, is_hive_key, partition_error, BatchIter, Partition, PlanOptions, Slice};
 use crate::error::{Error, Result};
 use ::parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
@@ -65,4 +65,17 @@ pub(crate) fn read(p: &Partition, schema: &SchemaRef, opts: &PlanOptions) -> Res
         .build()
         .map_err(|e| partition_error(p, e))?;
     Ok(Box::new(assembled(reader, p, schema)))
+}
+
+/// The Parquet format of the data plane.
+pub(crate) struct Parquet;
+
+impl Format for Parquet {
+    fn file_info(&self, path: &Path, _datasets: &[String], _opts: &PlanOptions) -> Result<FileInfo> {
+        file_info(path)
+    }
+
+    fn read(&self, p: &Partition, schema: &SchemaRef, opts: &PlanOptions) -> Result<BatchIter> {
+        read(p, schema, opts)
+    }
 }

@@ -5,6 +5,8 @@
 //! assignment of partitions to ranks ([`PartitionPlan::assign`]) is a pure function of the
 //! plan and the world size, so every rank computes the same answer on its own.
 
+use super::format::{driver, FileInfo};
+pub use super::format::{Hdf5TwoD, PlanOptions};
 use super::{FileFormat, Partition, Slice};
 use crate::error::{Error, Result};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
@@ -88,36 +90,6 @@ pub(crate) fn format_of(path: &Path) -> Option<FileFormat> {
     }
 }
 
-/// How a 2-D HDF5 dataset `[rows, k]` becomes columns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Hdf5TwoD {
-    /// `k` columns `name_0 .. name_{k-1}`.
-    #[default]
-    Columns,
-    /// One `FixedSizeList<k>` column `name`.
-    FixedSizeList,
-}
-
-/// Options of planning and reading.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PlanOptions {
-    /// Rows per partition (about; a Parquet row group is never split). Default `1 << 20`.
-    pub target_rows: u64,
-    /// Columns to read, in this order (Hive keys included); `None` reads every column.
-    pub columns: Option<Vec<String>>,
-    /// Rows per batch when reading. Default 65536.
-    pub batch_size: usize,
-    /// How 2-D HDF5 datasets become columns.
-    pub hdf5_2d: Hdf5TwoD,
-}
-
-impl Default for PlanOptions {
-    fn default() -> Self {
-        PlanOptions { target_rows: 1 << 20, columns: None, batch_size: 65536, hdf5_2d: Hdf5TwoD::Columns }
-    }
-}
-
 /// The partitions of a dataset and the schema of the batches read from them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PartitionPlan {
@@ -126,17 +98,6 @@ pub struct PartitionPlan {
     /// The schema of every batch: the projected file columns, then Hive keys as Utf8
     /// columns (or the order of [`PlanOptions::columns`] when given).
     pub schema: SchemaRef,
-}
-
-/// What discovery learns about one file.
-pub(crate) struct FileInfo {
-    /// Every column of the file, before projection.
-    pub schema: Schema,
-    /// Pieces of the file with (rows, bytes): row groups, record batches, or one entry for
-    /// an HDF5 file (the row count of its datasets).
-    pub pieces: Vec<(u64, u64)>,
-    /// HDF5 datasets actually read.
-    pub datasets: Vec<String>,
 }
 
 /// A file found under an input, with its Hive keys.
@@ -171,12 +132,7 @@ impl PartitionPlan {
         }
         let mut infos = Vec::with_capacity(files.len());
         for f in &files {
-            let info = match f.format {
-                FileFormat::Parquet => super::parquet::file_info(&f.path)?,
-                FileFormat::Ipc => super::ipc::file_info(&f.path)?,
-                FileFormat::Hdf5 => super::hdf5::file_info(&f.path, &f.datasets, opts.hdf5_2d)?,
-            };
-            infos.push(info);
+            infos.push(driver(f.format, &f.path)?.file_info(&f.path, &f.datasets, opts)?);
         }
         let schema = check_schemas(&files, &infos, opts.columns.as_deref())?;
         let mut partitions = Vec::new();

@@ -12,7 +12,9 @@ use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use std::fmt;
 use std::fs::File;
-use std::io::{BufWriter, Read, Write};
+#[cfg(feature = "parquet")]
+use std::io::Write;
+use std::io::{BufWriter, Read};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -64,8 +66,13 @@ pub enum OutputFormat {
 }
 
 impl Default for OutputFormat {
+    /// Parquet (zstd), or Arrow IPC in a build without the `parquet` feature.
     fn default() -> Self {
-        OutputFormat::Parquet { compression: ParquetCompression::default() }
+        if cfg!(feature = "parquet") {
+            OutputFormat::Parquet { compression: ParquetCompression::default() }
+        } else {
+            OutputFormat::Ipc { zstd: false }
+        }
     }
 }
 
@@ -187,9 +194,22 @@ pub trait BatchSink: Send {
 /// hold the schema.
 pub fn open_sink(format: OutputFormat, path: &Path, schema: &SchemaRef) -> Result<Box<dyn BatchSink>> {
     let inner: Box<dyn BatchSink> = match format {
+        #[cfg(feature = "parquet")]
         OutputFormat::Parquet { compression } => Box::new(ParquetSink::create(path, schema, compression)?),
         OutputFormat::Ipc { zstd } => Box::new(IpcSink::create(path, schema, zstd)?),
+        #[cfg(feature = "hdf5")]
         OutputFormat::Hdf5 => hdf5_sink(path, schema)?,
+        #[allow(unreachable_patterns)]
+        other => {
+            return Err(Error::Output {
+                path: path.to_path_buf(),
+                detail: format!(
+                    "this build of gang cannot write {other}: rebuild it with the cargo feature \"{}\", \
+                     or write Arrow IPC",
+                    if matches!(other, OutputFormat::Hdf5) { "hdf5" } else { "parquet" }
+                ),
+            })
+        }
     };
     Ok(Box::new(SchemaChecked { path: path.to_path_buf(), schema: schema.clone(), inner }))
 }
@@ -231,6 +251,7 @@ impl BatchSink for SchemaChecked {
     }
 }
 
+#[cfg(feature = "hdf5")]
 fn hdf5_sink(path: &Path, schema: &SchemaRef) -> Result<Box<dyn BatchSink>> {
     let writer = crate::data::Hdf5Writer::create(path, schema)?;
     Ok(Box::new(Hdf5Sink { path: path.to_path_buf(), writer }))
@@ -238,11 +259,13 @@ fn hdf5_sink(path: &Path, schema: &SchemaRef) -> Result<Box<dyn BatchSink>> {
 
 /// HDF5 through the data plane's writer (the HDF5 C library writes the file itself, so the
 /// file is checksummed by reading it back once).
+#[cfg(feature = "hdf5")]
 struct Hdf5Sink {
     path: PathBuf,
     writer: crate::data::Hdf5Writer,
 }
 
+#[cfg(feature = "hdf5")]
 impl BatchSink for Hdf5Sink {
     fn write(&mut self, batch: &RecordBatch) -> Result<()> {
         self.writer.write(batch)
@@ -266,11 +289,13 @@ fn sync(file: &File, path: &Path) -> Result<()> {
 }
 
 /// Parquet through `parquet::arrow::ArrowWriter`, which buffers internally.
+#[cfg(feature = "parquet")]
 struct ParquetSink {
     path: PathBuf,
     writer: parquet::arrow::ArrowWriter<ChecksumWriter<File>>,
 }
 
+#[cfg(feature = "parquet")]
 impl ParquetSink {
     fn create(path: &Path, schema: &SchemaRef, compression: ParquetCompression) -> Result<Self> {
         use parquet::basic::{Compression, ZstdLevel};
@@ -289,6 +314,7 @@ impl ParquetSink {
     }
 }
 
+#[cfg(feature = "parquet")]
 fn parquet_err(path: &Path, e: parquet::errors::ParquetError) -> Error {
     Error::Output { path: path.to_path_buf(), detail: format!("writing Parquet: {e}") }
 }
@@ -297,6 +323,7 @@ fn arrow_err(path: &Path, what: &str, e: arrow_schema::ArrowError) -> Error {
     Error::Output { path: path.to_path_buf(), detail: format!("writing {what}: {e}") }
 }
 
+#[cfg(feature = "parquet")]
 impl BatchSink for ParquetSink {
     fn write(&mut self, batch: &RecordBatch) -> Result<()> {
         self.writer.write(batch).map_err(|e| parquet_err(&self.path, e))
@@ -376,8 +403,9 @@ mod tests {
             let f: OutputFormat = s.parse().unwrap();
             assert_eq!(f.to_string(), s);
         }
-        assert_eq!("parquet".parse::<OutputFormat>().unwrap(), OutputFormat::default());
-        assert_eq!("PARQUET:ZSTD".parse::<OutputFormat>().unwrap(), OutputFormat::default());
+        let parquet = OutputFormat::Parquet { compression: ParquetCompression::default() };
+        assert_eq!("parquet".parse::<OutputFormat>().unwrap(), parquet);
+        assert_eq!("PARQUET:ZSTD".parse::<OutputFormat>().unwrap(), parquet);
         let e = "parquet:zstd:99".parse::<OutputFormat>().unwrap_err().to_string();
         assert!(e.contains("1..=22"), "{e}");
         let e = "orc".parse::<OutputFormat>().unwrap_err().to_string();
@@ -387,6 +415,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "parquet")]
     fn sinks_write_readable_files_with_a_digest_of_what_is_on_disk() {
         let dir = std::env::temp_dir().join(format!("gang-writer-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -419,6 +448,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "parquet")]
     fn a_batch_of_another_schema_is_refused_naming_the_file() {
         let dir = std::env::temp_dir().join(format!("gang-writer-schema-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -1,0 +1,87 @@
+//! What every input format implements, so that planning does not import the formats and
+//! the formats do not import planning: the options of reading, what discovery learns about
+//! a file, and the [`Format`] trait (file info, read a partition). Which format a file
+//! has is probed from its name ([`super::plan::Input::parse`]); sinks are in
+//! [`crate::stage::writer`].
+//!
+//! Parquet and HDF5 are cargo features (on by default); a build without one names the
+//! feature when asked to read such a file.
+
+use super::{BatchIter, FileFormat, Partition};
+use crate::error::{Error, Result};
+use arrow_schema::{Schema, SchemaRef};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// How a 2-D HDF5 dataset `[rows, k]` becomes columns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Hdf5TwoD {
+    /// `k` columns `name_0 .. name_{k-1}`.
+    #[default]
+    Columns,
+    /// One `FixedSizeList<k>` column `name`.
+    FixedSizeList,
+}
+
+/// Options of planning and reading.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanOptions {
+    /// Rows per partition (about; a Parquet row group is never split). Default `1 << 20`.
+    pub target_rows: u64,
+    /// Columns to read, in this order (Hive keys included); `None` reads every column.
+    pub columns: Option<Vec<String>>,
+    /// Rows per batch when reading. Default 65536.
+    pub batch_size: usize,
+    /// How 2-D HDF5 datasets become columns.
+    pub hdf5_2d: Hdf5TwoD,
+}
+
+impl Default for PlanOptions {
+    fn default() -> Self {
+        PlanOptions { target_rows: 1 << 20, columns: None, batch_size: 65536, hdf5_2d: Hdf5TwoD::Columns }
+    }
+}
+
+/// What discovery learns about one file.
+pub(crate) struct FileInfo {
+    /// Every column of the file, before projection.
+    pub schema: Schema,
+    /// Pieces of the file with (rows, bytes): row groups, record batches, or one entry for
+    /// an HDF5 file (the row count of its datasets).
+    pub pieces: Vec<(u64, u64)>,
+    /// HDF5 datasets actually read.
+    pub datasets: Vec<String>,
+}
+
+/// One input format.
+pub(crate) trait Format: Sync {
+    /// Schema and pieces of `path` (metadata only); `datasets` selects HDF5 datasets.
+    fn file_info(&self, path: &Path, datasets: &[String], opts: &PlanOptions) -> Result<FileInfo>;
+    /// The batches of partition `p` with the columns of `schema`.
+    fn read(&self, p: &Partition, schema: &SchemaRef, opts: &PlanOptions) -> Result<BatchIter>;
+}
+
+/// The implementation of `format`, or an error naming `path` and the cargo feature this
+/// build lacks.
+pub(crate) fn driver(format: FileFormat, path: &Path) -> Result<&'static dyn Format> {
+    match format {
+        FileFormat::Ipc => Ok(&super::ipc::Ipc),
+        #[cfg(feature = "parquet")]
+        FileFormat::Parquet => Ok(&super::parquet::Parquet),
+        #[cfg(feature = "hdf5")]
+        FileFormat::Hdf5 => Ok(&super::hdf5::Hdf5),
+        #[allow(unreachable_patterns)]
+        other => Err(Error::input(
+            path,
+            None,
+            format!(
+                "this build of gang cannot read {other:?} files: rebuild it with the cargo feature \"{}\"",
+                match other {
+                    FileFormat::Parquet => "parquet",
+                    _ => "hdf5",
+                }
+            ),
+        )),
+    }
+}
