@@ -149,7 +149,76 @@ pub struct Context {
     sections_entered: std::sync::atomic::AtomicU64,
 }
 
+/// What a rank's storage and stages need of it: a communicator and a description of its
+/// run (attempt, run directory). [`Context`] is one; [`OnComm`] makes one of any [`Comm`]
+/// (a split, a communicator adopted by a C API) and a [`RunInfo`].
+pub trait Participant {
+    /// The communicator of the gang.
+    fn comm(&self) -> &Comm;
+    /// The attempt and the run directory.
+    fn run_info(&self) -> &RunInfo;
+}
+
+impl Participant for Context {
+    fn comm(&self) -> &Comm {
+        &self.comm
+    }
+    fn run_info(&self) -> &RunInfo {
+        &self.run
+    }
+}
+
+/// A bare communicator with its run, for [`CheckpointStore`](crate::CheckpointStore) and
+/// [`OutputCommitter`](crate::stage::OutputCommitter) without a [`Context`].
+#[derive(Debug, Clone, Copy)]
+pub struct OnComm<'a> {
+    /// The communicator.
+    pub comm: &'a Comm,
+    /// The run.
+    pub run: &'a RunInfo,
+}
+
+impl Participant for OnComm<'_> {
+    fn comm(&self) -> &Comm {
+        self.comm
+    }
+    fn run_info(&self) -> &RunInfo {
+        self.run
+    }
+}
+
 impl Context {
+    /// The context of a rank of `comm`, any communicator (a [`Comm::split`] of another,
+    /// one of a transport of the program's own), for barrier sections and map stages over
+    /// it. Collective: the ranks exchange host names to find local ranks and nodes; the
+    /// launcher's variables (read as [`init`] does) give the device plan. Failure handling
+    /// follows `comm`'s [`FailureScope`].
+    ///
+    /// # Errors
+    /// [`Error::Environment`] for malformed launcher variables; communication errors.
+    pub fn from_comm(comm: Comm, run: RunInfo) -> Result<Context> {
+        let env = RankEnv::from_env()?;
+        let host = gang_protocol::hostname();
+        let hosts = comm.allgather_bytes(host.as_bytes())?;
+        let hosts: Vec<String> = hosts.iter().map(|h| String::from_utf8_lossy(h).into_owned()).collect();
+        let (local_rank, local_size, node_index) = crate::env::placement_from_hosts(&hosts, comm.rank());
+        let device = env.device(local_rank);
+        let run_dir = run.run_dir.clone().map(|d| RunDir::open(d).with_attempt(run.attempt));
+        Ok(Context {
+            comm,
+            local_rank,
+            local_size,
+            node_index,
+            host,
+            device,
+            env,
+            run_dir,
+            run,
+            mpi_threading: None,
+            sections_entered: Default::default(),
+        })
+    }
+
     /// This rank, `0..world()`.
     pub fn rank(&self) -> usize {
         self.comm.rank()

@@ -257,7 +257,6 @@ impl RankEnv {
 
 /// Local rank, local size and node index of `rank`, derived from every rank's host name
 /// (nodes numbered in order of their lowest rank).
-#[cfg_attr(not(feature = "mpi"), allow(dead_code))]
 pub(crate) fn placement_from_hosts(hosts: &[String], rank: usize) -> (usize, usize, usize) {
     let me = &hosts[rank];
     let local_rank = hosts[..rank].iter().filter(|h| *h == me).count();

@@ -52,7 +52,9 @@ pub mod train;
 pub use ::mpi;
 pub use checkpoint::CheckpointStore;
 pub use comm::{Comm, LocalGroup, LocalMember, RankBuffers, ReduceOp, Scalar};
-pub use context::{execute, init, BackendChoice, Config, Context, MpiThreading, EXIT_RANK_ERROR, EXIT_RANK_PANIC};
+pub use context::{
+    execute, init, BackendChoice, Config, Context, MpiThreading, OnComm, Participant, EXIT_RANK_ERROR, EXIT_RANK_PANIC,
+};
 #[cfg(feature = "mpi")]
 pub use context::{init_from_comm, init_from_raw_comm};
 pub use env::{LauncherKind, RankEnv};

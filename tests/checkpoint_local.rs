@@ -382,3 +382,49 @@ print(how, json.dumps({k: [list(v.shape), v.astype("<f4").view("<u4").ravel().to
     assert_eq!(got["r1.adam.m"], as_json(&want1.sharded[0]));
     assert!(got.get("r1.layer0.weight").is_none(), "replicated tensors are stored by rank 0 only");
 }
+
+/// Storage over a bare communicator: a checkpoint store and an output committer on each
+/// half of a split Local gang, with no Context, and a barrier section on a Context made
+/// from a split.
+#[test]
+fn stores_and_stages_work_on_the_halves_of_a_split_communicator() {
+    use gang::stage::{Manifest, OutputCommitter, OutputFormat};
+    use gang::{LocalGroup, OnComm, ReduceOp, RunInfo};
+    let s = Scratch::new("split-store");
+    let group = LocalGroup::new(4);
+    std::thread::scope(|scope| {
+        for member in group.members() {
+            let root = s.0.clone();
+            scope.spawn(move || {
+                let world = member.into_comm();
+                let me = world.rank();
+                let half = world.split(Some((me % 2) as u32), me as i32).unwrap().expect("a color was given");
+                let run = RunInfo::new(0);
+                let on = OnComm { comm: &half, run: &run };
+                let store = CheckpointStore::new(root.join(format!("ckpt-{}", me % 2)), 2).unwrap();
+                let state = State::new()
+                    .with_replicated(Tensor::vector("w", vec![(me % 2) as f32; 3]))
+                    .with_sharded(Tensor::vector("mine", vec![me as f32]));
+                store.save(&on, 5, &state).unwrap();
+                let r = store.restore(&on).unwrap().expect("the checkpoint just saved");
+                assert_eq!((r.step, r.saved_world_size), (5, 2));
+                assert_eq!(r.sharded[0].data, vec![me as f32]);
+                let out = root.join(format!("out-{}", me % 2));
+                let c = OutputCommitter::begin(&on, &out, OutputFormat::Ipc { zstd: false }, false, "half").unwrap();
+                let batch = arrow_array::RecordBatch::try_from_iter([(
+                    "x",
+                    std::sync::Arc::new(arrow_array::Int64Array::from(vec![me as i64; 2])) as _,
+                )])
+                .unwrap();
+                c.write_partition(half.rank(), &batch.schema(), [Ok(batch)]).unwrap();
+                c.finish(&on, half.size()).unwrap();
+                let m = Manifest::read(&out).unwrap();
+                assert_eq!((m.partitions.len(), m.total_rows), (2, 4));
+                // A barrier section over the half, through a Context made from it.
+                let ctx = gang::Context::from_comm(half, run.clone()).unwrap();
+                let sum = ctx.barrier_section("half", |g| g.comm().allreduce_scalar(me as u64, ReduceOp::Sum)).unwrap();
+                assert_eq!(sum, if me % 2 == 0 { 2 } else { 4 });
+            });
+        }
+    });
+}

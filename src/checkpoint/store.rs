@@ -8,7 +8,7 @@ use super::manifest::{
 use super::safetensors;
 use super::{Meta, Restored, State, Tensor, FORMAT};
 use crate::comm::ReduceOp;
-use crate::context::Context;
+use crate::context::Participant;
 use crate::error::{Error, Result};
 use crate::fault::{FaultKind, FaultPlan};
 use serde::{Deserialize, Serialize};
@@ -109,10 +109,10 @@ impl CheckpointStore {
     /// naming the ranks that failed (the vote failed, `LATEST` is unchanged). If rank 0
     /// cannot commit: its error on rank 0, [`Error::GangFailed`] naming rank 0 elsewhere.
     /// Communication errors.
-    pub fn save(&self, ctx: &Context, step: u64, state: &State) -> Result<()> {
-        let (rank, attempt) = (ctx.rank(), ctx.attempt());
+    pub fn save(&self, ctx: &impl Participant, step: u64, state: &State) -> Result<()> {
+        let (rank, attempt) = (ctx.comm().rank(), ctx.run_info().attempt);
         let tmp = self.dir.join(temp_dir_name(step, attempt));
-        let written = self.write_shard(&tmp, rank, ctx.world(), step, attempt, state);
+        let written = self.write_shard(&tmp, rank, ctx.comm().size(), step, attempt, state);
         if written.is_ok() && self.faults.due(rank, step, attempt) == Some(FaultKind::CrashDuringCheckpoint) {
             eprintln!("gang: GANG_FAULT: rank {rank} dies after writing its shard of step {step}, before the vote");
             crate::fault::fire(FaultKind::Kill, rank, step);
@@ -143,8 +143,11 @@ impl CheckpointStore {
         }
         let written = written.expect("the vote was unanimous");
         let all = ctx.comm().allgather_bytes(&serde_json::to_vec(&written).map_err(Error::external)?)?;
-        let outcome = if rank == 0 { Some(self.commit(step, attempt, &tmp, all.iter())) } else { None };
-        agree(ctx, outcome)?;
+        ctx.comm().agree("checkpoint commit", || {
+            self.commit(step, attempt, &tmp, all.iter()).inspect_err(|e| {
+                eprintln!("gang: rank 0 could not commit the checkpoint: {e}");
+            })
+        })?;
         if self.faults.due(rank, step, attempt) == Some(FaultKind::CorruptLatestCheckpoint) {
             let path = self.dir.join(step_dir_name(step)).join(tensor_file(rank));
             eprintln!("gang: GANG_FAULT: rank {rank} damages {} and dies", path.display());
@@ -321,24 +324,12 @@ impl CheckpointStore {
     /// [`Error::Input`] naming the checkpoint if it holds sharded tensors saved by another
     /// world size, or if checkpoints exist but none is usable (every rank gets the same
     /// error). I/O and communication errors.
-    pub fn restore(&self, ctx: &Context) -> Result<Option<Restored>> {
-        let (rank, world) = (ctx.rank(), ctx.world());
+    pub fn restore(&self, ctx: &impl Participant) -> Result<Option<Restored>> {
+        let (rank, world) = (ctx.comm().rank(), ctx.comm().size());
         let mut chooser = if rank == 0 { Some(Chooser::new(self, world)) } else { None };
         loop {
-            let decision = chooser.as_mut().map(Chooser::next);
-            let mut buf = match &decision {
-                Some(d) => serde_json::to_vec(d).map_err(Error::external)?,
-                None => Vec::new(),
-            };
-            ctx.comm().broadcast_bytes(0, &mut buf)?;
-            let decision: Decision = match decision {
-                Some(d) => d,
-                None => serde_json::from_slice(&buf).map_err(|e| Error::GangFailed {
-                    rank: 0,
-                    stage: "checkpoint restore".into(),
-                    message: format!("unreadable decision of rank 0: {e}"),
-                })?,
-            };
+            let decision: Decision =
+                ctx.comm().agree("checkpoint restore", || Ok(chooser.as_mut().expect("rank 0 chooses").next()))?;
             let (name, manifest, skipped) = match decision {
                 Decision::Nothing => return Ok(None),
                 Decision::Fail { path, detail } => return Err(Error::input(path, None, detail)),
@@ -596,32 +587,6 @@ pub(crate) fn load(dir: &Path, m: &Manifest, rank: usize) -> Result<Loaded> {
         ));
     }
     Ok(Loaded { replicated, sharded, meta: meta.meta })
-}
-
-/// Broadcasts rank 0's commit outcome so that every rank returns success, or an error.
-fn agree(ctx: &Context, outcome: Option<Result<()>>) -> Result<()> {
-    let (mut buf, mine) = match outcome {
-        Some(Ok(())) => (Vec::new(), None),
-        Some(Err(e)) => {
-            let text = e.to_string();
-            (if text.is_empty() { b"error".to_vec() } else { text.into_bytes() }, Some(e))
-        }
-        None => (Vec::new(), None),
-    };
-    ctx.comm().broadcast_bytes(0, &mut buf)?;
-    if let Some(e) = mine {
-        eprintln!("gang: rank 0 could not commit the checkpoint: {e}");
-        return Err(e);
-    }
-    if buf.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::GangFailed {
-            rank: 0,
-            stage: "checkpoint commit".into(),
-            message: String::from_utf8_lossy(&buf).into_owned(),
-        })
-    }
 }
 
 /// Bytes written between the starts of write-back of a shard file.

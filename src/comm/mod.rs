@@ -15,6 +15,7 @@
 //! is built on them, so the splitting of large buffers into chunks is one piece of code,
 //! exercised on the Local backend with a tiny injected limit and on MPI for real.
 
+mod agree;
 mod backend;
 pub(crate) mod local;
 #[cfg(feature = "mpi")]

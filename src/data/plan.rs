@@ -10,7 +10,6 @@ pub use super::format::{Hdf5TwoD, PlanOptions};
 use super::{FileFormat, Partition, Slice};
 use crate::error::{Error, Result};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
-use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -179,32 +178,16 @@ impl PartitionPlan {
     /// # Errors
     /// As [`PartitionPlan::discover`] (on every rank), and communication errors.
     pub fn discover_on_root(comm: &crate::Comm, inputs: &[Input], opts: &PlanOptions) -> Result<PartitionPlan> {
-        let mut buf = Vec::new();
-        let mut mine = None;
-        if comm.rank() == 0 {
-            match PartitionPlan::discover(inputs, opts).and_then(|p| p.to_bytes().map(|b| (p, b))) {
-                Ok((plan, bytes)) => {
-                    buf.push(0u8);
-                    buf.extend_from_slice(&bytes);
-                    mine = Some(Ok(plan));
-                }
-                Err(e) => {
-                    buf.push(1u8);
-                    buf.extend_from_slice(&serde_json::to_vec(&WireError::from_error(&e)).unwrap_or_default());
-                    mine = Some(Err(e));
-                }
-            }
-        }
-        comm.broadcast_bytes(0, &mut buf)?;
-        if let Some(result) = mine {
-            return result;
-        }
-        match buf.split_first() {
-            Some((0, bytes)) => PartitionPlan::from_bytes(bytes),
-            Some((1, msg)) => Err(serde_json::from_slice::<WireError>(msg)
-                .map(WireError::into_error)
-                .unwrap_or_else(|_| Error::from("rank 0 failed to plan the input (unreadable error message)"))),
-            _ => Err(Error::from("malformed partition plan broadcast by rank 0")),
+        let mut plan = None;
+        let bytes = comm.agree_bytes("plan", || {
+            let p = PartitionPlan::discover(inputs, opts)?;
+            let b = p.to_bytes()?;
+            plan = Some(p);
+            Ok(b)
+        })?;
+        match plan {
+            Some(p) => Ok(p),
+            None => PartitionPlan::from_bytes(&bytes),
         }
     }
 
@@ -298,41 +281,6 @@ impl PartitionPlan {
 }
 
 const PLAN_MAGIC: &[u8] = b"GANGPLAN1";
-
-/// An error as rank 0 broadcasts it: the variants that name files survive the trip.
-#[derive(Serialize, Deserialize)]
-enum WireError {
-    Input { path: PathBuf, location: Option<String>, detail: String },
-    SchemaMismatch { first: PathBuf, second: PathBuf, field: String, detail: String },
-    Other(String),
-}
-
-impl WireError {
-    fn from_error(e: &Error) -> WireError {
-        match e {
-            Error::Input { path, location, detail, .. } => {
-                WireError::Input { path: path.clone(), location: location.clone(), detail: detail.clone() }
-            }
-            Error::SchemaMismatch { first, second, field, detail } => WireError::SchemaMismatch {
-                first: first.clone(),
-                second: second.clone(),
-                field: field.clone(),
-                detail: detail.clone(),
-            },
-            other => WireError::Other(format!("rank 0 failed to plan the input: {other}")),
-        }
-    }
-
-    fn into_error(self) -> Error {
-        match self {
-            WireError::Input { path, location, detail } => Error::Input { path, location, rank: Some(0), detail },
-            WireError::SchemaMismatch { first, second, field, detail } => {
-                Error::SchemaMismatch { first, second, field, detail }
-            }
-            WireError::Other(m) => Error::from(m),
-        }
-    }
-}
 
 /// Groups consecutive pieces (row groups, record batches) into ranges of about `target`
 /// rows: a piece joins the current range when that brings it closer to `target` than
@@ -729,17 +677,5 @@ mod tests {
         assert!(PartitionPlan::from_bytes(&b[..5]).is_err());
         assert!(PartitionPlan::from_bytes(&b[..b.len() - 3]).is_err());
         assert!(PartitionPlan::from_bytes(b"garbage").is_err());
-    }
-
-    #[test]
-    fn errors_survive_the_broadcast() {
-        let e = Error::SchemaMismatch { first: "a".into(), second: "b".into(), field: "x".into(), detail: "d".into() };
-        let back = serde_json::from_slice::<WireError>(&serde_json::to_vec(&WireError::from_error(&e)).unwrap())
-            .unwrap()
-            .into_error();
-        assert_eq!(back.to_string(), e.to_string());
-        let e = Error::input("f.parquet", Some("row group 2".into()), "bad");
-        let back = WireError::from_error(&e).into_error();
-        assert!(back.to_string().contains("f.parquet (row group 2, rank 0): bad"), "{back}");
     }
 }

@@ -29,7 +29,7 @@
 
 use super::manifest::{schema_json, Manifest, PartStats, Sidecar, SUCCESS};
 use super::writer::{open_sink, same_fields, OutputFormat};
-use crate::context::Context;
+use crate::context::Participant;
 use crate::error::{Error, Result};
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
@@ -71,7 +71,7 @@ impl OutputCommitter {
     ///   which removes the result first.
     /// - An unfinished stage with the same `fingerprint`: resumed (partitions already
     ///   committed are kept; see [`OutputCommitter::is_committed`]). With `overwrite` on the
-    ///   first attempt of a gang (`ctx.attempt() == 0`) it is discarded instead; a gang
+    ///   first attempt of a gang (`ctx.run_info().attempt == 0`) it is discarded instead; a gang
     ///   relaunched by the launcher (attempt > 0) always resumes.
     /// - An unfinished stage with another fingerprint, or part files without a manifest:
     ///   refused unless `overwrite`, which discards them.
@@ -81,16 +81,16 @@ impl OutputCommitter {
     /// [`Error::Output`] for a refused or unusable directory (the message says what to
     /// do), including one that some rank cannot see; [`Error::Io`] from the file system.
     pub fn begin(
-        ctx: &Context,
+        ctx: &impl Participant,
         dir: impl AsRef<Path>,
         format: OutputFormat,
         overwrite: bool,
         fingerprint: &str,
     ) -> Result<OutputCommitter> {
         let dir = dir.as_ref().to_path_buf();
-        let attempt = ctx.attempt();
-        let decided = (ctx.rank() == 0).then(|| prepare(&dir, format, overwrite, fingerprint, attempt));
-        let resumed: bool = agree(ctx, "output begin", &dir, decided)?;
+        let attempt = ctx.run_info().attempt;
+        let resumed: bool =
+            ctx.comm().agree("output begin", || prepare(&dir, format, overwrite, fingerprint, attempt))?;
         // Every rank must see what rank 0 made: the output must be on a shared file system.
         let stage_file = dir.join(TEMPORARY).join(STAGE);
         let seen = ctx.comm().allgather_bytes(&[u8::from(stage_file.is_file())])?;
@@ -107,7 +107,14 @@ impl OutputCommitter {
                 ),
             });
         }
-        Ok(OutputCommitter { dir, format, fingerprint: fingerprint.to_string(), rank: ctx.rank(), attempt, resumed })
+        Ok(OutputCommitter {
+            dir,
+            format,
+            fingerprint: fingerprint.to_string(),
+            rank: ctx.comm().rank(),
+            attempt,
+            resumed,
+        })
     }
 
     /// The output directory.
@@ -214,10 +221,9 @@ impl OutputCommitter {
     /// # Errors
     /// [`Error::Output`] if a partition is missing or the partitions' schemas differ (the
     /// output stays invisible); I/O errors; communication errors if a peer failed.
-    pub fn finish(self, ctx: &Context, partitions: usize) -> Result<Manifest> {
+    pub fn finish(self, ctx: &impl Participant, partitions: usize) -> Result<Manifest> {
         ctx.comm().barrier()?;
-        let done = (ctx.rank() == 0).then(|| self.commit_job(partitions));
-        agree(ctx, "output commit", &self.dir, done)
+        ctx.comm().agree("output commit", || self.commit_job(partitions))
     }
 
     fn commit_job(&self, partitions: usize) -> Result<Manifest> {
@@ -476,50 +482,6 @@ fn write_json_durably<T: Serialize>(path: &Path, value: &T) -> Result<()> {
 }
 
 /// The result of a decision rank 0 took, as every rank sees it.
-#[derive(Serialize, Deserialize)]
-enum Outcome<T> {
-    Ok(T),
-    Output { path: PathBuf, detail: String },
-    Failed(String),
-}
-
-/// Broadcasts rank 0's `decided` (which only rank 0 passes) so that every rank returns the
-/// same success or the same failure: rank 0 its own error, the others an
-/// [`Error::Output`] with the same text, or [`Error::GangFailed`] naming rank 0 for other
-/// errors.
-fn agree<T: Serialize + DeserializeOwned>(
-    ctx: &Context,
-    stage: &str,
-    dir: &Path,
-    decided: Option<Result<T>>,
-) -> Result<T> {
-    let (mut buf, mine) = match decided {
-        Some(Ok(v)) => (serde_json::to_vec(&Outcome::Ok(v)).map_err(Error::external)?, None),
-        Some(Err(e)) => {
-            let o: Outcome<T> = match &e {
-                Error::Output { path, detail } => Outcome::Output { path: path.clone(), detail: detail.clone() },
-                other => Outcome::Failed(other.to_string()),
-            };
-            (serde_json::to_vec(&o).map_err(Error::external)?, Some(e))
-        }
-        None => (Vec::new(), None),
-    };
-    ctx.comm().broadcast_bytes(0, &mut buf)?;
-    if let Some(e) = mine {
-        return Err(e);
-    }
-    let outcome: Outcome<T> = serde_json::from_slice(&buf).map_err(|e| Error::GangFailed {
-        rank: 0,
-        stage: stage.into(),
-        message: format!("unreadable decision of rank 0 about {}: {e}", dir.display()),
-    })?;
-    match outcome {
-        Outcome::Ok(v) => Ok(v),
-        Outcome::Output { path, detail } => Err(Error::Output { path, detail }),
-        Outcome::Failed(message) => Err(Error::GangFailed { rank: 0, stage: stage.into(), message }),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
