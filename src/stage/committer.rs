@@ -19,7 +19,8 @@
 //!   committed; a relaunched gang skips those ([`OutputCommitter::is_committed`]).
 //! - **Job commit** ([`OutputCommitter::finish`], collective): after a barrier rank 0 checks
 //!   that every partition is committed, moves them into `dir/`, writes the `_SUCCESS`
-//!   manifest through a temporary file and a rename, and removes `_temporary`.
+//!   manifest through gang's durable write ([`gang_protocol::durable`]), and removes
+//!   `_temporary`. Every rename into place goes through that module too.
 //!
 //! A stage that fails leaves nothing in `dir/` but `_temporary` (readers skip `_*` names).
 //! Only a crash of rank 0 in the middle of the job commit can leave some part files visible
@@ -30,13 +31,13 @@
 use super::manifest::{schema_json, Manifest, PartStats, Sidecar, SUCCESS};
 use super::writer::{open_sink, same_fields, OutputFormat};
 use crate::context::Context;
+use crate::durable::{rename_all, rename_durable, sync_dir};
 use crate::error::{Error, Result};
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Directory of work in progress inside the output directory.
@@ -187,7 +188,6 @@ impl OutputCommitter {
         let name = self.part_name(id);
         let attempt_dir = self.attempt_dir();
         let tmp_data = attempt_dir.join(format!("{name}.r{}", self.rank));
-        let tmp_side = attempt_dir.join(format!("{name}.r{}.json", self.rank));
         let written = write_file(self.format, &tmp_data, schema, batches, id);
         let (rows, digest) = match written {
             Ok(v) => v,
@@ -199,11 +199,9 @@ impl OutputCommitter {
         let stats =
             PartStats { id, file: name.clone(), rows, bytes: digest.bytes, crc32: digest.crc32, rank: self.rank };
         let sidecar = Sidecar { stats: stats.clone(), schema: schema_json(schema) };
-        write_json_durably(&tmp_side, &sidecar)?;
-        let committed = self.committed_dir();
-        rename(&tmp_data, &committed.join(&name))?;
-        rename(&tmp_side, &self.sidecar_path(id))?;
-        sync_dir(&committed)?;
+        // The data first, durably; only then the sidecar that makes it committed.
+        rename_durable(&tmp_data, &self.committed_dir().join(&name))?;
+        write_json_durably(&self.sidecar_path(id), &sidecar)?;
         Ok(stats)
     }
 
@@ -262,13 +260,14 @@ impl OutputCommitter {
             parts.push(side.stats);
         }
         // Only once every partition checked out does anything become visible.
-        for (data, stats) in moves.iter().zip(&parts) {
-            let visible = self.dir.join(&stats.file);
-            if *data != visible {
-                rename(data, &visible)?;
-            }
+        let targets: Vec<PathBuf> = parts.iter().map(|p| self.dir.join(&p.file)).collect();
+        let pending: Vec<(&Path, &Path)> =
+            moves.iter().zip(&targets).filter(|(d, v)| d != v).map(|(d, v)| (d.as_path(), v.as_path())).collect();
+        if pending.is_empty() {
+            // Moved by an interrupted commit, perhaps not durably yet.
+            sync_dir(&self.dir)?;
         }
-        sync_dir(&self.dir)?;
+        rename_all(pending)?;
         let manifest = Manifest {
             version: 1,
             fingerprint: self.fingerprint.clone(),
@@ -279,10 +278,7 @@ impl OutputCommitter {
             schema: schema.map(|(_, s)| s).unwrap_or(serde_json::Value::Null),
             committed_unix_ns: gang_protocol::now_unix_ns(),
         };
-        let tmp = self.dir.join(TEMPORARY).join(format!("{SUCCESS}.tmp"));
-        write_json_durably(&tmp, &manifest)?;
-        rename(&tmp, &self.dir.join(SUCCESS))?;
-        sync_dir(&self.dir)?;
+        write_json_durably(&self.dir.join(SUCCESS), &manifest)?;
         let temporary = self.dir.join(TEMPORARY);
         fs::remove_dir_all(&temporary).map_err(|e| Error::io(&temporary, e))?;
         sync_dir(&self.dir)?;
@@ -378,7 +374,6 @@ fn prepare(dir: &Path, format: OutputFormat, overwrite: bool, fingerprint: &str,
     make_dir(&temporary.join(COMMITTED))?;
     make_dir(&temporary.join(format!("attempt-{attempt}")))?;
     write_json_durably(&stage_path, &wanted)?;
-    sync_dir(&temporary)?;
     sync_dir(dir)?;
     Ok(false)
 }
@@ -454,25 +449,15 @@ fn make_dir(path: &Path) -> Result<()> {
     fs::create_dir_all(path).map_err(|e| Error::io(path, e))
 }
 
-fn rename(from: &Path, to: &Path) -> Result<()> {
-    fs::rename(from, to).map_err(|e| Error::io(to, e))
-}
-
-/// Makes the entries of `dir` (creations, renames, removals) durable.
-fn sync_dir(dir: &Path) -> Result<()> {
-    fs::File::open(dir).and_then(|f| f.sync_all()).map_err(|e| Error::io(dir, e))
-}
-
 fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
     let bytes = fs::read(path).map_err(|e| Error::io(path, e))?;
     serde_json::from_slice(&bytes).map_err(|e| output(path, &format!("not a record gang wrote: {e}")))
 }
 
-/// Writes `value` as JSON to `path` and fsyncs it.
+/// Writes `value` as JSON to `path` through gang's durable write.
 fn write_json_durably<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let text = serde_json::to_vec_pretty(value).map_err(Error::external)?;
-    let mut f = fs::File::create(path).map_err(|e| Error::io(path, e))?;
-    f.write_all(&text).and_then(|_| f.sync_all()).map_err(|e| Error::io(path, e))
+    crate::durable::write_file(path, &text)
 }
 
 /// The result of a decision rank 0 took, as every rank sees it.

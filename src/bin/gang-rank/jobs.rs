@@ -332,8 +332,9 @@ pub fn gen(config: Config, a: &GenArgs) -> Result<()> {
         if ctx.rank() == 0 {
             let model = serde_json::json!({ "spec": spec, "true_model": spec.true_model() });
             let path = a.output.output.join(format!("{}true_model.json", gang::stage::committer::SIDECAR_PREFIX));
-            std::fs::write(&path, serde_json::to_vec_pretty(&model).map_err(gang::Error::external)?)
-                .map_err(|e| gang::Error::io(&path, e))?;
+            let bytes = serde_json::to_vec_pretty(&model).map_err(gang::Error::external)?;
+            gang_protocol::durable::write_file(&path, &bytes)
+                .map_err(|e| gang::Error::io(e.path().to_path_buf(), e.into_io_error()))?;
         }
         print_report(ctx, "gen", &report, &a.output.output);
         Ok(())
@@ -570,8 +571,9 @@ pub fn train(config: Config, a: &TrainArgs) -> Result<()> {
             model_file::save(&a.output, &report.model, &info)?;
             let curve = a.curve.clone().unwrap_or_else(|| a.output.with_extension("svg"));
             let title = format!("gang train {} on {} rows, {} ranks", a.model, rows, ctx.world());
-            std::fs::write(&curve, train::svg::loss_curve(&title, &report.epochs, classification))
-                .map_err(|e| gang::Error::io(&curve, e))?;
+            let svg = train::svg::loss_curve(&title, &report.epochs, classification);
+            gang_protocol::durable::write_file(&curve, svg.as_bytes())
+                .map_err(|e| gang::Error::io(e.path().to_path_buf(), e.into_io_error()))?;
             println!(
                 "final: loss {:.6}{} over all {} rows; {} steps{}; model {} ({} parameters), curve {} ({:.2} s)",
                 f.mean_loss(),
