@@ -11,8 +11,9 @@
 //! ```
 //!
 //! - **Begin** ([`OutputCommitter::begin`], collective): rank 0 inspects the directory and
-//!   either starts a fresh stage, resumes an unfinished stage with the same fingerprint, or
-//!   refuses; every rank gets the same answer.
+//!   either starts a fresh stage, resumes an unfinished stage with the same fingerprint,
+//!   finds the output already committed by this same stage (same fingerprint and format:
+//!   nothing is left to do), or refuses; every rank gets the same answer.
 //! - **Task commit** ([`OutputCommitter::write_partition`]): a partition is written under
 //!   the attempt directory, fsynced, renamed into `committed/`, then its sidecar (rows,
 //!   bytes, CRC-32, schema) is renamed beside it. Only data *and* sidecar make a partition
@@ -45,6 +46,28 @@ pub const TEMPORARY: &str = "_temporary";
 const STAGE: &str = "_STAGE";
 const COMMITTED: &str = "committed";
 
+/// How every refusal that allowing overwriting would lift ends (see
+/// [`overwrite_would_help`]); a job adds the name of its own option.
+const ALLOW_OVERWRITING: &str = "allow overwriting";
+
+/// Whether `err` is a refusal of [`OutputCommitter::begin`] that passing `overwrite` would
+/// lift (a committed result or an unfinished stage of another stage, or an incomplete
+/// output). Jobs use it to name their own option for that (`--overwrite`).
+pub fn overwrite_would_help(err: &Error) -> bool {
+    matches!(err, Error::Output { detail, .. } if detail.ends_with(ALLOW_OVERWRITING))
+}
+
+/// What rank 0 found at begin, as every rank gets it.
+#[derive(Debug, Serialize, Deserialize)]
+enum Begun {
+    /// A fresh stage.
+    Fresh,
+    /// An unfinished stage with the same fingerprint, resumed.
+    Resumed,
+    /// The output already committed by the same stage: its manifest.
+    Complete(Manifest),
+}
+
 /// What `_temporary/_STAGE` records about the stage in progress.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct StageRecord {
@@ -61,6 +84,7 @@ pub struct OutputCommitter {
     rank: usize,
     attempt: u32,
     resumed: bool,
+    complete: Option<Manifest>,
 }
 
 impl OutputCommitter {
@@ -68,8 +92,14 @@ impl OutputCommitter {
     /// ranks get its answer, so they either all proceed or all fail).
     ///
     /// - A new or empty directory: a fresh stage.
-    /// - A directory holding a committed result (`_SUCCESS`): refused unless `overwrite`,
-    ///   which removes the result first.
+    /// - A directory holding the committed result (`_SUCCESS`) of this same stage (same
+    ///   `fingerprint` and format): already complete ([`OutputCommitter::already_complete`]),
+    ///   nothing is written and [`OutputCommitter::finish`] returns that manifest. This is
+    ///   how a relaunched gang whose output was committed just before a rank died, or the
+    ///   same command run again, succeeds. With `overwrite` on the first attempt
+    ///   (`ctx.attempt() == 0`) the result is replaced instead.
+    /// - A committed result of another stage: refused unless `overwrite`, which removes the
+    ///   result first.
     /// - An unfinished stage with the same `fingerprint`: resumed (partitions already
     ///   committed are kept; see [`OutputCommitter::is_committed`]). With `overwrite` on the
     ///   first attempt of a gang (`ctx.attempt() == 0`) it is discarded instead; a gang
@@ -80,7 +110,8 @@ impl OutputCommitter {
     ///
     /// # Errors
     /// [`Error::Output`] for a refused or unusable directory (the message says what to
-    /// do), including one that some rank cannot see; [`Error::Io`] from the file system.
+    /// do; [`overwrite_would_help`] tells whether `overwrite` would lift it), including one
+    /// that some rank cannot see; [`Error::Io`] from the file system.
     pub fn begin(
         ctx: &Context,
         dir: impl AsRef<Path>,
@@ -91,9 +122,13 @@ impl OutputCommitter {
         let dir = dir.as_ref().to_path_buf();
         let attempt = ctx.attempt();
         let decided = (ctx.rank() == 0).then(|| prepare(&dir, format, overwrite, fingerprint, attempt));
-        let resumed: bool = agree(ctx, "output begin", &dir, decided)?;
-        // Every rank must see what rank 0 made: the output must be on a shared file system.
-        let stage_file = dir.join(TEMPORARY).join(STAGE);
+        let begun: Begun = agree(ctx, "output begin", &dir, decided)?;
+        // Every rank must see what rank 0 made or found: the output must be on a shared
+        // file system.
+        let stage_file = match begun {
+            Begun::Complete(_) => dir.join(SUCCESS),
+            _ => dir.join(TEMPORARY).join(STAGE),
+        };
         let seen = ctx.comm().allgather_bytes(&[u8::from(stage_file.is_file())])?;
         let blind: Vec<String> =
             seen.iter().enumerate().filter(|(_, b)| b[0] == 0).map(|(r, _)| r.to_string()).collect();
@@ -108,7 +143,20 @@ impl OutputCommitter {
                 ),
             });
         }
-        Ok(OutputCommitter { dir, format, fingerprint: fingerprint.to_string(), rank: ctx.rank(), attempt, resumed })
+        let resumed = matches!(begun, Begun::Resumed);
+        let complete = match begun {
+            Begun::Complete(m) => Some(m),
+            _ => None,
+        };
+        Ok(OutputCommitter {
+            dir,
+            format,
+            fingerprint: fingerprint.to_string(),
+            rank: ctx.rank(),
+            attempt,
+            resumed,
+            complete,
+        })
     }
 
     /// The output directory.
@@ -129,6 +177,13 @@ impl OutputCommitter {
     /// Whether an unfinished stage with the same fingerprint was found and resumed.
     pub fn resumed(&self) -> bool {
         self.resumed
+    }
+
+    /// The manifest of the output when this same stage had committed it already (see
+    /// [`OutputCommitter::begin`]): every partition counts as committed, nothing is
+    /// written, and [`OutputCommitter::finish`] returns it.
+    pub fn already_complete(&self) -> Option<&Manifest> {
+        self.complete.as_ref()
     }
 
     /// File name of partition `id` in the output directory: `part-00003.parquet`.
@@ -160,6 +215,9 @@ impl OutputCommitter {
     /// # Errors
     /// [`Error::Output`] if the sidecar exists but cannot be parsed.
     pub fn committed_stats(&self, id: usize) -> Result<Option<PartStats>> {
+        if let Some(m) = &self.complete {
+            return Ok(m.partitions.iter().find(|p| p.id == id).cloned());
+        }
         let side = self.sidecar_path(id);
         if !side.is_file() || self.committed_data(id).is_none() {
             return Ok(None);
@@ -179,12 +237,19 @@ impl OutputCommitter {
     /// rank); the temporary file is removed.
     ///
     /// # Errors
-    /// Errors of `batches`; [`Error::InvalidArgument`] if a batch has another schema;
-    /// writer and I/O errors.
+    /// Errors of `batches`; [`Error::InvalidArgument`] if a batch has another schema or
+    /// the output is [already complete](OutputCommitter::already_complete); writer and I/O
+    /// errors.
     pub fn write_partition<I>(&self, id: usize, schema: &SchemaRef, batches: I) -> Result<PartStats>
     where
         I: IntoIterator<Item = Result<RecordBatch>>,
     {
+        if self.complete.is_some() {
+            return Err(Error::InvalidArgument(format!(
+                "partition {id}: {} already holds the committed output of this stage; nothing is left to write                  (skip the partitions that is_committed reports)",
+                self.dir.display()
+            )));
+        }
         let name = self.part_name(id);
         let attempt_dir = self.attempt_dir();
         let tmp_data = attempt_dir.join(format!("{name}.r{}", self.rank));
@@ -207,13 +272,18 @@ impl OutputCommitter {
 
     /// Commits the job (collective): after a barrier, rank 0 checks that partitions
     /// `0..partitions` are all committed, moves them into the output directory, writes the
-    /// `_SUCCESS` manifest and removes `_temporary`. Every rank returns the manifest.
+    /// `_SUCCESS` manifest and removes `_temporary`. Every rank returns the manifest. An
+    /// output that was [already complete](OutputCommitter::already_complete) is left as it
+    /// is and its manifest returned.
     ///
     /// # Errors
     /// [`Error::Output`] if a partition is missing or the partitions' schemas differ (the
     /// output stays invisible); I/O errors; communication errors if a peer failed.
     pub fn finish(self, ctx: &Context, partitions: usize) -> Result<Manifest> {
         ctx.comm().barrier()?;
+        if let Some(m) = self.complete {
+            return Ok(m);
+        }
         let done = (ctx.rank() == 0).then(|| self.commit_job(partitions));
         agree(ctx, "output commit", &self.dir, done)
     }
@@ -286,9 +356,8 @@ impl OutputCommitter {
     }
 }
 
-/// Rank 0's inspection and preparation of the output directory; returns whether an
-/// unfinished stage is resumed.
-fn prepare(dir: &Path, format: OutputFormat, overwrite: bool, fingerprint: &str, attempt: u32) -> Result<bool> {
+/// Rank 0's inspection and preparation of the output directory.
+fn prepare(dir: &Path, format: OutputFormat, overwrite: bool, fingerprint: &str, attempt: u32) -> Result<Begun> {
     match fs::metadata(dir) {
         Ok(m) if !m.is_dir() => {
             return Err(output(dir, "is a file, not a directory; give a directory path for the output"));
@@ -316,8 +385,8 @@ fn prepare(dir: &Path, format: OutputFormat, overwrite: bool, fingerprint: &str,
             dir,
             &format!(
                 "holds {} file(s) gang did not write ({}{}); gang writes only into a new or empty \
-                 directory or its own output, and never deletes other files, even with --overwrite: \
-                 choose another output directory",
+                 directory or its own output, and never deletes other files, even when allowed to \
+                 overwrite: choose another output directory",
                 foreign.len(),
                 shown.join(", "),
                 if foreign.len() > shown.len() { ", ..." } else { "" }
@@ -330,8 +399,28 @@ fn prepare(dir: &Path, format: OutputFormat, overwrite: bool, fingerprint: &str,
     let wanted = StageRecord { fingerprint: fingerprint.to_string(), format: format.to_string() };
     let same_stage = matches!(&stage, Some(Ok(s)) if *s == wanted);
     if dir.join(SUCCESS).exists() {
+        let committed = Manifest::read(dir);
+        let same_result =
+            matches!(&committed, Ok(m) if m.fingerprint == wanted.fingerprint && m.format == wanted.format);
+        if same_result && !(overwrite && attempt == 0) {
+            // Committed by this very stage: a relaunch after the job commit, or the same
+            // stage run again. What an interrupted job commit left in progress goes.
+            if temporary.exists() {
+                fs::remove_dir_all(&temporary).map_err(|e| Error::io(&temporary, e))?;
+                sync_dir(dir)?;
+            }
+            return committed.map(Begun::Complete);
+        }
         if !overwrite {
-            return Err(output(dir, "already holds a committed result (_SUCCESS); pass --overwrite to replace it"));
+            let what = match &committed {
+                Ok(m) => format!(
+                    "already holds a committed result of a different stage (_SUCCESS of {} writing {}; this stage \
+                     is {} writing {})",
+                    m.fingerprint, m.format, wanted.fingerprint, wanted.format
+                ),
+                Err(e) => format!("already holds a committed result (_SUCCESS) that gang cannot read ({e})"),
+            };
+            return Err(output(dir, &format!("{what}; remove it or {ALLOW_OVERWRITING}")));
         }
         clear(dir)?;
     } else if same_stage && !(overwrite && attempt == 0) {
@@ -344,7 +433,7 @@ fn prepare(dir: &Path, format: OutputFormat, overwrite: bool, fingerprint: &str,
         }
         make_dir(&temporary.join(format!("attempt-{attempt}")))?;
         sync_dir(&temporary)?;
-        return Ok(true);
+        return Ok(Begun::Resumed);
     } else if let Some(found) = &stage {
         if !overwrite && !same_stage {
             let what = match found {
@@ -355,14 +444,17 @@ fn prepare(dir: &Path, format: OutputFormat, overwrite: bool, fingerprint: &str,
                 ),
                 Err(e) => format!("holds an unfinished stage gang cannot read ({e})"),
             };
-            return Err(output(dir, &format!("{what}; pass --overwrite to discard it")));
+            return Err(output(dir, &format!("{what}; remove it or {ALLOW_OVERWRITING}")));
         }
         clear(dir)?;
     } else if parts > 0 {
         if !overwrite {
             return Err(output(
                 dir,
-                &format!("holds {parts} part file(s) but no _SUCCESS manifest (an incomplete output); pass --overwrite to replace them"),
+                &format!(
+                    "holds {parts} part file(s) but no _SUCCESS manifest (an incomplete output); remove them or \
+                     {ALLOW_OVERWRITING}"
+                ),
             ));
         }
         clear(dir)?;
@@ -375,7 +467,7 @@ fn prepare(dir: &Path, format: OutputFormat, overwrite: bool, fingerprint: &str,
     make_dir(&temporary.join(format!("attempt-{attempt}")))?;
     write_json_durably(&stage_path, &wanted)?;
     sync_dir(dir)?;
-    Ok(false)
+    Ok(Begun::Fresh)
 }
 
 /// Removes what gang wrote in `dir`: the manifest first (so that an interrupted clear never

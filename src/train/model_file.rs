@@ -55,6 +55,17 @@ pub fn save(path: &Path, model: &Model, info: &ModelInfo) -> Result<()> {
     crate::durable::write_file(path, &bytes)
 }
 
+/// The version of a model file for the fingerprint of a stage that applies it
+/// ([`crate::stage::MapStage::version`]): `model-<16 hex digits>`, a hash of the file's
+/// bytes, so another model (other weights, features or classes) is another stage.
+///
+/// # Errors
+/// [`Error::Io`] naming the file.
+pub fn version(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    Ok(format!("model-{:016x}", crate::stage::manifest::fnv1a64(&bytes)))
+}
+
 /// Reads a model written by [`save`].
 ///
 /// # Errors
