@@ -28,6 +28,7 @@ pub mod comm;
 mod context;
 pub mod data;
 mod digest;
+mod durable;
 pub mod env;
 mod error;
 pub mod failure;

@@ -87,11 +87,11 @@ fn a_damaged_file_fails_verification_naming_it() {
 }
 
 #[test]
-fn a_committed_directory_is_refused_on_every_rank_without_overwrite() {
+fn a_committed_result_of_another_stage_is_refused_on_every_rank_without_overwrite() {
     let s = Scratch::new("refuse");
     run_stage(&s.path("out"), 2, 3, false, "fp").unwrap();
     let result = execute(Config::local(3), |ctx| {
-        let r = OutputCommitter::begin(ctx, s.path("out"), OutputFormat::default(), false, "fp");
+        let r = OutputCommitter::begin(ctx, s.path("out"), OutputFormat::default(), false, "fp-other");
         // Every rank must get the refusal (none proceeds, none hangs).
         match r {
             Err(Error::Output { detail, .. }) => Err::<(), _>(Error::Output { path: s.path("out"), detail }),
@@ -99,10 +99,48 @@ fn a_committed_directory_is_refused_on_every_rank_without_overwrite() {
             Ok(_) => panic!("rank {} was allowed into a committed directory", ctx.rank()),
         }
     });
-    let e = result.unwrap_err().to_string();
-    assert!(e.contains("already holds a committed result (_SUCCESS)") && e.contains("--overwrite"), "{e}");
+    let e = result.unwrap_err();
+    assert!(gang::stage::committer::overwrite_would_help(&e), "{e}");
+    let e = e.to_string();
+    assert!(e.contains("already holds a committed result of a different stage (_SUCCESS of fp "), "{e}");
+    assert!(e.contains("this stage is fp-other") && e.ends_with("remove it or allow overwriting"), "{e}");
     // The committed result is untouched.
     assert_eq!(Manifest::read(&s.path("out")).unwrap().partitions.len(), 3);
+    // The same fingerprint in another format is another stage too.
+    let e = execute(Config::local(1), |ctx| {
+        OutputCommitter::begin(ctx, s.path("out"), OutputFormat::Ipc { zstd: false }, false, "fp").map(|_| ())
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("different stage") && e.contains("writing ipc"), "{e}");
+}
+
+#[test]
+fn a_committed_result_of_the_same_stage_is_already_complete_on_every_rank() {
+    let s = Scratch::new("complete");
+    let first = run_stage(&s.path("out"), 2, 3, false, "fp").unwrap();
+    // A job commit interrupted after _SUCCESS, before _temporary was removed.
+    std::fs::create_dir_all(s.path("out").join("_temporary/attempt-0")).unwrap();
+    let again = execute(Config::local(3), |ctx| {
+        let c = OutputCommitter::begin(ctx, s.path("out"), OutputFormat::default(), false, "fp")?;
+        assert!(!c.resumed());
+        assert_eq!(c.already_complete(), Some(&first), "rank {}", ctx.rank());
+        assert!((0..3).all(|id| c.is_committed(id)));
+        assert_eq!(c.committed_stats(2)?.unwrap(), first.partitions[2]);
+        assert_eq!(c.committed_stats(3)?, None);
+        let e = c.write_partition(0, &schema(), [Ok(batch(0))]).unwrap_err();
+        assert!(e.to_string().contains("nothing is left to write"), "{e}");
+        c.finish(ctx, 3)
+    })
+    .unwrap();
+    assert!(again.iter().all(|m| *m == first), "every rank returns the committed manifest");
+    assert_eq!(Manifest::read(&s.path("out")).unwrap(), first);
+    assert!(!s.path("out").join("_temporary").exists(), "the leftover of the job commit stayed");
+    first.verify(&s.path("out")).unwrap();
+    // With overwrite, a first attempt replaces it all the same.
+    let m = run_stage(&s.path("out"), 2, 2, true, "fp").unwrap();
+    assert_eq!(m.partitions.len(), 2);
+    assert_ne!(m.committed_unix_ns, first.committed_unix_ns);
 }
 
 #[test]
@@ -160,7 +198,10 @@ fn an_unfinished_stage_with_another_fingerprint_is_refused_and_overwrite_discard
     })
     .unwrap();
     let e = run_stage(&s.path("out"), 2, 2, false, "fp-2").unwrap_err().to_string();
-    assert!(e.contains("unfinished stage of another job") && e.contains("fp-1") && e.contains("--overwrite"), "{e}");
+    assert!(
+        e.contains("unfinished stage of another job") && e.contains("fp-1") && e.contains("allow overwriting"),
+        "{e}"
+    );
     let m = run_stage(&s.path("out"), 2, 2, true, "fp-2").unwrap();
     assert_eq!(m.fingerprint, "fp-2");
     m.verify(&s.path("out")).unwrap();

@@ -20,11 +20,12 @@
 #![forbid(unsafe_code)]
 
 pub mod device;
+pub mod durable;
 pub mod heartbeat;
 
 use serde::{Deserialize, Serialize};
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -367,11 +368,8 @@ impl RunDir {
 
 fn write_json<T: Serialize>(dir: &Path, name: &str, value: &T) -> io::Result<()> {
     fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    let mut f = fs::File::create(&tmp)?;
-    f.write_all(&serde_json::to_vec_pretty(value).map_err(io::Error::other)?)?;
-    f.sync_all()?;
-    fs::rename(&tmp, dir.join(name))
+    let bytes = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
+    Ok(durable::write_file(&dir.join(name), &bytes)?)
 }
 
 fn read_all<T: for<'de> Deserialize<'de>>(dir: &Path, suffix: &str) -> io::Result<Vec<T>> {

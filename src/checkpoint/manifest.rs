@@ -4,8 +4,7 @@
 use super::{Meta, FORMAT};
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Name of the manifest inside a step directory.
 pub const MANIFEST: &str = "MANIFEST.json";
@@ -237,25 +236,14 @@ pub(crate) fn create_private_file(path: &Path) -> Result<std::fs::File> {
 
 /// Makes the entries of `dir` (creations, renames, removals) durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    std::fs::File::open(dir).and_then(|f| f.sync_all()).map_err(|e| Error::io(dir, e))
+    crate::durable::sync_dir(dir)
 }
 
-/// Writes `bytes` to `path` atomically and durably: a temporary file, fsync, rename,
-/// fsync of the directory. Readers see the old content or the new, never a mix.
+/// Writes `bytes` to `path` owner-only through gang's durable write (a temporary file,
+/// fsync, rename, fsync of the directory). Readers see the old content or the new, never a
+/// mix.
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = tmp_path(path);
-    let mut f = create_private_file(&tmp)?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| Error::io(&tmp, e))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
-    sync_dir(dir)
-}
-
-fn tmp_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    name.push(".tmp");
-    path.with_file_name(name)
+    crate::durable::AtomicWrite::new().mode(0o600).write_file(path, bytes).map_err(crate::durable::io)
 }
 
 /// Reads the `LATEST` pointer of the store `root`: the directory name it names and its

@@ -257,12 +257,13 @@ impl CheckpointStore {
         let final_dir = self.dir.join(&name);
         let old = self.dir.join(format!("{name}.old-a{attempt}"));
         let replacing = final_dir.exists();
+        let mut moves = Vec::with_capacity(2);
         if replacing {
             let _ = std::fs::remove_dir_all(&old);
-            std::fs::rename(&final_dir, &old).map_err(|e| Error::io(&final_dir, e))?;
+            moves.push((final_dir.as_path(), old.as_path()));
         }
-        std::fs::rename(tmp, &final_dir).map_err(|e| Error::io(&final_dir, e))?;
-        sync_dir(&self.dir)?;
+        moves.push((tmp, final_dir.as_path()));
+        crate::durable::rename_all(moves)?;
         write_atomically(&self.dir.join(manifest::LATEST), format!("{name}\n").as_bytes())?;
         if replacing {
             let _ = std::fs::remove_dir_all(&old);

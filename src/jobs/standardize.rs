@@ -21,6 +21,22 @@ pub fn feature_columns(batch_schema: &arrow_schema::Schema, keep: &[String]) -> 
         .collect()
 }
 
+/// The version of the standardize function over `columns` with `stats`, for the stage's
+/// fingerprint ([`crate::stage::MapStage::version`]): the columns and the exact mean and
+/// standard deviation used for each. Other statistics give another version, so a stage
+/// resumed over changed input never keeps partitions standardized with the old figures.
+pub fn version(stats: &TableSummary, columns: &[String]) -> String {
+    let used: Vec<(&str, Option<u64>, Option<u64>)> = columns
+        .iter()
+        .map(|c| {
+            let s = stats.column(c);
+            (c.as_str(), s.and_then(|s| s.mean()).map(f64::to_bits), s.and_then(|s| s.std()).map(f64::to_bits))
+        })
+        .collect();
+    let doc = serde_json::to_string(&used).expect("plain values serialize");
+    format!("stats-{:016x}", crate::stage::manifest::fnv1a64(doc.as_bytes()))
+}
+
 /// Standardizes `columns` of `batch`; other columns pass through. A column with zero (or
 /// undefined) standard deviation is only centred.
 ///

@@ -11,15 +11,17 @@
 //! ```
 //!
 //! - **Begin** ([`OutputCommitter::begin`], collective): rank 0 inspects the directory and
-//!   either starts a fresh stage, resumes an unfinished stage with the same fingerprint, or
-//!   refuses; every rank gets the same answer.
+//!   either starts a fresh stage, resumes an unfinished stage with the same fingerprint,
+//!   finds the output already committed by this same stage (same fingerprint and format:
+//!   nothing is left to do), or refuses; every rank gets the same answer.
 //! - **Task commit** ([`OutputCommitter::write_partition`]): a partition is written under
 //!   the attempt directory, fsynced, renamed into `committed/`, then its sidecar (rows,
 //!   bytes, CRC-32, schema) is renamed beside it. Only data *and* sidecar make a partition
 //!   committed; a relaunched gang skips those ([`OutputCommitter::is_committed`]).
 //! - **Job commit** ([`OutputCommitter::finish`], collective): after a barrier rank 0 checks
 //!   that every partition is committed, moves them into `dir/`, writes the `_SUCCESS`
-//!   manifest through a temporary file and a rename, and removes `_temporary`.
+//!   manifest through gang's durable write ([`gang_protocol::durable`]), and removes
+//!   `_temporary`. Every rename into place goes through that module too.
 //!
 //! A stage that fails leaves nothing in `dir/` but `_temporary` (readers skip `_*` names).
 //! Only a crash of rank 0 in the middle of the job commit can leave some part files visible
@@ -30,19 +32,41 @@
 use super::manifest::{schema_json, Manifest, PartStats, Sidecar, SUCCESS};
 use super::writer::{open_sink, same_fields, OutputFormat};
 use crate::context::Participant;
+use crate::durable::{rename_all, rename_durable, sync_dir};
 use crate::error::{Error, Result};
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Directory of work in progress inside the output directory.
 pub const TEMPORARY: &str = "_temporary";
 const STAGE: &str = "_STAGE";
 const COMMITTED: &str = "committed";
+
+/// How every refusal that allowing overwriting would lift ends (see
+/// [`overwrite_would_help`]); a job adds the name of its own option.
+const ALLOW_OVERWRITING: &str = "allow overwriting";
+
+/// Whether `err` is a refusal of [`OutputCommitter::begin`] that passing `overwrite` would
+/// lift (a committed result or an unfinished stage of another stage, or an incomplete
+/// output). Jobs use it to name their own option for that (`--overwrite`).
+pub fn overwrite_would_help(err: &Error) -> bool {
+    matches!(err, Error::Output { detail, .. } if detail.ends_with(ALLOW_OVERWRITING))
+}
+
+/// What rank 0 found at begin, as every rank gets it.
+#[derive(Debug, Serialize, Deserialize)]
+enum Begun {
+    /// A fresh stage.
+    Fresh,
+    /// An unfinished stage with the same fingerprint, resumed.
+    Resumed,
+    /// The output already committed by the same stage: its manifest.
+    Complete(Manifest),
+}
 
 /// What `_temporary/_STAGE` records about the stage in progress.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -60,6 +84,7 @@ pub struct OutputCommitter {
     rank: usize,
     attempt: u32,
     resumed: bool,
+    complete: Option<Manifest>,
 }
 
 impl OutputCommitter {
@@ -67,8 +92,14 @@ impl OutputCommitter {
     /// ranks get its answer, so they either all proceed or all fail).
     ///
     /// - A new or empty directory: a fresh stage.
-    /// - A directory holding a committed result (`_SUCCESS`): refused unless `overwrite`,
-    ///   which removes the result first.
+    /// - A directory holding the committed result (`_SUCCESS`) of this same stage (same
+    ///   `fingerprint` and format): already complete ([`OutputCommitter::already_complete`]),
+    ///   nothing is written and [`OutputCommitter::finish`] returns that manifest. This is
+    ///   how a relaunched gang whose output was committed just before a rank died, or the
+    ///   same command run again, succeeds. With `overwrite` on the first attempt
+    ///   (`ctx.attempt() == 0`) the result is replaced instead.
+    /// - A committed result of another stage: refused unless `overwrite`, which removes the
+    ///   result first.
     /// - An unfinished stage with the same `fingerprint`: resumed (partitions already
     ///   committed are kept; see [`OutputCommitter::is_committed`]). With `overwrite` on the
     ///   first attempt of a gang (`ctx.run_info().attempt == 0`) it is discarded instead; a gang
@@ -79,7 +110,8 @@ impl OutputCommitter {
     ///
     /// # Errors
     /// [`Error::Output`] for a refused or unusable directory (the message says what to
-    /// do), including one that some rank cannot see; [`Error::Io`] from the file system.
+    /// do; [`overwrite_would_help`] tells whether `overwrite` would lift it), including one
+    /// that some rank cannot see; [`Error::Io`] from the file system.
     pub fn begin(
         ctx: &impl Participant,
         dir: impl AsRef<Path>,
@@ -89,10 +121,14 @@ impl OutputCommitter {
     ) -> Result<OutputCommitter> {
         let dir = dir.as_ref().to_path_buf();
         let attempt = ctx.run_info().attempt;
-        let resumed: bool =
+        let begun: Begun =
             ctx.comm().agree("output begin", || prepare(&dir, format, overwrite, fingerprint, attempt))?;
-        // Every rank must see what rank 0 made: the output must be on a shared file system.
-        let stage_file = dir.join(TEMPORARY).join(STAGE);
+        // Every rank must see what rank 0 made or found: the output must be on a shared
+        // file system.
+        let stage_file = match begun {
+            Begun::Complete(_) => dir.join(SUCCESS),
+            _ => dir.join(TEMPORARY).join(STAGE),
+        };
         let seen = ctx.comm().allgather_bytes(&[u8::from(stage_file.is_file())])?;
         let blind: Vec<String> =
             seen.iter().enumerate().filter(|(_, b)| b[0] == 0).map(|(r, _)| r.to_string()).collect();
@@ -107,6 +143,11 @@ impl OutputCommitter {
                 ),
             });
         }
+        let resumed = matches!(begun, Begun::Resumed);
+        let complete = match begun {
+            Begun::Complete(m) => Some(m),
+            _ => None,
+        };
         Ok(OutputCommitter {
             dir,
             format,
@@ -114,6 +155,7 @@ impl OutputCommitter {
             rank: ctx.comm().rank(),
             attempt,
             resumed,
+            complete,
         })
     }
 
@@ -135,6 +177,13 @@ impl OutputCommitter {
     /// Whether an unfinished stage with the same fingerprint was found and resumed.
     pub fn resumed(&self) -> bool {
         self.resumed
+    }
+
+    /// The manifest of the output when this same stage had committed it already (see
+    /// [`OutputCommitter::begin`]): every partition counts as committed, nothing is
+    /// written, and [`OutputCommitter::finish`] returns it.
+    pub fn already_complete(&self) -> Option<&Manifest> {
+        self.complete.as_ref()
     }
 
     /// File name of partition `id` in the output directory: `part-00003.parquet`.
@@ -166,6 +215,9 @@ impl OutputCommitter {
     /// # Errors
     /// [`Error::Output`] if the sidecar exists but cannot be parsed.
     pub fn committed_stats(&self, id: usize) -> Result<Option<PartStats>> {
+        if let Some(m) = &self.complete {
+            return Ok(m.partitions.iter().find(|p| p.id == id).cloned());
+        }
         let side = self.sidecar_path(id);
         if !side.is_file() || self.committed_data(id).is_none() {
             return Ok(None);
@@ -185,16 +237,22 @@ impl OutputCommitter {
     /// rank); the temporary file is removed.
     ///
     /// # Errors
-    /// Errors of `batches`; [`Error::InvalidArgument`] if a batch has another schema;
-    /// writer and I/O errors.
+    /// Errors of `batches`; [`Error::InvalidArgument`] if a batch has another schema or
+    /// the output is [already complete](OutputCommitter::already_complete); writer and I/O
+    /// errors.
     pub fn write_partition<I>(&self, id: usize, schema: &SchemaRef, batches: I) -> Result<PartStats>
     where
         I: IntoIterator<Item = Result<RecordBatch>>,
     {
+        if self.complete.is_some() {
+            return Err(Error::InvalidArgument(format!(
+                "partition {id}: {} already holds the committed output of this stage; nothing is left to write                  (skip the partitions that is_committed reports)",
+                self.dir.display()
+            )));
+        }
         let name = self.part_name(id);
         let attempt_dir = self.attempt_dir();
         let tmp_data = attempt_dir.join(format!("{name}.r{}", self.rank));
-        let tmp_side = attempt_dir.join(format!("{name}.r{}.json", self.rank));
         let written = write_file(self.format, &tmp_data, schema, batches, id);
         let (rows, digest) = match written {
             Ok(v) => v,
@@ -206,23 +264,26 @@ impl OutputCommitter {
         let stats =
             PartStats { id, file: name.clone(), rows, bytes: digest.bytes, crc32: digest.crc32, rank: self.rank };
         let sidecar = Sidecar { stats: stats.clone(), schema: schema_json(schema) };
-        write_json_durably(&tmp_side, &sidecar)?;
-        let committed = self.committed_dir();
-        rename(&tmp_data, &committed.join(&name))?;
-        rename(&tmp_side, &self.sidecar_path(id))?;
-        sync_dir(&committed)?;
+        // The data first, durably; only then the sidecar that makes it committed.
+        rename_durable(&tmp_data, &self.committed_dir().join(&name))?;
+        write_json_durably(&self.sidecar_path(id), &sidecar)?;
         Ok(stats)
     }
 
     /// Commits the job (collective): after a barrier, rank 0 checks that partitions
     /// `0..partitions` are all committed, moves them into the output directory, writes the
-    /// `_SUCCESS` manifest and removes `_temporary`. Every rank returns the manifest.
+    /// `_SUCCESS` manifest and removes `_temporary`. Every rank returns the manifest. An
+    /// output that was [already complete](OutputCommitter::already_complete) is left as it
+    /// is and its manifest returned.
     ///
     /// # Errors
     /// [`Error::Output`] if a partition is missing or the partitions' schemas differ (the
     /// output stays invisible); I/O errors; communication errors if a peer failed.
     pub fn finish(self, ctx: &impl Participant, partitions: usize) -> Result<Manifest> {
         ctx.comm().barrier()?;
+        if let Some(m) = self.complete {
+            return Ok(m);
+        }
         ctx.comm().agree("output commit", || self.commit_job(partitions))
     }
 
@@ -268,13 +329,14 @@ impl OutputCommitter {
             parts.push(side.stats);
         }
         // Only once every partition checked out does anything become visible.
-        for (data, stats) in moves.iter().zip(&parts) {
-            let visible = self.dir.join(&stats.file);
-            if *data != visible {
-                rename(data, &visible)?;
-            }
+        let targets: Vec<PathBuf> = parts.iter().map(|p| self.dir.join(&p.file)).collect();
+        let pending: Vec<(&Path, &Path)> =
+            moves.iter().zip(&targets).filter(|(d, v)| d != v).map(|(d, v)| (d.as_path(), v.as_path())).collect();
+        if pending.is_empty() {
+            // Moved by an interrupted commit, perhaps not durably yet.
+            sync_dir(&self.dir)?;
         }
-        sync_dir(&self.dir)?;
+        rename_all(pending)?;
         let manifest = Manifest {
             version: 1,
             fingerprint: self.fingerprint.clone(),
@@ -285,10 +347,7 @@ impl OutputCommitter {
             schema: schema.map(|(_, s)| s).unwrap_or(serde_json::Value::Null),
             committed_unix_ns: gang_protocol::now_unix_ns(),
         };
-        let tmp = self.dir.join(TEMPORARY).join(format!("{SUCCESS}.tmp"));
-        write_json_durably(&tmp, &manifest)?;
-        rename(&tmp, &self.dir.join(SUCCESS))?;
-        sync_dir(&self.dir)?;
+        write_json_durably(&self.dir.join(SUCCESS), &manifest)?;
         let temporary = self.dir.join(TEMPORARY);
         fs::remove_dir_all(&temporary).map_err(|e| Error::io(&temporary, e))?;
         sync_dir(&self.dir)?;
@@ -296,9 +355,8 @@ impl OutputCommitter {
     }
 }
 
-/// Rank 0's inspection and preparation of the output directory; returns whether an
-/// unfinished stage is resumed.
-fn prepare(dir: &Path, format: OutputFormat, overwrite: bool, fingerprint: &str, attempt: u32) -> Result<bool> {
+/// Rank 0's inspection and preparation of the output directory.
+fn prepare(dir: &Path, format: OutputFormat, overwrite: bool, fingerprint: &str, attempt: u32) -> Result<Begun> {
     match fs::metadata(dir) {
         Ok(m) if !m.is_dir() => {
             return Err(output(dir, "is a file, not a directory; give a directory path for the output"));
@@ -326,8 +384,8 @@ fn prepare(dir: &Path, format: OutputFormat, overwrite: bool, fingerprint: &str,
             dir,
             &format!(
                 "holds {} file(s) gang did not write ({}{}); gang writes only into a new or empty \
-                 directory or its own output, and never deletes other files, even with --overwrite: \
-                 choose another output directory",
+                 directory or its own output, and never deletes other files, even when allowed to \
+                 overwrite: choose another output directory",
                 foreign.len(),
                 shown.join(", "),
                 if foreign.len() > shown.len() { ", ..." } else { "" }
@@ -340,8 +398,28 @@ fn prepare(dir: &Path, format: OutputFormat, overwrite: bool, fingerprint: &str,
     let wanted = StageRecord { fingerprint: fingerprint.to_string(), format: format.to_string() };
     let same_stage = matches!(&stage, Some(Ok(s)) if *s == wanted);
     if dir.join(SUCCESS).exists() {
+        let committed = Manifest::read(dir);
+        let same_result =
+            matches!(&committed, Ok(m) if m.fingerprint == wanted.fingerprint && m.format == wanted.format);
+        if same_result && !(overwrite && attempt == 0) {
+            // Committed by this very stage: a relaunch after the job commit, or the same
+            // stage run again. What an interrupted job commit left in progress goes.
+            if temporary.exists() {
+                fs::remove_dir_all(&temporary).map_err(|e| Error::io(&temporary, e))?;
+                sync_dir(dir)?;
+            }
+            return committed.map(Begun::Complete);
+        }
         if !overwrite {
-            return Err(output(dir, "already holds a committed result (_SUCCESS); pass --overwrite to replace it"));
+            let what = match &committed {
+                Ok(m) => format!(
+                    "already holds a committed result of a different stage (_SUCCESS of {} writing {}; this stage \
+                     is {} writing {})",
+                    m.fingerprint, m.format, wanted.fingerprint, wanted.format
+                ),
+                Err(e) => format!("already holds a committed result (_SUCCESS) that gang cannot read ({e})"),
+            };
+            return Err(output(dir, &format!("{what}; remove it or {ALLOW_OVERWRITING}")));
         }
         clear(dir)?;
     } else if same_stage && !(overwrite && attempt == 0) {
@@ -354,7 +432,7 @@ fn prepare(dir: &Path, format: OutputFormat, overwrite: bool, fingerprint: &str,
         }
         make_dir(&temporary.join(format!("attempt-{attempt}")))?;
         sync_dir(&temporary)?;
-        return Ok(true);
+        return Ok(Begun::Resumed);
     } else if let Some(found) = &stage {
         if !overwrite && !same_stage {
             let what = match found {
@@ -365,14 +443,17 @@ fn prepare(dir: &Path, format: OutputFormat, overwrite: bool, fingerprint: &str,
                 ),
                 Err(e) => format!("holds an unfinished stage gang cannot read ({e})"),
             };
-            return Err(output(dir, &format!("{what}; pass --overwrite to discard it")));
+            return Err(output(dir, &format!("{what}; remove it or {ALLOW_OVERWRITING}")));
         }
         clear(dir)?;
     } else if parts > 0 {
         if !overwrite {
             return Err(output(
                 dir,
-                &format!("holds {parts} part file(s) but no _SUCCESS manifest (an incomplete output); pass --overwrite to replace them"),
+                &format!(
+                    "holds {parts} part file(s) but no _SUCCESS manifest (an incomplete output); remove them or \
+                     {ALLOW_OVERWRITING}"
+                ),
             ));
         }
         clear(dir)?;
@@ -384,9 +465,8 @@ fn prepare(dir: &Path, format: OutputFormat, overwrite: bool, fingerprint: &str,
     make_dir(&temporary.join(COMMITTED))?;
     make_dir(&temporary.join(format!("attempt-{attempt}")))?;
     write_json_durably(&stage_path, &wanted)?;
-    sync_dir(&temporary)?;
     sync_dir(dir)?;
-    Ok(false)
+    Ok(Begun::Fresh)
 }
 
 /// Removes what gang wrote in `dir`: the manifest first (so that an interrupted clear never
@@ -460,25 +540,15 @@ fn make_dir(path: &Path) -> Result<()> {
     fs::create_dir_all(path).map_err(|e| Error::io(path, e))
 }
 
-fn rename(from: &Path, to: &Path) -> Result<()> {
-    fs::rename(from, to).map_err(|e| Error::io(to, e))
-}
-
-/// Makes the entries of `dir` (creations, renames, removals) durable.
-fn sync_dir(dir: &Path) -> Result<()> {
-    fs::File::open(dir).and_then(|f| f.sync_all()).map_err(|e| Error::io(dir, e))
-}
-
 fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
     let bytes = fs::read(path).map_err(|e| Error::io(path, e))?;
     serde_json::from_slice(&bytes).map_err(|e| output(path, &format!("not a record gang wrote: {e}")))
 }
 
-/// Writes `value` as JSON to `path` and fsyncs it.
+/// Writes `value` as JSON to `path` through gang's durable write.
 fn write_json_durably<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let text = serde_json::to_vec_pretty(value).map_err(Error::external)?;
-    let mut f = fs::File::create(path).map_err(|e| Error::io(path, e))?;
-    f.write_all(&text).and_then(|_| f.sync_all()).map_err(|e| Error::io(path, e))
+    crate::durable::write_file(path, &text)
 }
 
 /// The result of a decision rank 0 took, as every rank sees it.

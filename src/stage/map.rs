@@ -28,6 +28,10 @@ pub struct StageReport {
     pub partitions: usize,
     /// Partitions found already committed by an earlier attempt, and skipped.
     pub skipped: usize,
+    /// The output had been committed already by this same stage (same fingerprint: an
+    /// earlier attempt or an earlier run), so nothing was written: `skipped` equals
+    /// `partitions` and `manifest` is the committed one.
+    pub already_complete: bool,
     /// Rows in the committed result.
     pub rows: u64,
     /// Bytes of the committed result's files.
@@ -108,11 +112,13 @@ impl<'c> StageOutput<'c> {
     /// # Errors
     /// As [`OutputCommitter::finish`].
     pub fn finish(self, partitions: usize) -> Result<StageReport> {
+        let already_complete = self.committer.already_complete().is_some();
         let manifest = self.committer.finish(self.ctx, partitions)?;
         let skipped = self.ctx.comm().allreduce_scalar(self.skipped, ReduceOp::Sum)?;
         Ok(StageReport {
             partitions: manifest.partitions.len(),
             skipped: skipped as usize,
+            already_complete,
             rows: manifest.total_rows,
             bytes: manifest.total_bytes,
             seconds: self.started.elapsed().as_secs_f64(),
@@ -153,6 +159,7 @@ pub struct MapStage<'c> {
     overwrite: bool,
     prefetch: usize,
     name: String,
+    version: String,
     reader: PartitionReader,
     on_commit: Option<CommitHook<'c>>,
 }
@@ -161,6 +168,7 @@ impl std::fmt::Debug for MapStage<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MapStage")
             .field("name", &self.name)
+            .field("version", &self.version)
             .field("inputs", &self.inputs)
             .field("output", &self.output)
             .field("overwrite", &self.overwrite)
@@ -180,6 +188,7 @@ impl<'c> MapStage<'c> {
             overwrite: false,
             prefetch: 2,
             name: "map".into(),
+            version: String::new(),
             reader: Arc::new(default_reader),
             on_commit: None,
         }
@@ -216,6 +225,34 @@ impl<'c> MapStage<'c> {
         self
     }
 
+    /// The version of the stage's function, part of its fingerprint (empty by default).
+    ///
+    /// A resumed stage keeps the partitions an earlier attempt committed, and a stage run
+    /// again over its own committed output reports it complete, only when the fingerprint
+    /// is the same; so whatever changes what `f` computes (a model, statistics, options,
+    /// a code revision) belongs in the version, or the output would mix partitions of two
+    /// functions.
+    ///
+    /// ```no_run
+    /// # fn main() -> gang::Result<()> {
+    /// # use gang::data::plan::Input;
+    /// # use gang::stage::{MapStage, OutputFormat};
+    /// let scale = 2.5f64;
+    /// gang::execute(gang::Config::from_env()?, |ctx| {
+    ///     MapStage::new(ctx, vec![Input::parse("data/")?])
+    ///         .output("out/", OutputFormat::default())
+    ///         .name("scale")
+    ///         .version(&format!("scale={scale}"))
+    ///         .run(Ok)
+    /// })?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn version(mut self, version: &str) -> Self {
+        self.version = version.to_string();
+        self
+    }
+
     /// Reads partitions with `reader` instead of the data plane's readers.
     pub fn reader(mut self, reader: PartitionReader) -> Self {
         self.reader = reader;
@@ -231,9 +268,11 @@ impl<'c> MapStage<'c> {
     /// Plans the input on rank 0, writes this rank's uncommitted partitions through `f`,
     /// and commits the output (collective).
     ///
-    /// The fingerprint of the stage is its name, the planned partitions (file, slice, rows),
-    /// the input schema and the output format, not the world size: a gang relaunched with
-    /// another number of ranks resumes the same stage.
+    /// The fingerprint of the stage is its name, its [version](MapStage::version), the
+    /// planned partitions (file, slice, rows), the input schema and the output format, not
+    /// the world size: a gang relaunched with another number of ranks resumes the same
+    /// stage. An output already committed by the same stage is reported
+    /// [complete](StageReport::already_complete) without running `f`.
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] without [`MapStage::output`]; planning errors and
@@ -248,7 +287,7 @@ impl<'c> MapStage<'c> {
             Error::InvalidArgument(format!("map stage {}: no output directory (call .output(dir, format))", self.name))
         })?;
         let plan = PartitionPlan::discover_on_root(self.ctx.comm(), &self.inputs, &self.options)?;
-        let fingerprint = fingerprint(&self.name, &plan, format);
+        let fingerprint = versioned_fingerprint(&self.name, &self.version, &plan, format);
         let mut out = StageOutput::begin(self.ctx, &self.name, dir, format, self.overwrite, &fingerprint)?;
         let rank = self.ctx.rank();
         let todo: Vec<Partition> = plan
@@ -338,18 +377,28 @@ fn input_error(e: Error, part: &Partition, rank: usize) -> Error {
 }
 
 /// `name-<16 hex digits>`: a stable hash of the stage name, planned partitions, input
-/// schema and output format.
+/// schema and output format ([`versioned_fingerprint`] with no version).
 pub fn fingerprint(name: &str, plan: &PartitionPlan, format: OutputFormat) -> String {
+    versioned_fingerprint(name, "", plan, format)
+}
+
+/// `name-<16 hex digits>`: a stable hash of the stage name, the version of its function,
+/// planned partitions, input schema and output format. An empty version hashes as
+/// [`fingerprint`] always did.
+pub fn versioned_fingerprint(name: &str, version: &str, plan: &PartitionPlan, format: OutputFormat) -> String {
     let parts: Vec<serde_json::Value> = plan
         .partitions
         .iter()
         .map(|p| serde_json::json!([p.file.to_string_lossy(), p.slice, p.rows, p.hive, p.datasets]))
         .collect();
-    let doc = serde_json::json!({
+    let mut doc = serde_json::json!({
         "stage": name,
         "format": format.to_string(),
         "schema": schema_json(&plan.schema),
         "partitions": parts,
     });
+    if !version.is_empty() {
+        doc["version"] = version.into();
+    }
     format!("{name}-{:016x}", fnv1a64(doc.to_string().as_bytes()))
 }

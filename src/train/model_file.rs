@@ -30,7 +30,8 @@ pub struct ModelInfo {
     pub metadata: BTreeMap<String, String>,
 }
 
-/// Writes `model` to `path` (atomically: a temporary file, fsynced, renamed).
+/// Writes `model` to `path` through gang's durable write (a temporary file, fsync, rename,
+/// fsync of the directory): a reader sees the old model or the new one, never a mix.
 ///
 /// # Errors
 /// [`Error::Io`] naming the file.
@@ -48,18 +49,21 @@ pub fn save(path: &Path, model: &Model, info: &ModelInfo) -> Result<()> {
     meta.insert("features".into(), serde_json::to_string(&info.features).map_err(Error::external)?);
     meta.insert("label".into(), info.label.clone());
     let bytes = safetensors::to_bytes(&tensors.iter().collect::<Vec<_>>(), &meta);
-    let tmp = path.with_extension("safetensors.tmp");
-    let io = |e| Error::io(path, e);
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(io)?;
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(path, e))?;
     }
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp).map_err(io)?;
-        f.write_all(&bytes).map_err(io)?;
-        f.sync_all().map_err(io)?;
-    }
-    std::fs::rename(&tmp, path).map_err(io)
+    crate::durable::write_file(path, &bytes)
+}
+
+/// The version of a model file for the fingerprint of a stage that applies it
+/// ([`crate::stage::MapStage::version`]): `model-<16 hex digits>`, a hash of the file's
+/// bytes, so another model (other weights, features or classes) is another stage.
+///
+/// # Errors
+/// [`Error::Io`] naming the file.
+pub fn version(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    Ok(format!("model-{:016x}", crate::stage::manifest::fnv1a64(&bytes)))
 }
 
 /// Reads a model written by [`save`].

@@ -6,7 +6,7 @@ use clap::Args;
 use gang::data::plan::{Input, PartitionPlan, PlanOptions};
 use gang::data::{Prefetch, PrefetchOptions};
 use gang::jobs::gen::GenSpec;
-use gang::jobs::standardize::{feature_columns, standardize as standardize_batch};
+use gang::jobs::standardize::{feature_columns, standardize as standardize_batch, version as standardize_version};
 use gang::jobs::stats::{combine_across_ranks, TableSummary};
 use gang::stage::map::StageOutput;
 use gang::stage::{MapStage, OutputFormat, StageReport};
@@ -285,8 +285,29 @@ pub fn selftest(mut config: Config, a: &SelftestArgs) -> Result<()> {
     Ok(())
 }
 
+/// Names `--overwrite` in a refusal of the output committer that it would lift.
+fn overwrite_hint(e: gang::Error) -> gang::Error {
+    if !gang::stage::committer::overwrite_would_help(&e) {
+        return e;
+    }
+    match e {
+        gang::Error::Output { path, detail } => {
+            gang::Error::Output { path, detail: format!("{detail} (pass --overwrite)") }
+        }
+        other => other,
+    }
+}
+
 fn print_report(ctx: &Context, what: &str, r: &StageReport, dir: &Path) {
-    if ctx.rank() == 0 {
+    if ctx.rank() == 0 && r.already_complete {
+        println!(
+            "{what}: already complete: {} rows in {} partitions were committed to {} by an earlier run of the same \
+             stage; nothing to do",
+            r.rows,
+            r.partitions,
+            dir.display()
+        );
+    } else if ctx.rank() == 0 {
         println!(
             "{what}: {} rows in {} partitions ({:.1} MB) committed to {} in {:.2} s{}",
             r.rows,
@@ -319,7 +340,8 @@ pub fn gen(config: Config, a: &GenArgs) -> Result<()> {
         gang::stage::manifest::fnv1a64(format!("{}|{format}", serde_json::to_string(&spec)?).as_bytes())
     );
     execute(config, |ctx| {
-        let mut out = StageOutput::begin(ctx, "gen", &a.output.output, format, a.output.overwrite, &fingerprint)?;
+        let mut out = StageOutput::begin(ctx, "gen", &a.output.output, format, a.output.overwrite, &fingerprint)
+            .map_err(overwrite_hint)?;
         let schema = spec.schema();
         for p in (ctx.rank()..spec.partitions).step_by(ctx.world()) {
             if out.skip_if_committed(p) {
@@ -332,8 +354,9 @@ pub fn gen(config: Config, a: &GenArgs) -> Result<()> {
         if ctx.rank() == 0 {
             let model = serde_json::json!({ "spec": spec, "true_model": spec.true_model() });
             let path = a.output.output.join(format!("{}true_model.json", gang::stage::committer::SIDECAR_PREFIX));
-            std::fs::write(&path, serde_json::to_vec_pretty(&model).map_err(gang::Error::external)?)
-                .map_err(|e| gang::Error::io(&path, e))?;
+            let bytes = serde_json::to_vec_pretty(&model).map_err(gang::Error::external)?;
+            gang_protocol::durable::write_file(&path, &bytes)
+                .map_err(|e| gang::Error::io(e.path().to_path_buf(), e.into_io_error()))?;
         }
         print_report(ctx, "gen", &report, &a.output.output);
         Ok(())
@@ -411,7 +434,9 @@ pub fn standardize(config: Config, a: &StandardizeArgs) -> Result<()> {
             .output(&a.output.output, format)
             .overwrite(a.output.overwrite)
             .name("standardize")
-            .run(|batch| standardize_batch(&batch, &stats, &columns))?;
+            .version(&standardize_version(&stats, &columns))
+            .run(|batch| standardize_batch(&batch, &stats, &columns))
+            .map_err(overwrite_hint)?;
         print_report(ctx, "standardize", &report, &a.output.output);
         Ok(())
     })?;
@@ -432,8 +457,12 @@ pub fn convert(config: Config, a: &ConvertArgs) -> Result<()> {
         if k > total.max(1) {
             return Err(gang::Error::InvalidArgument(format!("--partitions {k} exceeds the {total} input rows")));
         }
-        let fingerprint = format!("{}-k{k}", gang::stage::map::fingerprint("convert", &plan, format));
-        let mut out = StageOutput::begin(ctx, "convert", &a.output.output, format, a.output.overwrite, &fingerprint)?;
+        // Every option that shapes the output: the plan and format are hashed, the rest is
+        // the version.
+        let version = format!("k{k}-read_batch{}", options.batch_size);
+        let fingerprint = gang::stage::map::versioned_fingerprint("convert", &version, &plan, format);
+        let mut out = StageOutput::begin(ctx, "convert", &a.output.output, format, a.output.overwrite, &fingerprint)
+            .map_err(overwrite_hint)?;
         // Global row offset of every input partition, in plan order.
         let mut starts = Vec::with_capacity(plan.partitions.len());
         let mut acc = 0u64;
@@ -570,8 +599,9 @@ pub fn train(config: Config, a: &TrainArgs) -> Result<()> {
             model_file::save(&a.output, &report.model, &info)?;
             let curve = a.curve.clone().unwrap_or_else(|| a.output.with_extension("svg"));
             let title = format!("gang train {} on {} rows, {} ranks", a.model, rows, ctx.world());
-            std::fs::write(&curve, train::svg::loss_curve(&title, &report.epochs, classification))
-                .map_err(|e| gang::Error::io(&curve, e))?;
+            let svg = train::svg::loss_curve(&title, &report.epochs, classification);
+            gang_protocol::durable::write_file(&curve, svg.as_bytes())
+                .map_err(|e| gang::Error::io(e.path().to_path_buf(), e.into_io_error()))?;
             println!(
                 "final: loss {:.6}{} over all {} rows; {} steps{}; model {} ({} parameters), curve {} ({:.2} s)",
                 f.mean_loss(),
@@ -602,16 +632,14 @@ pub fn predict(config: Config, a: &PredictArgs) -> Result<()> {
     execute(config, |ctx| {
         // Loaded once per rank, before the stage.
         let (model, info) = model_file::load(&a.model)?;
+        // The model file's content: weights, features, classes, everything it was loaded from.
+        let version = model_file::version(&a.model)?;
         let report = MapStage::new(ctx, inputs.clone())
             .options(options.clone())
             .output(&a.output.output, format)
             .overwrite(a.output.overwrite)
-            .name(&format!(
-                "predict-{}",
-                gang::stage::manifest::fnv1a64(
-                    &model.params().iter().flat_map(|p| p.to_le_bytes()).collect::<Vec<_>>()
-                )
-            ))
+            .name("predict")
+            .version(&version)
             .run(|batch| {
                 let x = data::matrix(&batch, &info.features)?;
                 let mut fields: Vec<Field> = batch.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
@@ -641,7 +669,8 @@ pub fn predict(config: Config, a: &PredictArgs) -> Result<()> {
                     }
                 }
                 Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?)
-            })?;
+            })
+            .map_err(overwrite_hint)?;
         print_report(ctx, "predict", &report, &a.output.output);
         Ok(())
     })?;
