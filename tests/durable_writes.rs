@@ -15,7 +15,7 @@ const HELPER: &str = "protocol/src/durable.rs";
 /// Files that create and fsync a file themselves, and why that is not a write into place.
 const STREAMING_WRITERS: [(&str, &str); 3] = [
     ("src/stage/writer.rs", "partition sinks write the committer's attempt file, which rename_durable moves"),
-    ("src/data/hdf5.rs", "the HDF5 writer writes the committer's attempt file, which rename_durable moves"),
+    ("src/stage/hdf5.rs", "the HDF5 writer writes the committer's attempt file, which rename_durable moves"),
     ("src/checkpoint/store.rs", "shards are written into a temporary step directory, which rename_all moves"),
 ];
 

@@ -8,15 +8,16 @@
 
 mod format;
 #[cfg(feature = "hdf5")]
-mod hdf5;
+pub(crate) mod hdf5;
 mod ipc;
 #[cfg(feature = "parquet")]
 mod parquet;
 pub mod pipeline;
 pub mod plan;
 
+/// The HDF5 writer, now with the other sinks in [`crate::stage`].
 #[cfg(feature = "hdf5")]
-pub use self::hdf5::Hdf5Writer;
+pub use crate::stage::Hdf5Writer;
 pub use pipeline::{Prefetch, PrefetchOptions};
 pub use plan::{Hdf5TwoD, Input, PartitionPlan, PlanOptions};
 

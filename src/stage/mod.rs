@@ -30,11 +30,15 @@
 //! ```
 
 pub mod committer;
+#[cfg(feature = "hdf5")]
+mod hdf5;
 pub mod manifest;
 pub mod map;
 pub mod writer;
 
 pub use committer::OutputCommitter;
+#[cfg(feature = "hdf5")]
+pub use hdf5::Hdf5Writer;
 pub use manifest::{Manifest, PartStats};
 pub use map::{MapStage, StageReport};
 pub use writer::{open_sink, BatchSink, FileDigest, OutputFormat, ParquetCompression};

@@ -253,7 +253,7 @@ impl BatchSink for SchemaChecked {
 
 #[cfg(feature = "hdf5")]
 fn hdf5_sink(path: &Path, schema: &SchemaRef) -> Result<Box<dyn BatchSink>> {
-    let writer = crate::data::Hdf5Writer::create(path, schema)?;
+    let writer = super::Hdf5Writer::create(path, schema)?;
     Ok(Box::new(Hdf5Sink { path: path.to_path_buf(), writer }))
 }
 
@@ -262,7 +262,7 @@ fn hdf5_sink(path: &Path, schema: &SchemaRef) -> Result<Box<dyn BatchSink>> {
 #[cfg(feature = "hdf5")]
 struct Hdf5Sink {
     path: PathBuf,
-    writer: crate::data::Hdf5Writer,
+    writer: super::Hdf5Writer,
 }
 
 #[cfg(feature = "hdf5")]
