@@ -197,7 +197,7 @@ pub fn train(
     let (rank, world) = (ctx.rank(), ctx.world());
     if cfg.batch_size < world {
         return Err(Error::InvalidArgument(format!(
-            "--batch-size {} is smaller than the gang ({world} ranks): every rank needs at least one row per step",
+            "the batch size {} is smaller than the gang ({world} ranks): every rank needs at least one row per step",
             cfg.batch_size
         )));
     }
@@ -208,7 +208,7 @@ pub fn train(
         let smallest = comm.allreduce_scalar(shard.rows as u64, ReduceOp::Min)?;
         return Err(Error::InvalidArgument(format!(
             "the smallest shard has {smallest} rows, fewer than the {local_batch} rows per rank and step of \
-             --batch-size {} over {world} ranks: lower --batch-size or use fewer ranks",
+             a batch size of {} over {world} ranks: lower the batch size or use fewer ranks",
             cfg.batch_size
         )));
     }
@@ -242,7 +242,7 @@ pub fn train(
                     rank: Some(rank),
                     detail: format!(
                         "the checkpoint holds {} parameters but {} has {}: it belongs to another model; use another \
-                         --checkpoint-dir",
+                         checkpoint directory",
                         params.data.len(),
                         cfg.model,
                         model.num_params()
@@ -400,7 +400,7 @@ pub fn parse_model(spec: &str, classes: usize) -> Result<ModelKind> {
         2 => Output::Binary,
         k => Output::Softmax { classes: k },
     };
-    let bad = |why: String| Err(Error::InvalidArgument(format!("--model {spec}: {why}")));
+    let bad = |why: String| Err(Error::InvalidArgument(format!("model {spec}: {why}")));
     match spec {
         "linear" if classes == 0 => Ok(ModelKind::Linear),
         "linear" => {
@@ -420,7 +420,7 @@ pub fn parse_model(spec: &str, classes: usize) -> Result<ModelKind> {
                     .collect::<Option<_>>()
                     .ok_or_else(|| {
                         Error::InvalidArgument(format!(
-                            "--model {spec}: hidden sizes must be positive integers, e.g. mlp:64,32"
+                            "model {spec}: hidden sizes must be positive integers, e.g. mlp:64,32"
                         ))
                     })?;
                 if hidden.is_empty() || hidden.len() > 2 {
