@@ -58,6 +58,22 @@ pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "panic".to_string())
 }
 
+thread_local! {
+    /// Whether a panic on this thread is caught by [`catch_panic`] (and so is not the
+    /// rank's failure).
+    static CATCHING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f`, turning a panic into its message instead of the rank's failure: the panic
+/// hook leaves panics inside `f` to this function (a reader that panics on a corrupt
+/// file becomes an input error naming the file, not a crash of the gang).
+pub(crate) fn catch_panic<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    let outer = CATCHING.replace(true);
+    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    CATCHING.set(outer);
+    out.map_err(|p| panic_message(p.as_ref()))
+}
+
 /// Prints why `rank` failed, once, and records it in the run directory (best effort: a
 /// failure to record is printed too), before the caller stops the gang.
 pub(crate) fn record(rank: usize, run: &RunInfo, kind: FailureKind, class: FailureClass, message: &str) {
@@ -115,6 +131,9 @@ pub(crate) fn claim_process(comm: &Comm, run: &RunInfo) {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |p| {
             previous(p);
+            if CATCHING.get() {
+                return;
+            }
             // try_lock: a panic while the lock is held (by this very thread) must not
             // deadlock; the record is then written without the stage.
             let guard = PROCESS.try_lock();

@@ -123,6 +123,46 @@ fn a_rank_that_returns_an_error_ends_the_gang_and_is_named() {
     assert_no_rank_alive(&s);
 }
 
+/// The class a rank records decides the launcher's restart: usage and input failures are
+/// final (one attempt under `--max-restarts 2`), a transient one is restarted until the
+/// budget is spent (three attempts).
+#[test]
+fn failure_records_carry_the_class_and_only_transient_failures_are_restarted() {
+    use gang_protocol::FailureClass;
+    for (kind, class, attempts) in
+        [("usage", FailureClass::Usage, 1), ("input", FailureClass::Input, 1), ("error", FailureClass::Transient, 3)]
+    {
+        let s = Scratch::new(&format!("class-{kind}"));
+        let out = gang(
+            &[
+                "run",
+                "-n",
+                "2",
+                "--max-restarts",
+                "2",
+                "--restart-backoff",
+                "0",
+                "--",
+                example("fault").to_str().unwrap(),
+                kind,
+                "1",
+            ],
+            &s,
+        );
+        let (_, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(gang::EXIT_RANK_ERROR), "{kind}: stderr:\n{stderr}");
+        let run = run_dir(&s);
+        for a in 0..attempts {
+            let failures = run.clone().with_attempt(a).failures().unwrap();
+            assert_eq!(failures.len(), 1, "{kind}, attempt {a}: {failures:?}");
+            assert_eq!((failures[0].rank, failures[0].class), (1, class), "{kind}, attempt {a}");
+        }
+        let beyond = run.clone().with_attempt(attempts).starts().unwrap();
+        assert!(beyond.is_empty(), "{kind}: attempt {attempts} should not have started: {beyond:?}");
+        assert!(stderr.contains(class.as_str()), "{kind}: the root cause names its class:\n{stderr}");
+    }
+}
+
 #[test]
 fn a_rank_that_exits_3_makes_gang_exit_non_zero_naming_that_rank() {
     let s = Scratch::new("exit3");

@@ -151,22 +151,15 @@ fn work(jobs: &Mutex<VecDeque<Job>>, stop: &AtomicBool, first_failure: &AtomicUs
         if job.index > first_failure.load(Ordering::SeqCst) {
             return;
         }
-        let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decode(&job, stop, reader))).unwrap_or_else(
-            |panic| {
-                let msg = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "panic".into());
-                let e = Error::input(
-                    &job.partition.file,
-                    Some(job.partition.describe()),
-                    format!("the reader panicked: {msg}"),
-                );
-                let _ = job.tx.send(Msg::Failed(e));
-                false
-            },
-        );
+        let ok = crate::failure::catch_panic(|| decode(&job, stop, reader)).unwrap_or_else(|msg| {
+            let e = Error::input(
+                &job.partition.file,
+                Some(job.partition.describe()),
+                format!("the reader panicked: {msg}"),
+            );
+            let _ = job.tx.send(Msg::Failed(e));
+            false
+        });
         if !ok {
             first_failure.fetch_min(job.index, Ordering::SeqCst);
         }
