@@ -174,3 +174,45 @@ fn a_bad_option_or_a_missing_input_is_refused_before_anything_starts() {
         assert!(!runs.exists(), "gang {args:?} created a run directory");
     }
 }
+
+/// `gang hello` (no -n) with a stand-in gang-rank beside a copy of gang, and `env` set.
+fn hello_without_n(tag: &str, env: &[(&str, &str)]) -> common::Finished {
+    let dir = TempDir::new(tag);
+    let exe = gang_copy(&dir);
+    let rank_prog = dir.path().join("gang-rank");
+    std::fs::write(&rank_prog, "#!/bin/sh\necho \"job $*\"\n").unwrap();
+    std::fs::set_permissions(&rank_prog, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let root = dir.path().join("runs");
+    let mut cmd = Command::new(&exe);
+    cmd.args(["hello", "--launcher", "mpirun", "--run-dir", root.to_str().unwrap()]);
+    for v in ["SLURM_JOB_ID", "SLURM_NTASKS", "CUDA_VISIBLE_DEVICES"] {
+        cmd.env_remove(v);
+    }
+    cmd.envs(env.iter().copied());
+    GangProcess::spawn(cmd, dir.path()).wait()
+}
+
+#[test]
+fn without_n_a_cpu_job_gets_one_rank_per_core_and_says_so() {
+    require_mpirun();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let out = hello_without_n("job-default-n", &[]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(out.stdout.lines().count(), cores, "{}", out.stdout);
+    let want =
+        format!("gang: {cores} rank{} (-n not given: one per core ({cores} cores)", if cores == 1 { "" } else { "s" });
+    assert!(out.stderr.contains(&want), "{}", out.stderr);
+}
+
+#[test]
+fn without_n_a_slurm_allocation_gives_its_task_count() {
+    require_mpirun();
+    let out = hello_without_n("job-slurm-n", &[("SLURM_JOB_ID", "77"), ("SLURM_NTASKS", "3")]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(out.stdout.lines().count(), 3, "{}", out.stdout);
+    assert!(
+        out.stderr.contains("gang: 3 ranks (-n not given: the Slurm allocation's task count (SLURM_NTASKS=3))"),
+        "{}",
+        out.stderr
+    );
+}
