@@ -96,29 +96,63 @@ impl Job {
     /// each other. Option values on their own are checked when they are parsed.
     ///
     /// # Errors
-    /// The first problem, worded for the command line (it names the option).
-    pub fn validate(&self, cwd: &Path) -> Result<(), String> {
+    /// The first problem: [`JobError::MissingInput`] or [`JobError::Conflict`], worded for
+    /// the command line (they name the option).
+    pub fn validate(&self, cwd: &Path) -> Result<(), JobError> {
         for p in self.inputs() {
-            let full = cwd.join(&p);
-            if !full.exists() {
+            if !cwd.join(&p).exists() {
                 let option = match self {
                     Job::Predict(a) if a.model == p => "--model",
                     _ => "--input",
                 };
-                return Err(format!("{option} {}: no such file or directory", p.display()));
+                return Err(JobError::MissingInput { option, path: p });
             }
         }
         if let Job::Gen(a) = self {
             if a.partitions as u64 > a.rows {
-                return Err(format!("--partitions {} exceeds --rows {}", a.partitions, a.rows));
+                return Err(JobError::Conflict(format!("--partitions {} exceeds --rows {}", a.partitions, a.rows)));
             }
             if a.classes > 0 && a.noise > 1.0 {
-                return Err(format!("--noise {}: for classification it is a probability (at most 1)", a.noise));
+                return Err(JobError::Conflict(format!(
+                    "--noise {}: for classification it is a probability (at most 1)",
+                    a.noise
+                )));
             }
         }
         Ok(())
     }
 }
+
+/// What is wrong with a job's command line beyond what parsing it finds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum JobError {
+    /// A file or directory the job reads does not exist.
+    MissingInput {
+        /// The option that names it (`--input`, `--model`).
+        option: &'static str,
+        /// The path as given.
+        path: PathBuf,
+    },
+    /// Options that do not fit together.
+    Conflict(String),
+    /// Not the name of a built-in job.
+    UnknownJob(String),
+}
+
+impl std::fmt::Display for JobError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JobError::MissingInput { option, path } => {
+                write!(f, "{option} {}: no such file or directory", path.display())
+            }
+            JobError::Conflict(m) => f.write_str(m),
+            JobError::UnknownJob(name) => write!(f, "{name} is not a built-in job"),
+        }
+    }
+}
+
+impl std::error::Error for JobError {}
 
 /// The names of every built-in job, in the order `gang --help` lists them.
 pub fn names() -> Vec<String> {
@@ -130,21 +164,23 @@ pub fn names() -> Vec<String> {
 /// Other arguments in `matches` (the launcher's own) are left out.
 ///
 /// # Errors
-/// `job` is not a built-in job.
-pub fn rank_args(job: &str, matches: &clap::ArgMatches) -> Result<Vec<OsString>, String> {
+/// [`JobError::UnknownJob`]: `job` is not a built-in job.
+pub fn rank_args(job: &str, matches: &clap::ArgMatches) -> Result<Vec<OsString>, JobError> {
     let cmd = Job::augment_subcommands(clap::Command::new("gang"));
-    let sub = cmd.find_subcommand(job).ok_or_else(|| format!("{job} is not a built-in job"))?;
+    let sub = cmd.find_subcommand(job).ok_or_else(|| JobError::UnknownJob(job.to_string()))?;
     let mut out = Vec::new();
     for arg in sub.get_arguments() {
         let id = arg.get_id().as_str();
-        let given = matches!(
-            matches.try_contains_id(id).ok().and_then(|_| matches.value_source(id)),
-            Some(clap::parser::ValueSource::CommandLine | clap::parser::ValueSource::EnvVariable)
-        );
+        let given = matches.try_contains_id(id).unwrap_or(false)
+            && matches!(
+                matches.value_source(id),
+                Some(clap::parser::ValueSource::CommandLine | clap::parser::ValueSource::EnvVariable)
+            );
         if !given {
             continue;
         }
-        let long = arg.get_long().ok_or_else(|| format!("option {id} of {job} has no long name"))?;
+        // Every job option has a long name (`definitions_are_consistent` checks).
+        let Some(long) = arg.get_long() else { continue };
         if matches!(arg.get_action(), ArgAction::SetTrue) {
             if matches.get_flag(id) {
                 out.push(format!("--{long}").into());
@@ -444,12 +480,23 @@ mod tests {
             cmd.try_get_matches_from(std::iter::once("gang").chain(args.iter().copied())).map_err(|e| e.to_string())?;
         let job = Job::from_arg_matches(&m).map_err(|e| e.to_string())?;
         let (name, sub) = m.subcommand().unwrap();
-        Ok((job, rank_args(name, sub)?))
+        Ok((job, rank_args(name, sub).map_err(|e| e.to_string())?))
     }
 
     #[test]
     fn definitions_are_consistent() {
-        Job::augment_subcommands(clap::Command::new("gang")).debug_assert();
+        let cmd = Job::augment_subcommands(clap::Command::new("gang"));
+        cmd.clone().debug_assert();
+        for job in cmd.get_subcommands() {
+            for arg in job.get_arguments() {
+                assert!(
+                    arg.get_long().is_some(),
+                    "{} --{}: every option needs a long name",
+                    job.get_name(),
+                    arg.get_id()
+                );
+            }
+        }
         assert_eq!(names(), ["hello", "selftest", "gen", "stats", "standardize", "convert", "train", "predict"]);
     }
 
@@ -520,11 +567,14 @@ mod tests {
         assert_eq!(job.inputs(), [PathBuf::from("data"), PathBuf::from("f.h5")]);
         assert_eq!(job.validate(&dir), Ok(()));
         let (job, _) = parse(&["stats", "--input", "data", "--input", "missing.parquet"]).unwrap();
-        assert_eq!(job.validate(&dir).unwrap_err(), "--input missing.parquet: no such file or directory");
+        assert_eq!(job.validate(&dir).unwrap_err().to_string(), "--input missing.parquet: no such file or directory");
         let (job, _) = parse(&["predict", "--input", "data", "--output", "o", "--model", "m.safetensors"]).unwrap();
-        assert_eq!(job.validate(&dir).unwrap_err(), "--model m.safetensors: no such file or directory");
+        assert_eq!(
+            job.validate(&dir).unwrap_err(),
+            JobError::MissingInput { option: "--model", path: "m.safetensors".into() }
+        );
         let (job, _) = parse(&["gen", "--output", "o", "--rows", "4", "--partitions", "8"]).unwrap();
-        assert!(job.validate(&dir).unwrap_err().contains("exceeds --rows 4"));
+        assert!(job.validate(&dir).unwrap_err().to_string().contains("exceeds --rows 4"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

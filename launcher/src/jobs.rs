@@ -34,8 +34,8 @@ impl FromArgMatches for JobCommand {
         let job = gang_jobs::Job::from_arg_matches(m)?;
         let (name, sub) = m.subcommand().ok_or_else(|| clap::Error::new(clap::error::ErrorKind::MissingSubcommand))?;
         let launch = LaunchOptions::from_arg_matches(sub)?;
-        let rank_args =
-            gang_jobs::rank_args(name, sub).map_err(|e| clap::Error::raw(clap::error::ErrorKind::InvalidValue, e))?;
+        let rank_args = gang_jobs::rank_args(name, sub)
+            .map_err(|e| clap::Error::raw(clap::error::ErrorKind::InvalidSubcommand, e))?;
         // What only the file system can tell, before any rank starts.
         let cwd = std::env::current_dir().map_err(|e| clap::Error::raw(clap::error::ErrorKind::Io, e))?;
         if let Err(e) = job.validate(&cwd) {
