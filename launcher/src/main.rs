@@ -44,7 +44,7 @@ enum Command {
     /// Inspect checkpoints: `gang ckpt ls DIR`, `gang ckpt verify DIR` (no gang started).
     Ckpt(jobs::CkptArgs),
     #[command(flatten)]
-    Job(jobs::JobCommand),
+    Job(Box<jobs::JobCommand>),
     /// Runs in each rank slot (started by `gang run`, not by hand).
     #[command(name = "__rank-supervisor", hide = true)]
     RankSupervisor(supervise::SupervisorArgs),

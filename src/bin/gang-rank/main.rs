@@ -23,7 +23,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     #[command(flatten)]
-    Job(gang_jobs::Job),
+    Job(Box<gang_jobs::Job>),
     /// Inspect a checkpoint directory (one process, no gang).
     #[command(subcommand)]
     Ckpt(jobs::CkptCommand),
@@ -98,7 +98,7 @@ fn run() -> Result<()> {
     };
     use gang_jobs::Job;
     match cli.command {
-        Command::Job(job) => match job {
+        Command::Job(job) => match *job {
             Job::Hello(_) => jobs::hello(config),
             Job::Selftest(a) => jobs::selftest(config, &a),
             Job::Gen(a) => jobs::gen(config, &a),
@@ -135,7 +135,7 @@ mod tests {
                 args.push(format!("--{}=1", a.get_long().unwrap()));
             }
             let cli = Cli::try_parse_from(&args).unwrap_or_else(|e| panic!("{name}: {e}"));
-            assert!(matches!(cli.command, Command::Job(j) if j.name() == name));
+            assert!(matches!(cli.command, Command::Job(ref j) if j.name() == name));
         }
     }
 }
