@@ -4,11 +4,13 @@
 ///
 /// Each rank's kernels already use all of its cores (rayon), so fewer, wider ranks were the
 /// alternative. Measured on this 2-core machine (2 M rows x 32 float32 columns in 8 Parquet
-/// files, whole `gang` command, median of 3-5 runs on a shared, noisy machine):
-/// `gang train --epochs 3 --batch-size 8192` took 2.64 s at -n 1 and 2.06 s at -n 2;
-/// `gang stats` 1.44 s at -n 1 and 1.36 s at -n 2. Two one-core ranks were never slower
-/// than one two-core rank (they split the decoding as well as the arithmetic), so the
-/// default is one rank per core. Only 2 cores were measured: on a wide node pass -n.
+/// files, whole `gang` command, 7-9 runs each while two other engineers were compiling):
+/// `gang train --epochs 3 --batch-size 8192` took 1.80 s at best (median 2.42 s) at -n 1
+/// and 1.10 s at best (median 2.46 s) at -n 2; `gang stats` 1.11 s (1.44 s) at -n 1 and
+/// 0.81 s (1.44 s) at -n 2. Under contention the two counts are alike; in the quietest
+/// runs two one-core ranks were clearly faster (they split the decoding as well as the
+/// arithmetic), so the default is one rank per core. Only 2 cores were measured: on a wide
+/// node pass -n.
 pub const CORES_PER_CPU_RANK: usize = 1;
 
 /// The rank count and why it was chosen (`None` when `-n` was given).
