@@ -424,7 +424,7 @@ fn attempts(
             if failed.len() > 1 {
                 eprintln!("gang: {}", outcome::history(&failed, failed.len() - 1, max));
             }
-            // Said whenever a restart was possible at all, or might have been expected.
+            // Said when a restart budget was given: without one, no restart was expected.
             if max > 0 {
                 why_not = outcome::why_not_restarted(class);
             }
