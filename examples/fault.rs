@@ -31,7 +31,11 @@ fn main() {
                 "error" => return Err(gang::Error::External(format!("injected error on rank {target}").into())),
                 "usage" => return Err(gang::Error::InvalidArgument(format!("injected usage error on rank {target}"))),
                 "input" => {
-                    return Err(gang::Error::input("data/part-7.parquet", Some("row group 2".into()), "injected bad input"))
+                    return Err(gang::Error::input(
+                        "data/part-7.parquet",
+                        Some("row group 2".into()),
+                        "injected bad input",
+                    ))
                 }
                 _ => std::process::exit(code),
             }

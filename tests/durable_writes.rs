@@ -19,8 +19,9 @@ const STREAMING_WRITERS: [(&str, &str); 3] = [
     ("src/checkpoint/store.rs", "shards are written into a temporary step directory, which rename_all moves"),
 ];
 
-/// Files that create files through a helper of their own module for the writers above.
-const PRIVATE_FILE_HELPERS: [&str; 1] = ["src/checkpoint/manifest.rs"];
+/// Files that create files through a helper of their own module for the writers above,
+/// or append to a log that is never reported as a result (the launcher's `launcher.log`).
+const PRIVATE_FILE_HELPERS: [&str; 2] = ["src/checkpoint/manifest.rs", "launcher/src/run.rs"];
 
 fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
     let Ok(rd) = std::fs::read_dir(dir) else { return };

@@ -13,7 +13,8 @@ pub struct InfoArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// Plan for this many ranks [default: SLURM_NTASKS, else the number of cores].
+    /// Plan for this many ranks [default: what a CPU job gets: SLURM_NTASKS, else one per
+    /// core].
     #[arg(short = 'n', long = "ranks", value_name = "N")]
     pub ranks: Option<usize>,
 }
@@ -92,7 +93,8 @@ pub fn gather(ranks: Option<usize>) -> InfoReport {
     let cores = detect::cores(slurm.as_ref().and_then(|s| s.cpus_on_node).map(|n| n.to_string()).as_deref());
     let cuda_visible_devices = std::env::var("CUDA_VISIBLE_DEVICES").ok();
     let gpus = parse_cuda_visible_devices(cuda_visible_devices.as_deref());
-    let ranks = ranks.or_else(|| slurm.as_ref().and_then(|s| s.ntasks)).unwrap_or(cores);
+    // The count a CPU job would get (see `ranks::choose`).
+    let ranks = crate::ranks::choose(ranks, slurm.as_ref().and_then(|s| s.ntasks), false, 0, cores).ranks;
     let nodes = slurm.as_ref().and_then(|s| s.num_nodes).filter(|&n| n > 1).unwrap_or(1);
     let plan = placements(ranks, nodes, &gpus);
     InfoReport { mpi, mpi_note, launcher, launcher_note, slurm, cores, cuda_visible_devices, gpus, ranks, nodes, plan }

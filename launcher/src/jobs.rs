@@ -1,66 +1,85 @@
-//! The built-in jobs: `gang <job> -n N ...` runs the rank-side program `gang-rank <job> ...`
-//! as a gang (the launcher never links MPI; `gang-rank` does).
+//! The built-in jobs: `gang <job> [-n N] ...` runs the rank-side program `gang-rank <job>
+//! ...` as a gang (the launcher never links MPI; `gang-rank` does).
 //!
-//! Adding a job is one line in the [`builtin_jobs!`] list below (plus its doc line).
+//! The jobs and their options are defined once, in the `gang-jobs` crate: `gang <job>
+//! --help` lists them beside the launch options, which may come in any order with them; a
+//! bad or missing option, or an input that does not exist, is refused before any rank
+//! starts (no run directory, no mpirun); the ranks get the options given, as
+//! `--name=value`. Adding a job is its definition in `gang-jobs` and its rank-side function
+//! in `gang-rank`; nothing here.
 
 use crate::detect;
 use crate::run::{self, LaunchOptions};
 use anyhow::{bail, Result};
+use clap::{ArgMatches, Args, FromArgMatches, Subcommand};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-/// Arguments shared by every built-in job.
-#[derive(Debug, clap::Args)]
-pub struct JobArgs {
-    /// How to launch.
-    #[command(flatten)]
+/// A built-in job with its launch options, as `gang <job> ...` was given.
+#[derive(Debug)]
+pub struct JobCommand {
+    /// The job and its options.
+    pub job: gang_jobs::Job,
+    /// How to launch it.
     pub launch: LaunchOptions,
-    /// The job's own options, passed to `gang-rank <job>` in every rank (launch options
-    /// such as -n come first; `--` may separate them).
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0.., value_name = "JOB OPTIONS")]
-    pub extra: Vec<OsString>,
+    /// The job's options as given, for `gang-rank <job>`.
+    pub rank_args: Vec<OsString>,
 }
 
-/// Declares the [`Job`] subcommands: `Variant => "name"`, one per line.
-macro_rules! builtin_jobs {
-    ($($(#[$doc:meta])* $variant:ident => $name:literal,)+) => {
-        /// A built-in job, run as `gang-rank <name> EXTRA...` in every rank.
-        #[derive(Debug, clap::Subcommand)]
-        pub enum Job {
-            $($(#[$doc])* #[command(name = $name)] $variant(JobArgs),)+
-        }
+/// Heading of the launch options in `gang <job> --help` (the job's own come first).
+const LAUNCH_HEADING: &str = "Launch options";
 
-        impl Job {
-            /// The job's name: its subcommand, and the first argument of `gang-rank`.
-            pub fn name(&self) -> &'static str {
-                match self { $(Job::$variant(_) => $name,)+ }
-            }
-
-            /// The job's arguments.
-            pub fn args(&self) -> &JobArgs {
-                match self { $(Job::$variant(a) => a,)+ }
-            }
+impl FromArgMatches for JobCommand {
+    fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
+        let job = gang_jobs::Job::from_arg_matches(m)?;
+        let (name, sub) = m.subcommand().ok_or_else(|| clap::Error::new(clap::error::ErrorKind::MissingSubcommand))?;
+        let launch = LaunchOptions::from_arg_matches(sub)?;
+        let rank_args = gang_jobs::rank_args(name, sub)
+            .map_err(|e| clap::Error::raw(clap::error::ErrorKind::InvalidSubcommand, e))?;
+        // What only the file system can tell, before any rank starts.
+        let cwd = std::env::current_dir().map_err(|e| clap::Error::raw(clap::error::ErrorKind::Io, e))?;
+        if let Err(e) = job.validate(&cwd) {
+            let mut cmd = crate::command();
+            cmd.build();
+            let sub = cmd.find_subcommand_mut(name).expect("a job has its subcommand");
+            return Err(sub.error(clap::error::ErrorKind::ValueValidation, e));
         }
-    };
+        Ok(JobCommand { job, launch, rank_args })
+    }
+
+    fn update_from_arg_matches(&mut self, m: &ArgMatches) -> Result<(), clap::Error> {
+        *self = JobCommand::from_arg_matches(m)?;
+        Ok(())
+    }
 }
 
-builtin_jobs! {
-    /// Every rank says hello (rank, host, device): a check of the whole stack.
-    Hello => "hello",
-    /// Checks every collective on every rank (`--max-count N` splits buffers into N-element calls).
-    Selftest => "selftest",
-    /// A synthetic classification or regression dataset with a known true model (`--output DIR`).
-    Gen => "gen",
-    /// Count, mean, std, min, max and nulls of every numeric column (`--input SPEC`).
-    Stats => "stats",
-    /// Standardize the feature columns with the dataset's statistics (a map stage).
-    Standardize => "standardize",
-    /// Convert between Parquet, Arrow IPC and HDF5, re-partitioned into K files.
-    Convert => "convert",
-    /// Data-parallel training (`--input DATA --label y --model logistic --output model.safetensors`).
-    Train => "train",
-    /// Apply a trained model to a dataset (`--model M --input DATA --output DIR`).
-    Predict => "predict",
+impl Subcommand for JobCommand {
+    fn augment_subcommands(cmd: clap::Command) -> clap::Command {
+        let mut cmd = gang_jobs::Job::augment_subcommands(cmd);
+        for name in gang_jobs::names() {
+            cmd = cmd.mut_subcommand(name, |sub| {
+                // The job's description stays its own (augmenting would put LaunchOptions' there).
+                let (about, long_about) = (sub.get_about().cloned(), sub.get_long_about().cloned());
+                let mut sub = LaunchOptions::augment_args(sub.next_help_heading(LAUNCH_HEADING));
+                if let Some(a) = about {
+                    sub = sub.about(a);
+                }
+                if let Some(a) = long_about {
+                    sub = sub.long_about(a);
+                }
+                sub
+            });
+        }
+        cmd
+    }
+
+    fn augment_subcommands_for_update(cmd: clap::Command) -> clap::Command {
+        JobCommand::augment_subcommands(cmd)
+    }
+
+    fn has_subcommand(name: &str) -> bool {
+        gang_jobs::Job::has_subcommand(name)
+    }
 }
 
 /// Arguments of `gang ckpt`: passed to `gang-rank ckpt` as they are.
@@ -84,32 +103,6 @@ pub fn run_local(a: &CkptArgs) -> Result<i32> {
         .status()
         .map_err(|e| anyhow::anyhow!("could not start {}: {e}", rank_program.display()))?;
     Ok(status.code().unwrap_or(1))
-}
-
-/// Launch options come before the job's own (everything after the first job option is
-/// the job's): a launch option found among the job's is a mistake worth a clear word before
-/// any gang starts.
-fn misplaced_launch_option(job: &str, extra: &[OsString]) -> Result<()> {
-    use clap::Args;
-    let launch = LaunchOptions::augment_args(clap::Command::new("launch"));
-    let names: Vec<String> = launch
-        .get_arguments()
-        .flat_map(|a| a.get_long().map(|l| format!("--{l}")).into_iter().chain(a.get_short().map(|c| format!("-{c}"))))
-        .collect();
-    for (i, a) in extra.iter().enumerate() {
-        let a = a.to_string_lossy();
-        if a == "--" {
-            break;
-        }
-        let flag = a.split('=').next().unwrap_or(&a);
-        if i > 0 && names.iter().any(|n| n == flag) {
-            bail!(
-                "{flag} is an option of the launcher, not of the {job} job: put it before the job's options, \
-                 e.g. `gang {job} -n 4 {flag} ... --input ...`"
-            );
-        }
-    }
-    Ok(())
 }
 
 /// Name of the rank-side program.
@@ -146,13 +139,11 @@ fn locate_rank_program() -> Result<PathBuf> {
 ///
 /// # Errors
 /// `gang-rank` is missing, or the gang cannot start (see [`run::run`]).
-pub fn run_job(job: &Job) -> Result<i32> {
+pub fn run_job(job: &JobCommand) -> Result<i32> {
     let rank_program = locate_rank_program()?;
-    let args = job.args();
-    misplaced_launch_option(job.name(), &args.extra)?;
-    let mut command: Vec<OsString> = vec![rank_program.into(), job.name().into()];
-    command.extend(args.extra.iter().cloned());
-    run::run(&args.launch, &command)
+    let mut command: Vec<OsString> = vec![rank_program.into(), job.job.name().into()];
+    command.extend(job.rank_args.iter().cloned());
+    run::run(&job.launch, &command, job.job.uses_gpus())
 }
 
 #[cfg(test)]

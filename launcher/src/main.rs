@@ -3,6 +3,7 @@
 //! ```text
 //! gang run -n 4 -- ./my-rank-program --its-args     # any program, one per rank
 //! gang hello -n 2                                   # a built-in job (runs gang-rank)
+//! gang train --help                                 # a job's options and the launch options
 //! gang info -n 4                                    # MPI, Slurm, cores, GPUs, device plan
 //! ```
 //!
@@ -11,17 +12,19 @@
 //! life to its own; `gang run` stops the whole gang on a signal or a failed rank, kills any
 //! leftovers and names the rank that failed first.
 
+mod chatter;
 mod detect;
 mod heartbeat;
 mod info;
 mod jobs;
 mod outcome;
 mod plan;
+mod ranks;
 mod run;
 mod supervise;
 mod sys;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::process::ExitCode;
 
 /// The `gang` command line.
@@ -41,16 +44,21 @@ enum Command {
     /// Inspect checkpoints: `gang ckpt ls DIR`, `gang ckpt verify DIR` (no gang started).
     Ckpt(jobs::CkptArgs),
     #[command(flatten)]
-    Job(jobs::Job),
+    Job(Box<jobs::JobCommand>),
     /// Runs in each rank slot (started by `gang run`, not by hand).
     #[command(name = "__rank-supervisor", hide = true)]
     RankSupervisor(supervise::SupervisorArgs),
 }
 
+/// The whole command line, for errors worded the way clap words them.
+pub(crate) fn command() -> clap::Command {
+    Cli::command()
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let (result, who) = match cli.command {
-        Command::Run(args) => (run::run(&args.launch, &args.command), "gang"),
+        Command::Run(args) => (run::run(&args.launch, &args.command, false), "gang"),
         Command::Info(args) => (info::info(&args), "gang info"),
         Command::Ckpt(args) => (jobs::run_local(&args), "gang ckpt"),
         Command::Job(job) => (jobs::run_job(&job), "gang"),
@@ -62,5 +70,16 @@ fn main() -> ExitCode {
             eprintln!("{who}: error: {e:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The launch options and every job's options fit together (no clashing names).
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
     }
 }

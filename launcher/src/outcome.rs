@@ -3,7 +3,7 @@
 
 use crate::heartbeat::Stall;
 use gang_protocol::heartbeat::Progress;
-use gang_protocol::{signal_name, ExitRecord, ExitStatus, FailureKind, FailureRecord};
+use gang_protocol::{signal_name, ExitRecord, ExitStatus, FailureClass, FailureKind, FailureRecord};
 use std::path::Path;
 use std::time::Duration;
 
@@ -16,7 +16,8 @@ pub const EXIT_STALLED: i32 = 124;
 pub struct Outcome {
     /// Exit code for `gang run` (0 only when nothing failed).
     pub code: i32,
-    /// What to print to stderr, if anything.
+    /// What to print to stderr, if anything: the root cause with its class, without the
+    /// run directory (see [`final_line`]).
     pub message: Option<String>,
     /// The root cause of a failed attempt (`None` on success or when stopped by a signal).
     pub cause: Option<Cause>,
@@ -31,6 +32,8 @@ pub enum Cause {
         rank: usize,
         /// Panic or error.
         kind: FailureKind,
+        /// Whether a restart can help, as the rank judged it.
+        class: FailureClass,
         /// Its message.
         message: String,
     },
@@ -61,12 +64,41 @@ impl Cause {
             Cause::Launcher { .. } => None,
         }
     }
+
+    /// Whether a restart can mend it: a rank's own verdict when it recorded one, else
+    /// transient (a rank died or stalled, the launcher failed).
+    pub fn class(&self) -> FailureClass {
+        match self {
+            Cause::Recorded { class, .. } => *class,
+            _ => FailureClass::Transient,
+        }
+    }
+}
+
+/// Why a failure of `class` is not restarted, for a class that no restart can mend.
+pub fn why_not_restarted(class: FailureClass) -> Option<String> {
+    let fix = match class {
+        FailureClass::Usage => "fix the command's options",
+        FailureClass::Input => "fix the input",
+        _ => return None,
+    };
+    let article = if class == FailureClass::Input { "an" } else { "a" };
+    Some(format!("not restarted: {article} {class} failure cannot be mended by a restart ({fix} and run it again)"))
+}
+
+/// The last line of a failed run: `message` (the root cause with its class), then why it
+/// was not restarted, if that is to be said, then where the records are.
+pub fn final_line(message: &str, not_restarted: Option<&str>, run_dir: &Path) -> String {
+    match not_restarted {
+        Some(why) => format!("{message}; {why}. Records: {}", run_dir.display()),
+        None => format!("{message}. Records: {}", run_dir.display()),
+    }
 }
 
 impl std::fmt::Display for Cause {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Cause::Recorded { rank, kind, message } => {
+            Cause::Recorded { rank, kind, message, .. } => {
                 write!(f, "rank {rank} {}", describe_failure(*kind, message))
             }
             Cause::Exited { rank, status } => write!(f, "rank {rank} {status}"),
@@ -125,6 +157,8 @@ fn describe_failure(kind: FailureKind, message: &str) -> String {
 /// * `failures`, `exits`: the records of the attempt (any order);
 /// * `launcher`: how `mpirun`/`srun` itself ended, named `launcher_name`.
 ///
+/// The message names the root cause and its class; [`final_line`] adds the run directory.
+///
 /// The root cause is the earliest failure record (a rank that knew why it failed), else
 /// the stall, else the earliest unsuccessful exit record (after a stall every rank was
 /// killed, so exits say nothing), else the launcher's own status.
@@ -135,14 +169,12 @@ pub fn judge(
     exits: &[ExitRecord],
     launcher: ExitStatus,
     launcher_name: &str,
-    run_dir: &Path,
 ) -> Outcome {
-    let records = run_dir.display();
     let launcher_code = code_of(launcher);
     if let Some(sig) = stopped_by {
         return Outcome {
             code: 128 + sig,
-            message: Some(format!("gang: received {}; the gang was stopped. Records: {records}", signal_name(sig))),
+            message: Some(format!("gang: received {}; the gang was stopped", signal_name(sig))),
             cause: None,
         };
     }
@@ -162,20 +194,20 @@ pub fn judge(
         return Outcome {
             code: own_exit.or(launcher_code.filter(|&c| c != 0 && c < 128)).unwrap_or(of_kind),
             message: Some(format!(
-                "gang: rank {} failed first: {} (attempt {}, host {}). The gang was stopped. \
-                 Records: {records}",
+                "gang: rank {} failed first: {} (attempt {}, host {}; {} failure). The gang was stopped",
                 f.rank,
                 describe_failure(f.kind, &f.message),
                 f.attempt,
-                f.host
+                f.host,
+                f.class
             )),
-            cause: Some(Cause::Recorded { rank: f.rank, kind: f.kind, message: f.message.clone() }),
+            cause: Some(Cause::Recorded { rank: f.rank, kind: f.kind, class: f.class, message: f.message.clone() }),
         };
     }
     if let Some(s) = stall {
         return Outcome {
             code: EXIT_STALLED,
-            message: Some(format!("gang: {s} (attempt {}). The gang was stopped. Records: {records}", s.attempt)),
+            message: Some(format!("gang: {s} (attempt {}; transient failure). The gang was stopped", s.attempt)),
             cause: Some(Cause::Stalled(s.clone())),
         };
     }
@@ -183,8 +215,7 @@ pub fn judge(
         return Outcome {
             code: code_of(e.status).unwrap_or(1),
             message: Some(format!(
-                "gang: rank {} failed first: {} (attempt {}, host {}). The gang was stopped. \
-                 Records: {records}",
+                "gang: rank {} failed first: {} (attempt {}, host {}; transient failure). The gang was stopped",
                 e.rank, e.status, e.attempt, e.host
             )),
             cause: Some(Cause::Exited { rank: e.rank, status: e.status }),
@@ -196,7 +227,7 @@ pub fn judge(
             code,
             message: Some(format!(
                 "gang: {launcher_name} {launcher} before any rank reported a failure (see its \
-                 messages above). Records: {records}"
+                 messages above; transient failure)"
             )),
             cause: Some(Cause::Launcher { name: launcher_name.to_string(), status: launcher }),
         },
@@ -260,13 +291,12 @@ pub fn success_summary(failed: &[FailedAttempt], max: u32, attempt: u32, run_dir
 }
 
 /// The summary of a job whose restart budget `max` is used up (the last of `failed` was not
-/// restarted).
-pub fn exhausted_summary(failed: &[FailedAttempt], max: u32, run_dir: &Path) -> String {
+/// restarted); the root cause's [`final_line`] follows it.
+pub fn exhausted_summary(failed: &[FailedAttempt], max: u32) -> String {
     format!(
-        "gang: giving up: all {max} restart{} used (--max-restarts {max}); {}. Records: {}",
+        "gang: giving up: all {max} restart{} used (--max-restarts {max}); {}",
         if max == 1 { "" } else { "s" },
         history(failed, failed.len().saturating_sub(1), max),
-        run_dir.display()
     )
 }
 
@@ -286,7 +316,7 @@ mod tests {
     }
 
     fn judge_(failures: &[FailureRecord], exits: &[ExitRecord], launcher: ExitStatus) -> Outcome {
-        judge(None, None, failures, exits, launcher, "mpirun", Path::new("/runs/r"))
+        judge(None, None, failures, exits, launcher, "mpirun")
     }
 
     #[test]
@@ -305,8 +335,11 @@ mod tests {
         let o = judge_(&[], &exits, ExitStatus::Code(1));
         assert_eq!(o.code, 3);
         let m = o.message.unwrap();
-        assert!(m.starts_with("gang: rank 1 failed first: exited with code 3 (attempt 0"), "{m}");
-        assert!(m.ends_with("Records: /runs/r"), "{m}");
+        assert!(
+            m.starts_with("gang: rank 1 failed first: exited with code 3 (attempt 0, host n1; transient failure)"),
+            "{m}"
+        );
+        assert_eq!(final_line(&m, None, Path::new("/runs/r")), format!("{m}. Records: /runs/r"),);
     }
 
     #[test]
@@ -347,6 +380,32 @@ mod tests {
     }
 
     #[test]
+    fn the_rank_s_class_is_the_cause_s_class() {
+        let f = failure(0, FailureKind::Error, "data.txt: unknown input format", 1).with_class(FailureClass::Input);
+        let o = judge_(&[f], &[exit(0, ExitStatus::Code(2), 2)], ExitStatus::Code(2));
+        let cause = o.cause.unwrap();
+        assert_eq!(cause.class(), FailureClass::Input);
+        let m = o.message.unwrap();
+        assert!(
+            m.contains("returned an error: data.txt: unknown input format (attempt 0, host n1; input failure)"),
+            "{m}"
+        );
+        let why = why_not_restarted(cause.class()).unwrap();
+        assert_eq!(
+            why,
+            "not restarted: an input failure cannot be mended by a restart (fix the input and run it again)"
+        );
+        assert!(why_not_restarted(FailureClass::Usage).unwrap().starts_with("not restarted: a usage failure"));
+        assert_eq!(why_not_restarted(FailureClass::Transient), None);
+        assert_eq!(Cause::Exited { rank: 0, status: ExitStatus::Signal(9) }.class(), FailureClass::Transient);
+        assert_eq!(
+            final_line("gang: x", Some(&why), Path::new("/r")),
+            "gang: x; not restarted: an input failure cannot be mended by a restart (fix the input and run it \
+             again). Records: /r"
+        );
+    }
+
+    #[test]
     fn launcher_failure_without_records() {
         let o = judge_(&[], &[], ExitStatus::Code(2));
         assert_eq!(o.code, 2);
@@ -356,15 +415,7 @@ mod tests {
 
     #[test]
     fn a_stop_signal_wins() {
-        let o = judge(
-            Some(15),
-            None,
-            &[],
-            &[exit(0, ExitStatus::Signal(15), 1)],
-            ExitStatus::Code(1),
-            "srun",
-            Path::new("/r"),
-        );
+        let o = judge(Some(15), None, &[], &[exit(0, ExitStatus::Signal(15), 1)], ExitStatus::Code(1), "srun");
         assert_eq!(o.code, 143);
         assert!(o.message.unwrap().contains("received SIGTERM"));
     }
@@ -398,7 +449,12 @@ mod tests {
     fn causes_read_as_the_rank_and_its_error() {
         let f = failed(0, killed(1), at(40));
         assert_eq!(f.to_string(), "rank 1 was killed by signal 9 (SIGKILL) at train step 40 of 100");
-        let e = Cause::Recorded { rank: 2, kind: FailureKind::Panic, message: "boom at x.rs:3".into() };
+        let e = Cause::Recorded {
+            rank: 2,
+            kind: FailureKind::Panic,
+            class: FailureClass::Transient,
+            message: "boom at x.rs:3".into(),
+        };
         assert_eq!(failed(1, e, None).to_string(), "rank 2 panicked: boom at x.rs:3");
         let l = Cause::Launcher { name: "mpirun".into(), status: ExitStatus::Code(2) };
         assert_eq!(l.to_string(), "mpirun exited with code 2 before any rank reported a failure");
@@ -434,10 +490,10 @@ mod tests {
         );
         let f1 = failed(1, Cause::Exited { rank: 0, status: ExitStatus::Code(3) }, None);
         assert_eq!(
-            exhausted_summary(&[f0.clone(), f1.clone()], 1, dir),
+            exhausted_summary(&[f0.clone(), f1.clone()], 1),
             "gang: giving up: all 1 restart used (--max-restarts 1); attempt 0: rank 1 was \
              killed by signal 9 (SIGKILL) at train step 40 of 100; restarted (1 of 1); \
-             attempt 1: rank 0 exited with code 3. Records: /runs/r"
+             attempt 1: rank 0 exited with code 3"
         );
         // Only the first and the last failure are spelled out.
         let many = [f0.clone(), f1.clone(), f1.clone(), failed(3, killed(2), None)];
@@ -459,12 +515,12 @@ mod tests {
         };
         // After a stall every rank was killed by the launcher: those exits are not the cause.
         let exits = [exit(0, ExitStatus::Signal(15), 1), exit(1, ExitStatus::Signal(15), 2)];
-        let o = judge(None, Some(&stall), &[], &exits, ExitStatus::Code(1), "mpirun", Path::new("/r"));
+        let o = judge(None, Some(&stall), &[], &exits, ExitStatus::Code(1), "mpirun");
         assert_eq!(o.code, EXIT_STALLED);
         assert_eq!(o.cause, Some(Cause::Stalled(stall.clone())));
         assert!(o.message.unwrap().starts_with("gang: rank 1 stalled (no progress for 12 s"));
         let failures = [failure(2, FailureKind::Error, "disk full", 5)];
-        let o = judge(None, Some(&stall), &failures, &exits, ExitStatus::Code(1), "mpirun", Path::new("/r"));
+        let o = judge(None, Some(&stall), &failures, &exits, ExitStatus::Code(1), "mpirun");
         assert_eq!(o.cause.unwrap().rank(), Some(2));
     }
 }

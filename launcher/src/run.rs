@@ -1,10 +1,12 @@
 //! `gang run`: validate, plan, spawn mpirun/srun, watch it, stop it on signals or a failed
 //! rank, reap whatever is left, and report the root cause.
 
+use crate::chatter;
 use crate::detect::{self, LauncherChoice, SlurmAllocation};
 use crate::heartbeat;
 use crate::outcome;
 use crate::plan::{self, LaunchPlan, LauncherKind, MpiFlavour, PlanInput, RankEnv};
+use crate::ranks;
 use crate::sys;
 use anyhow::{bail, Context, Result};
 use gang_protocol::heartbeat::Progress;
@@ -12,19 +14,20 @@ use gang_protocol::{hostname, signal_name, vars, ExitStatus, RunDir};
 use signal_hook::iterator::Signals;
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
-use std::io::IsTerminal;
+use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// How to launch a gang: the options shared by `gang run` and the built-in jobs.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LaunchOptions {
-    /// Number of ranks.
+    /// Number of ranks [default: inside a Slurm allocation its task count (SLURM_NTASKS);
+    /// else one per visible GPU for a job that uses GPUs; else one per core].
     #[arg(short = 'n', long = "ranks", value_name = "N")]
-    pub ranks: usize,
+    pub ranks: Option<usize>,
     /// Which launcher starts the ranks.
     #[arg(long, value_enum, default_value_t = LauncherChoice::Auto)]
     pub launcher: LauncherChoice,
@@ -41,9 +44,11 @@ pub struct LaunchOptions {
     /// ./.gang/runs].
     #[arg(long, value_name = "ROOT")]
     pub run_dir: Option<PathBuf>,
-    /// Relaunch the whole gang up to K times when it fails (a rank failed or stalled, or
-    /// the launcher failed). One budget for the whole job, not per node or rank. A gang
-    /// stopped by SIGINT/SIGTERM is never restarted.
+    /// Relaunch the whole gang up to K times when it fails transiently (a rank died,
+    /// stalled or was killed, an MPI or I/O error, a panic, or the launcher failed). One
+    /// budget for the whole job, not per node or rank. A failure its rank recorded as a
+    /// usage or input failure is never restarted (a restart cannot mend it), nor is a gang
+    /// stopped by SIGINT/SIGTERM.
     #[arg(long, value_name = "K", default_value_t = 0)]
     pub max_restarts: u32,
     /// Seconds to wait before the first restart; the wait doubles with every further
@@ -64,6 +69,12 @@ pub struct LaunchOptions {
     /// that clean up on SIGTERM. (mpirun with Open MPI only.)
     #[arg(long, value_name = "SECONDS", default_value_t = 0)]
     pub kill_grace: u32,
+    /// Show everything mpirun/srun print (Open MPI's help banners, ORTE_ERROR_LOG lines,
+    /// every rank's announcement of its failure). Without it they go to the run
+    /// directory's launcher.log and the terminal gets the ranks' output and one root-cause
+    /// line.
+    #[arg(long)]
+    pub verbose: bool,
 }
 
 /// Parses a non-negative number of seconds (fractions allowed).
@@ -95,6 +106,8 @@ const FAILURE_GRACE: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(100);
 /// How often the wait loop reads the run directory and checks for stalls.
 const SCAN: Duration = Duration::from_millis(500);
+/// How long the relay of the launcher's stderr may lag behind its exit.
+const STDERR_DRAIN_LIMIT: Duration = Duration::from_secs(2);
 /// Upper bound on waiting for SIGKILLed leftovers to disappear.
 const REAP_LIMIT: Duration = Duration::from_secs(5);
 
@@ -135,8 +148,8 @@ pub fn resolve_program(program: &OsStr, path_var: Option<&OsStr>, cwd: &Path) ->
 /// # Errors
 /// Anything that prevents the gang from starting (bad options, no launcher, ...). Failures
 /// of the gang itself are reported through the exit code and a message on stderr.
-pub fn run(opts: &LaunchOptions, command: &[OsString]) -> Result<i32> {
-    if opts.ranks == 0 {
+pub fn run(opts: &LaunchOptions, command: &[OsString], uses_gpus: bool) -> Result<i32> {
+    if opts.ranks == Some(0) {
         bail!("-n must be at least 1");
     }
     let Some((program, args)) = command.split_first() else { bail!("no program given after --") };
@@ -165,6 +178,14 @@ pub fn run(opts: &LaunchOptions, command: &[OsString]) -> Result<i32> {
         (Some(alloc), LauncherKind::Srun) => alloc.cpus().unwrap_or_else(|| detect::cores(None)),
         (alloc, _) => detect::cores(alloc.as_ref().and_then(|a| a.cpus_on_node).map(|n| n.to_string()).as_deref()),
     };
+    let count = ranks::choose(
+        opts.ranks,
+        slurm.as_ref().and_then(|s| s.ntasks),
+        uses_gpus,
+        if uses_gpus { ranks::visible_gpus() } else { 0 },
+        cpus,
+    );
+    let n = count.ranks;
 
     let root = match (&opts.run_dir, std::env::var_os("GANG_RUN_ROOT")) {
         (Some(r), _) => r.clone(),
@@ -186,7 +207,7 @@ pub fn run(opts: &LaunchOptions, command: &[OsString]) -> Result<i32> {
         launcher,
         launcher_path: launcher_path.clone(),
         flavour,
-        ranks: opts.ranks,
+        ranks: n,
         cpus,
         is_root: sys::effective_uid() == 0,
         hostfile: hostfile.clone(),
@@ -198,7 +219,7 @@ pub fn run(opts: &LaunchOptions, command: &[OsString]) -> Result<i32> {
         env: RankEnv {
             run_id: run_id.clone(),
             run_dir: run.path().to_path_buf(),
-            world_size: opts.ranks,
+            world_size: n,
             attempt,
             launcher,
             flavour,
@@ -208,6 +229,20 @@ pub fn run(opts: &LaunchOptions, command: &[OsString]) -> Result<i32> {
     };
     // Fail on a bad plan (e.g. --hostfile with srun) before anything is started.
     plan::build(&input(0, "", ""))?;
+    let log = match open_log(&run) {
+        Ok(f) => Some(Arc::new(Mutex::new(f))),
+        Err(e) => {
+            eprintln!(
+                "gang: warning: no launcher log in {} ({e}); mpirun's messages go to the terminal",
+                run.path().display()
+            );
+            None
+        }
+    };
+    if let Some(why) = &count.why {
+        eprintln!("gang: {n} rank{} ({why})", if n == 1 { "" } else { "s" });
+    }
+    log_line(log.as_ref(), &format!("gang: {n} ranks ({})", count.why.as_deref().unwrap_or("-n given")));
 
     // Orphaned ranks are re-parented to us, so they can be found and killed below.
     if let Err(e) = sys::become_subreaper() {
@@ -239,7 +274,14 @@ pub fn run(opts: &LaunchOptions, command: &[OsString]) -> Result<i32> {
     // mpirun waits the kill grace before it sends the ranks SIGTERM and as long again before
     // SIGKILL: give it that time before stopping it by force.
     let stop_grace = STOP_GRACE + 2 * Duration::from_secs(u64::from(opts.kill_grace));
-    let watch = Watch { sig_rx: &sig_rx, listener: listener.as_ref(), stall_timeout: opts.stall_timeout, stop_grace };
+    let watch = Watch {
+        sig_rx: &sig_rx,
+        listener: listener.as_ref(),
+        stall_timeout: opts.stall_timeout,
+        stop_grace,
+        verbose: opts.verbose || log.is_none(),
+        log,
+    };
     let code =
         attempts(opts, launcher, &run, &run_id, &watch, |attempt| plan::build(&input(attempt, &address, &token)));
     signals_handle.close();
@@ -253,6 +295,58 @@ struct Watch<'a> {
     stall_timeout: Duration,
     /// From SIGTERM to the launcher to its SIGKILL.
     stop_grace: Duration,
+    /// Show all of the launcher's stderr as it comes (see [`chatter`]).
+    verbose: bool,
+    /// The run directory's launcher log.
+    log: Option<Log>,
+}
+
+/// The run directory's `launcher.log`, shared with the thread that relays mpirun's stderr.
+type Log = Arc<Mutex<std::fs::File>>;
+
+/// Name of the log, in the run directory, of everything mpirun/srun printed on stderr.
+pub const LAUNCHER_LOG: &str = "launcher.log";
+
+fn open_log(run: &RunDir) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new().create(true).append(true).open(run.path().join(LAUNCHER_LOG))
+}
+
+/// Appends a line to the log (best effort: the log is an aid, not a record).
+fn log_line(log: Option<&Log>, line: &str) {
+    if let Some(log) = log {
+        if let Ok(mut f) = log.lock() {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+}
+
+/// Copies the launcher's stderr, line by line, to the log and, unless [`chatter`] holds
+/// it back, to our stderr; returns the filter with what it held.
+fn relay_stderr(src: impl Read, verbose: bool, log: Option<Log>) -> chatter::Filter {
+    let mut filter = chatter::Filter::new();
+    let mut reader = BufReader::new(src);
+    let mut line = Vec::with_capacity(256);
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => return filter,
+            Ok(_) => {}
+        }
+        if !line.ends_with(b"\n") {
+            line.push(b'\n');
+        }
+        if let Some(log) = &log {
+            if let Ok(mut f) = log.lock() {
+                let _ = f.write_all(&line);
+            }
+        }
+        let text = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
+        if verbose || filter.show(&text) {
+            let mut err = std::io::stderr().lock();
+            let _ = err.write_all(&line);
+            let _ = err.flush();
+        }
+    }
 }
 
 /// Runs attempt after attempt until one succeeds, the user stops the gang, or the restart
@@ -279,13 +373,14 @@ fn attempts(
             }
             return Ok(0);
         }
+        let records = run.path();
         let Some(cause) = verdict.cause.clone() else {
             // Stopped by the user's signal: never restarted.
-            if let Some(m) = &verdict.message {
-                eprintln!("{m}");
-            }
             if !failed.is_empty() {
                 eprintln!("gang: not restarting: {}", outcome::history(&failed, failed.len(), max));
+            }
+            if let Some(m) = &verdict.message {
+                eprintln!("{}", outcome::final_line(m, None, records));
             }
             return Ok(verdict.code);
         };
@@ -293,11 +388,12 @@ fn attempts(
             outcome::Cause::Stalled(_) => None,
             c => c.rank().and_then(|r| ended.progress.get(&r).cloned()),
         };
+        let class = cause.class();
         failed.push(outcome::FailedAttempt { attempt, cause, progress });
         let restart = failed.len() as u32;
         // A signal that came while the attempt was ending also means: stop.
         let pending_signal = watch.sig_rx.try_recv().ok();
-        if restart <= max && ended.leftovers.is_empty() && pending_signal.is_none() {
+        if class.restartable() && restart <= max && ended.leftovers.is_empty() && pending_signal.is_none() {
             let delay = outcome::backoff(opts.restart_backoff, restart);
             let last = failed.last().expect("just pushed");
             eprintln!("{}", outcome::restart_line(last, delay, restart, max));
@@ -306,30 +402,40 @@ fn attempts(
                     "gang: received {} while waiting to restart; not restarting. {}. Records: {}",
                     signal_name(sig),
                     outcome::history(&failed, failed.len() - 1, max),
-                    run.path().display()
+                    records.display()
                 );
                 return Ok(128 + sig);
             }
             attempt += 1;
             continue;
         }
-        if let Some(m) = &verdict.message {
-            eprintln!("{m}");
-        }
+        // Not restarted: the history (if there were restarts) first, the root cause last.
+        let message = verdict.message.clone().unwrap_or_else(|| format!("gang: attempt {attempt} failed"));
+        let mut why_not = None;
         if let Some(sig) = pending_signal {
-            eprintln!("gang: received {}; not restarting", signal_name(sig));
-            return Ok(128 + sig);
-        }
-        if !ended.leftovers.is_empty() {
-            eprintln!(
-                "gang: not restarting: rank processes {:?} of attempt {attempt} could not be \
-                 stopped, and two gangs must never run at once",
+            why_not = Some(format!("received {}; not restarting", signal_name(sig)));
+        } else if !ended.leftovers.is_empty() {
+            why_not = Some(format!(
+                "not restarting: rank processes {:?} of attempt {attempt} could not be stopped, and two \
+                 gangs must never run at once",
                 ended.leftovers
-            );
+            ));
+        } else if !class.restartable() {
+            if failed.len() > 1 {
+                eprintln!("gang: {}", outcome::history(&failed, failed.len() - 1, max));
+            }
+            // Said when a restart budget was given: without one, no restart was expected.
+            if max > 0 {
+                why_not = outcome::why_not_restarted(class);
+            }
         } else if max > 0 {
-            eprintln!("{}", outcome::exhausted_summary(&failed, max, run.path()));
+            eprintln!("{}", outcome::exhausted_summary(&failed, max));
         }
-        return Ok(verdict.code);
+        eprintln!("{}", outcome::final_line(&message, why_not.as_deref(), records));
+        return Ok(match pending_signal {
+            Some(sig) => 128 + sig,
+            None => verdict.code,
+        });
     }
 }
 
@@ -370,9 +476,26 @@ fn execute(plan: &LaunchPlan, launcher: LauncherKind, run: &RunDir, run_id: &str
     if std::io::stdin().is_terminal() {
         cmd.stdin(Stdio::null());
     }
+    cmd.stderr(Stdio::piped());
     let name = launcher.as_str();
+    log_line(
+        w.log.as_ref(),
+        &format!(
+            "== attempt {}: {} {}",
+            run.attempt(),
+            plan.program.display(),
+            plan.args.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ")
+        ),
+    );
     let mut child = cmd.spawn().with_context(|| format!("could not start {}", plan.program.display()))?;
     let pgid = child.id();
+    let (relayed_tx, relayed) = mpsc::channel();
+    if let Some(stderr) = child.stderr.take() {
+        let (verbose, log) = (w.verbose, w.log.clone());
+        std::thread::spawn(move || {
+            let _ = relayed_tx.send(relay_stderr(stderr, verbose, log));
+        });
+    }
 
     let (status, stop, stall) = watch(&mut child, pgid, w, run, &mut tracker)?;
 
@@ -415,7 +538,19 @@ fn execute(plan: &LaunchPlan, launcher: LauncherKind, run: &RunDir, run_id: &str
         Some(StopReason::Signal(s)) => Some(s),
         _ => None,
     };
-    let verdict = outcome::judge(stopped_by, stall.as_ref(), &failures, &exits, launcher_status, name, run.path());
+    let verdict = outcome::judge(stopped_by, stall.as_ref(), &failures, &exits, launcher_status, name);
+    // Everything is dead by now, so the pipe is closed unless a process we could not find
+    // still holds it.
+    if let Ok(filter) = relayed.recv_timeout(STDERR_DRAIN_LIMIT) {
+        use outcome::Cause;
+        let rank_failed = stopped_by.is_some()
+            || matches!(verdict.cause, Some(Cause::Recorded { .. } | Cause::Exited { .. } | Cause::Stalled(_)));
+        let recorded = matches!(verdict.cause, Some(Cause::Recorded { .. }));
+        let mut err = std::io::stderr().lock();
+        for line in filter.release(rank_failed, recorded) {
+            let _ = writeln!(err, "{line}");
+        }
+    }
     if matches!(stop, Some(StopReason::RankFailed)) {
         eprintln!("gang: {name} did not end the gang after the failure; gang stopped it");
     }

@@ -171,7 +171,7 @@ fn a_rank_without_progress_is_a_stall_and_exits_124_without_budget() {
     assert!(
         out.stderr.contains(
             "gang: rank 1 stalled (no progress for 2 s, last progress: test step 3 of 10) \
-             (attempt 0). The gang was stopped."
+             (attempt 0; transient failure). The gang was stopped."
         ),
         "{}",
         out.stderr

@@ -64,13 +64,19 @@ fn an_exhausted_budget_exits_non_zero_with_the_root_causes() {
     for want in [
         "gang: attempt 0 failed: rank 1 exited with code 3; restarting in 0 s (restart 1 of 2)",
         "gang: attempt 1 failed: rank 1 exited with code 3; restarting in 0 s (restart 2 of 2)",
-        "gang: rank 1 failed first: exited with code 3 (attempt 2",
         "gang: giving up: all 2 restarts used (--max-restarts 2); attempt 0: rank 1 exited with \
          code 3; restarted (1 of 2); ... (1 more failed attempt); attempt 2: rank 1 exited with \
-         code 3. Records: ",
+         code 3\n",
     ] {
         assert!(out.stderr.contains(want), "missing {want:?} in:\n{}", out.stderr);
     }
+    // The last line names the root cause with its class.
+    let last = out.stderr.lines().last().unwrap();
+    assert!(
+        last.starts_with("gang: rank 1 failed first: exited with code 3 (attempt 2, ")
+            && last.contains("; transient failure)"),
+        "{last}"
+    );
     let run = run_dir_under(&root).unwrap();
     assert_eq!(attempts(&run), [0, 1, 2]);
     assert_all_attempts_gone(&run);

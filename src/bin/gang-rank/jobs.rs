@@ -1,8 +1,8 @@
 //! The built-in jobs: command-line options and the glue between the library's pieces.
 
-use anyhow::{bail, Context as _, Result};
+use crate::{input, usage};
+use anyhow::{Context as _, Result};
 use arrow_array::RecordBatch;
-use clap::Args;
 use gang::data::plan::{Input, PartitionPlan, PlanOptions};
 use gang::data::{Prefetch, PrefetchOptions};
 use gang::jobs::gen::GenSpec;
@@ -11,200 +11,29 @@ use gang::jobs::stats::{combine_across_ranks, TableSummary};
 use gang::stage::map::StageOutput;
 use gang::stage::{MapStage, OutputFormat, StageReport};
 use gang::{execute, Config, Context, ReduceOp};
+use gang_jobs::{ConvertArgs, GenArgs, InputArgs, OutputArgs, PredictArgs, SelftestArgs};
+use gang_jobs::{StandardizeArgs, StatsArgs, TrainArgs};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// Options of `selftest`.
-#[derive(Debug, Args)]
-pub struct SelftestArgs {
-    /// Split every collective into calls of at most this many elements.
-    #[arg(long, value_name = "N")]
-    max_count: Option<usize>,
+/// The inputs of a job, parsed by the library (a spec it cannot read is an input failure).
+fn inputs_of(a: &InputArgs) -> Result<Vec<Input>> {
+    a.inputs.iter().map(|s| Input::parse(s).map_err(input)).collect()
 }
 
-/// Where the input is and how to cut it.
-#[derive(Debug, Args)]
-pub struct InputArgs {
-    /// Input: a Parquet file or directory (Hive `key=value/` layouts included), an Arrow IPC
-    /// file (.arrow/.ipc/.feather), or an HDF5 file with datasets (`file.h5:ds1,ds2`; all
-    /// numeric root datasets when none are named). Repeatable.
-    #[arg(long = "input", required = true, value_name = "SPEC")]
-    inputs: Vec<String>,
-    /// Read only these columns (comma-separated).
-    #[arg(long, value_delimiter = ',', value_name = "A,B,...")]
-    columns: Option<Vec<String>>,
-    /// Rows per batch read.
-    #[arg(long, default_value_t = 65536)]
-    read_batch: usize,
-    /// Rows per partition (row groups are never split).
-    #[arg(long, default_value_t = 1 << 20)]
-    partition_rows: u64,
-}
-
-impl InputArgs {
-    fn inputs(&self) -> gang::Result<Vec<Input>> {
-        self.inputs.iter().map(|s| Input::parse(s)).collect()
-    }
-
-    fn options(&self) -> PlanOptions {
-        PlanOptions {
-            target_rows: self.partition_rows.max(1),
-            columns: self.columns.clone(),
-            batch_size: self.read_batch.max(1),
-            ..PlanOptions::default()
-        }
+/// How the library plans and reads the input.
+fn plan_options(a: &InputArgs) -> PlanOptions {
+    PlanOptions {
+        target_rows: a.partition_rows.max(1),
+        columns: a.columns.clone(),
+        batch_size: usize::try_from(a.read_batch).unwrap_or(usize::MAX).max(1),
+        ..PlanOptions::default()
     }
 }
 
-/// Where and how to write.
-#[derive(Debug, Args)]
-pub struct OutputArgs {
-    /// Output directory (committed exactly once: complete with `_SUCCESS`, or absent).
-    #[arg(long, value_name = "DIR")]
-    output: PathBuf,
-    /// Output format: parquet (zstd), parquet:snappy, parquet:none, ipc, ipc:zstd, hdf5.
-    #[arg(long, default_value = "parquet")]
-    format: String,
-    /// Replace a committed result in the output directory.
-    #[arg(long)]
-    overwrite: bool,
-}
-
-impl OutputArgs {
-    fn format(&self) -> Result<OutputFormat> {
-        self.format.parse::<OutputFormat>().map_err(|e| anyhow::anyhow!("--format {}: {e}", self.format))
-    }
-}
-
-/// Options of `gen`.
-#[derive(Debug, Args)]
-pub struct GenArgs {
-    #[command(flatten)]
-    output: OutputArgs,
-    /// Total rows.
-    #[arg(long, default_value_t = 1_000_000)]
-    rows: u64,
-    /// Feature columns (f0 .. f{k-1}, float32).
-    #[arg(long, default_value_t = 32)]
-    features: usize,
-    /// Classes of the label y; 0 makes a regression target.
-    #[arg(long, default_value_t = 2)]
-    classes: usize,
-    /// Output files.
-    #[arg(long, default_value_t = 8)]
-    partitions: usize,
-    /// Seed of everything.
-    #[arg(long, default_value_t = 42)]
-    seed: u64,
-    /// Label noise: probability of a random class, or the noise's standard deviation.
-    #[arg(long, default_value_t = 0.05)]
-    noise: f64,
-    /// Rows per batch (Parquet row group size).
-    #[arg(long, default_value_t = 65536)]
-    batch_size: usize,
-}
-
-/// Options of `stats`.
-#[derive(Debug, Args)]
-pub struct StatsArgs {
-    #[command(flatten)]
-    input: InputArgs,
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    json: bool,
-}
-
-/// Options of `standardize`.
-#[derive(Debug, Args)]
-pub struct StandardizeArgs {
-    #[command(flatten)]
-    input: InputArgs,
-    #[command(flatten)]
-    output: OutputArgs,
-    /// Float columns to leave as they are (labels).
-    #[arg(long, value_delimiter = ',', default_value = "y")]
-    keep: Vec<String>,
-}
-
-/// Options of `train`.
-#[derive(Debug, Args)]
-pub struct TrainArgs {
-    #[command(flatten)]
-    input: InputArgs,
-    /// The label column: integers 0..k (classification) or floats (regression).
-    #[arg(long)]
-    label: String,
-    /// Feature columns (default: every numeric column but the label and `id`).
-    #[arg(long, value_delimiter = ',', value_name = "A,B,...")]
-    features: Option<Vec<String>>,
-    /// logistic, softmax, linear, mlp:H or mlp:H1,H2 (ReLU hidden layers).
-    #[arg(long, default_value = "logistic")]
-    model: String,
-    /// Passes over the data.
-    #[arg(long, default_value_t = 10)]
-    epochs: u64,
-    /// Rows per step over the whole gang.
-    #[arg(long, default_value_t = 1024)]
-    batch_size: usize,
-    /// Learning rate.
-    #[arg(long, default_value_t = 0.01)]
-    lr: f32,
-    /// sgd or adam.
-    #[arg(long, default_value = "adam")]
-    optimizer: String,
-    /// SGD momentum.
-    #[arg(long, default_value_t = 0.9)]
-    momentum: f32,
-    /// Weight decay (L2 for SGD, decoupled for Adam).
-    #[arg(long, default_value_t = 0.0)]
-    weight_decay: f32,
-    /// Seed of the initial weights and the shuffles.
-    #[arg(long, default_value_t = 42)]
-    seed: u64,
-    /// Rows kept together when an epoch is shuffled (the rows are shuffled once after
-    /// loading); 0: 128 KiB of rows; 1 reshuffles single rows every epoch, at a cost in
-    /// speed.
-    #[arg(long, default_value_t = 0, value_name = "ROWS")]
-    shuffle_block: usize,
-    /// Checkpoint directory (training resumes from its newest complete checkpoint).
-    #[arg(long, value_name = "DIR")]
-    checkpoint_dir: Option<PathBuf>,
-    /// Checkpoint every this many steps.
-    #[arg(long, default_value_t = 100)]
-    checkpoint_every: u64,
-    /// Complete checkpoints to keep.
-    #[arg(long, default_value_t = 3)]
-    keep: usize,
-    /// Where to write the model (safetensors).
-    #[arg(long, value_name = "FILE")]
-    output: PathBuf,
-    /// Where to write the loss curve (default: the model's path with .svg).
-    #[arg(long, value_name = "FILE")]
-    curve: Option<PathBuf>,
-}
-
-/// Options of `predict`.
-#[derive(Debug, Args)]
-pub struct PredictArgs {
-    #[command(flatten)]
-    input: InputArgs,
-    #[command(flatten)]
-    output: OutputArgs,
-    /// The model written by `gang train`.
-    #[arg(long, value_name = "FILE")]
-    model: PathBuf,
-}
-
-/// Options of `convert`.
-#[derive(Debug, Args)]
-pub struct ConvertArgs {
-    #[command(flatten)]
-    input: InputArgs,
-    #[command(flatten)]
-    output: OutputArgs,
-    /// Number of output files (rows split evenly, input order kept).
-    #[arg(long, value_name = "K")]
-    partitions: usize,
+/// The library's output format (gang-jobs checked the spelling; the library decides).
+fn format_of(a: &OutputArgs) -> Result<OutputFormat> {
+    a.format.parse::<OutputFormat>().map_err(|e| usage(anyhow::anyhow!("--format {}: {e}", a.format)))
 }
 
 pub fn hello(config: Config) -> Result<()> {
@@ -263,8 +92,9 @@ fn hello_rank(ctx: &Context) -> gang::Result<()> {
 
 pub fn selftest(mut config: Config, a: &SelftestArgs) -> Result<()> {
     if let Some(max) = a.max_count {
+        let max = usize::try_from(max).unwrap_or(usize::MAX);
         if max == 0 || max > gang::comm::MPI_MAX_COUNT {
-            bail!("--max-count must be between 1 and {}", gang::comm::MPI_MAX_COUNT);
+            return Err(usage(anyhow::anyhow!("--max-count must be between 1 and {}", gang::comm::MPI_MAX_COUNT)));
         }
         config = config.with_max_count(max);
     }
@@ -333,8 +163,8 @@ pub fn gen(config: Config, a: &GenArgs) -> Result<()> {
         seed: a.seed,
         noise: a.noise,
     };
-    spec.validate()?;
-    let format = a.output.format()?;
+    spec.validate().map_err(usage)?;
+    let format = format_of(&a.output)?;
     let fingerprint = format!(
         "gen-{:016x}",
         gang::stage::manifest::fnv1a64(format!("{}|{format}", serde_json::to_string(&spec)?).as_bytes())
@@ -394,8 +224,8 @@ fn dataset_stats(ctx: &Context, plan: &PartitionPlan, options: &PlanOptions) -> 
 }
 
 pub fn stats(config: Config, a: &StatsArgs) -> Result<()> {
-    let inputs = a.input.inputs()?;
-    let options = a.input.options();
+    let inputs = inputs_of(&a.input)?;
+    let options = plan_options(&a.input);
     execute(config, |ctx| {
         let started = Instant::now();
         let plan = PartitionPlan::discover_on_root(ctx.comm(), &inputs, &options)?;
@@ -419,9 +249,9 @@ pub fn stats(config: Config, a: &StatsArgs) -> Result<()> {
 }
 
 pub fn standardize(config: Config, a: &StandardizeArgs) -> Result<()> {
-    let inputs = a.input.inputs()?;
-    let options = a.input.options();
-    let format = a.output.format()?;
+    let inputs = inputs_of(&a.input)?;
+    let options = plan_options(&a.input);
+    let format = format_of(&a.output)?;
     execute(config, |ctx| {
         let plan = PartitionPlan::discover_on_root(ctx.comm(), &inputs, &options)?;
         let stats = dataset_stats(ctx, &plan, &options)?;
@@ -445,11 +275,11 @@ pub fn standardize(config: Config, a: &StandardizeArgs) -> Result<()> {
 
 pub fn convert(config: Config, a: &ConvertArgs) -> Result<()> {
     if a.partitions == 0 {
-        bail!("--partitions must be at least 1");
+        return Err(usage(anyhow::anyhow!("--partitions must be at least 1")));
     }
-    let inputs = a.input.inputs()?;
-    let options = a.input.options();
-    let format = a.output.format()?;
+    let inputs = inputs_of(&a.input)?;
+    let options = plan_options(&a.input);
+    let format = format_of(&a.output)?;
     execute(config, |ctx| {
         let plan = PartitionPlan::discover_on_root(ctx.comm(), &inputs, &options)?;
         let total = plan.total_rows();
@@ -517,8 +347,8 @@ fn rows_of(
 pub fn train(config: Config, a: &TrainArgs) -> Result<()> {
     use gang::train::{self, data, model_file, CheckpointConfig, TrainConfig};
     use gang_kernels::Optimizer;
-    let inputs = a.input.inputs()?;
-    let options = a.input.options();
+    let inputs = inputs_of(&a.input)?;
+    let options = plan_options(&a.input);
     let optimizer = match a.optimizer.as_str() {
         "sgd" => Optimizer::Sgd { lr: a.lr, momentum: a.momentum, weight_decay: a.weight_decay },
         "adam" => match Optimizer::adam(a.lr) {
@@ -527,10 +357,10 @@ pub fn train(config: Config, a: &TrainArgs) -> Result<()> {
             }
             other => other,
         },
-        other => bail!("--optimizer {other}: expected sgd or adam"),
+        other => return Err(usage(anyhow::anyhow!("--optimizer {other}: expected sgd or adam"))),
     };
     if a.checkpoint_every == 0 {
-        bail!("--checkpoint-every must be at least 1");
+        return Err(usage(anyhow::anyhow!("--checkpoint-every must be at least 1")));
     }
     execute(config, |ctx| {
         let started = Instant::now();
@@ -626,9 +456,9 @@ pub fn predict(config: Config, a: &PredictArgs) -> Result<()> {
     use gang::train::{data, model_file};
     use gang_kernels::Output;
     use std::sync::Arc;
-    let inputs = a.input.inputs()?;
-    let options = a.input.options();
-    let format = a.output.format()?;
+    let inputs = inputs_of(&a.input)?;
+    let options = plan_options(&a.input);
+    let format = format_of(&a.output)?;
     execute(config, |ctx| {
         // Loaded once per rank, before the stage.
         let (model, info) = model_file::load(&a.model)?;
