@@ -17,8 +17,8 @@
 use anyhow::{bail, Context as _, Result};
 use arrow_array::RecordBatch;
 use gang::data::{read_partition, Input, PartitionPlan, PlanOptions, Prefetch, PrefetchOptions};
-use gang::jobs::standardize::{feature_columns, standardize};
-use gang::jobs::stats::TableSummary;
+use gang::internal::jobs::standardize::{feature_columns, standardize};
+use gang::internal::jobs::stats::TableSummary;
 use gang::stage::{MapStage, OutputFormat};
 use gang::{Context, ReduceOp};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;

@@ -30,7 +30,7 @@
 use anyhow::{bail, Context as _, Result};
 use gang::checkpoint::{CheckpointStore, Meta, State, Tensor};
 use gang::data::{Input, PartitionPlan, PlanOptions};
-use gang::fault::{FaultKind, FaultPlan};
+use gang::internal::fault::{FaultKind, FaultPlan};
 use gang::train::{self, data, TrainConfig};
 use gang::{Context, ReduceOp};
 use gang_kernels::Optimizer;
@@ -352,7 +352,7 @@ fn ckpt(ctx: &Context, dir: &Path, mb: usize, reps: usize, out: &str) -> Result<
                     written += chunk.len() as u64;
                     // The same write-back started every 32 MiB as the checkpoint's.
                     if ahead && written.is_multiple_of(32 << 20) {
-                        gang::bench_support::start_writeback(&f, written - (32 << 20), 32 << 20);
+                        gang::internal::start_writeback(&f, written - (32 << 20), 32 << 20);
                     }
                 }
                 f.sync_all()?;

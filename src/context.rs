@@ -16,6 +16,7 @@ use std::path::Path;
 
 /// How the ranks of this process are made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum BackendChoice {
     /// MPI when a launcher started this process, otherwise a single Local rank.
     Auto,
@@ -33,6 +34,7 @@ pub enum BackendChoice {
 /// practice with both Open MPI and MPICH. Ask for more with `GANG_MPI_THREADING` when
 /// other code of the process calls MPI from several threads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+#[non_exhaustive]
 pub enum MpiThreading {
     /// `MPI_THREAD_SINGLE`.
     #[default]
@@ -561,7 +563,7 @@ where
             match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&ctx))) {
                 Ok(Ok(v)) => Ok(vec![v]),
                 Ok(Err(e)) => {
-                    ctx.fail_gang("execute", &e);
+                    ctx.fail_gang(failure::EXECUTE, &e);
                     // fail_gang does not return under Process scope (MPI).
                     Err(e)
                 }

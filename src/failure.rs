@@ -94,13 +94,18 @@ fn write_record(dir: &Path, rank: usize, attempt: u32, kind: FailureKind, class:
     }
 }
 
+/// The stage of an error returned from the function [`crate::execute`] runs.
+pub(crate) const EXECUTE: &str = "execute";
+
 /// Records `error` as this rank's failure in `stage` and stops the gang. Under
 /// [`FailureScope::Process`] this does not return. A [`Error::GangFailed`] (a peer's
 /// failure reaching this rank) is not recorded again: the gang is already stopping.
 pub(crate) fn fail_gang(comm: &Comm, run: &RunInfo, stage: &str, error: &Error, code: i32) {
     let message = error.to_string();
     if !matches!(error, Error::GangFailed { .. }) {
-        record(comm.rank(), run, FailureKind::Error, error.class(), &format!("{stage}: {message}"));
+        // An error returned from the rank's function as a whole needs no stage name.
+        let text = if stage == EXECUTE { message.clone() } else { format!("{stage}: {message}") };
+        record(comm.rank(), run, FailureKind::Error, error.class(), &text);
     }
     comm.abort_gang(stage, &message, code);
 }

@@ -32,20 +32,43 @@ mod durable;
 pub mod env;
 mod error;
 pub mod failure;
-pub mod fault;
-pub mod heartbeat;
-pub mod jobs;
+mod fault;
+mod heartbeat;
+mod jobs;
 pub mod section;
-pub mod selftest;
+mod selftest;
 pub mod stage;
 mod sys;
-/// What gang's benchmarks (`bench/`) share with the library to measure its limits on the
-/// same terms; not part of the API.
-#[doc(hidden)]
-pub mod bench_support {
-    pub use crate::sys::start_writeback;
-}
 pub mod train;
+
+/// Not part of the API: what gang's own binary of the built-in jobs (`gang-rank`), its
+/// tests and its benchmarks (`bench/`) share with the library (the jobs' logic, fault
+/// injection, the self-test, the hashes and names of gang's files, the write-back call the
+/// benchmarks measure their limits with). It changes without notice.
+#[doc(hidden)]
+pub mod internal {
+    /// Fault injection (`GANG_FAULT`).
+    pub mod fault {
+        pub use crate::fault::*;
+    }
+    /// The built-in jobs' logic.
+    pub mod jobs {
+        pub use crate::jobs::*;
+    }
+    /// The self-check of every collective (`gang selftest`).
+    pub mod selftest {
+        pub use crate::selftest::*;
+    }
+    pub use crate::sys::start_writeback;
+
+    /// `_gang_`: the prefix of what a job adds beside its committed output.
+    pub const SIDECAR_PREFIX: &str = crate::stage::committer::SIDECAR_PREFIX;
+
+    /// 64-bit FNV-1a, the hash of gang's fingerprints on disk.
+    pub fn fnv1a64(bytes: &[u8]) -> u64 {
+        crate::stage::manifest::fnv1a64(bytes)
+    }
+}
 
 /// The rsmpi crate gang's Mpi backend is built on, for programs that initialize MPI
 /// themselves and hand gang a communicator ([`init_from_comm`]).

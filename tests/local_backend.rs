@@ -1,7 +1,7 @@
 //! The Local backend: every collective at N = 1..4, with and without splitting into
 //! chunks, and the failure semantics (no hang when a rank fails or strays).
 
-use gang::selftest::selftest;
+use gang::internal::selftest::selftest;
 use gang::{execute, Config, Error, RankBuffers, ReduceOp};
 
 #[test]

@@ -178,7 +178,17 @@ pub fn judge(
             cause: None,
         };
     }
-    if let Some(f) = failures.iter().min_by_key(|f| (f.time_unix_ns, f.rank)) {
+    // The same error recorded by several ranks is one decision that reached them all (rank 0
+    // decides and every rank gets its error, e.g. an unreadable input found while planning):
+    // the lowest of those ranks is named, whichever wrote its record first.
+    let earliest = failures.iter().min_by_key(|f| (f.time_unix_ns, f.rank));
+    let root = earliest.and_then(|e| {
+        failures
+            .iter()
+            .filter(|g| g.message == e.message && g.class == e.class && g.attempt == e.attempt)
+            .min_by_key(|g| g.rank)
+    });
+    if let Some(f) = root {
         // The failing rank's own exit code tells, when its supervisor recorded one. A rank
         // that recorded a failure may still be killed by a signal before it exits on its own
         // (peers abort at the same moment): that signal says nothing, so then mpirun's code
@@ -317,6 +327,19 @@ mod tests {
 
     fn judge_(failures: &[FailureRecord], exits: &[ExitRecord], launcher: ExitStatus) -> Outcome {
         judge(None, None, failures, exits, launcher, "mpirun")
+    }
+
+    #[test]
+    fn the_same_error_on_several_ranks_names_the_lowest_rank() {
+        let failures = [
+            failure(1, FailureKind::Error, "x.parquet (footer, rank 0): bad", 10),
+            failure(0, FailureKind::Error, "x.parquet (footer, rank 0): bad", 12),
+        ];
+        let m = judge_(&failures, &[], ExitStatus::Code(1)).message.unwrap();
+        assert!(m.starts_with("gang: rank 0 failed first"), "{m}");
+        let failures = [failure(1, FailureKind::Error, "disk full", 10), failure(0, FailureKind::Error, "later", 12)];
+        let m = judge_(&failures, &[], ExitStatus::Code(1)).message.unwrap();
+        assert!(m.starts_with("gang: rank 1 failed first"), "{m}");
     }
 
     #[test]

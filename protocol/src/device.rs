@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 /// The compute device of one rank.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Device {
     /// No GPU: the CPU kernels run on the rank's cores.
     Cpu,

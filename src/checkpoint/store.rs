@@ -78,7 +78,8 @@ impl CheckpointStore {
         Ok(CheckpointStore { dir: dir.into(), retention, faults: FaultPlan::from_env()? })
     }
 
-    /// Replaces the fault plan (tests).
+    /// Replaces the fault plan (gang's tests and benchmarks; not API).
+    #[doc(hidden)]
     pub fn with_faults(mut self, faults: FaultPlan) -> CheckpointStore {
         self.faults = faults;
         self

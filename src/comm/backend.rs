@@ -36,9 +36,9 @@ pub enum ElementsMut<'a> {
 }
 
 /// Runs `$body` with `$b` bound to the typed slice inside an [`Elements`] or
-/// [`ElementsMut`] (for backends that compute on the elements themselves).
-#[macro_export]
-#[doc(hidden)]
+/// [`ElementsMut`] (for gang's backends that compute on the elements themselves; a backend
+/// outside this crate matches the variants it supports and refuses the others, since the
+/// enums may grow).
 macro_rules! with_elements {
     ($e:expr, $enum:ident, $b:ident => $body:expr) => {
         match $e {
@@ -51,6 +51,8 @@ macro_rules! with_elements {
         }
     };
 }
+
+pub(crate) use with_elements;
 
 impl Elements<'_> {
     /// Number of elements.

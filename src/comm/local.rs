@@ -268,7 +268,7 @@ impl CommBackend for LocalComm {
     }
 
     fn broadcast(&self, root: usize, buf: ElementsMut<'_>) -> Result<()> {
-        crate::with_elements!(buf, ElementsMut, b => self.bcast_typed(root, b))
+        super::backend::with_elements!(buf, ElementsMut, b => self.bcast_typed(root, b))
     }
 
     fn allreduce(&self, send: Option<Elements<'_>>, recv: ElementsMut<'_>, op: ReduceOp) -> Result<()> {

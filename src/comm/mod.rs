@@ -31,6 +31,7 @@ pub const MPI_MAX_COUNT: usize = i32::MAX as usize;
 
 /// A reduction operator for [`Comm::allreduce`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum ReduceOp {
     /// Sum (numeric types).
     Sum,

@@ -16,6 +16,7 @@ use std::path::Path;
 /// How a 2-D HDF5 dataset `[rows, k]` becomes columns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Hdf5TwoD {
     /// `k` columns `name_0 .. name_{k-1}`.
     #[default]

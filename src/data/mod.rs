@@ -35,6 +35,7 @@ pub type BatchIter = Box<dyn Iterator<Item = Result<RecordBatch>> + Send>;
 /// File formats gang reads and writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum FileFormat {
     /// Apache Parquet.
     Parquet,
@@ -47,6 +48,7 @@ pub enum FileFormat {
 /// The part of a file one partition covers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Slice {
     /// Parquet row groups `start..end`.
     RowGroups(Range<usize>),

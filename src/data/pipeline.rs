@@ -91,7 +91,7 @@ impl std::fmt::Debug for Prefetch {
 
 impl Prefetch {
     /// Reads `partitions` (in the given order; normally a rank's partitions by id) with
-    /// [`read_partition`](super::read_partition).
+    /// [`read_partition`].
     pub fn new(partitions: Vec<Partition>, schema: SchemaRef, plan: PlanOptions, opts: PrefetchOptions) -> Prefetch {
         Prefetch::with_reader(partitions, opts, move |p| read_partition(p, &schema, &plan))
     }

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 /// One input as given on the command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Input {
     /// A Parquet file, or a directory of Parquet files (Hive-style `key=value/`
     /// subdirectories included).

@@ -491,7 +491,7 @@ fn clear(dir: &Path) -> Result<()> {
 
 /// `_gang_*`: what a job adds beside its committed output (e.g. `gang gen`'s true model);
 /// gang's own, so replaced with the output on `--overwrite`.
-pub const SIDECAR_PREFIX: &str = "_gang_";
+pub(crate) const SIDECAR_PREFIX: &str = "_gang_";
 
 fn is_gang_sidecar(name: &str) -> bool {
     name.starts_with(SIDECAR_PREFIX)

@@ -104,7 +104,7 @@ pub fn schema_json(schema: &Schema) -> serde_json::Value {
 
 /// 64-bit FNV-1a: a hash that stays the same across Rust versions and platforms (unlike
 /// `DefaultHasher`), for fingerprints stored on disk.
-pub fn fnv1a64(bytes: &[u8]) -> u64 {
+pub(crate) fn fnv1a64(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for &b in bytes {
         h ^= u64::from(b);

@@ -20,6 +20,7 @@ use std::str::FromStr;
 
 /// Compression of Parquet output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum ParquetCompression {
     /// Zstandard at this level (1..=22); the default is level 3.
     Zstd(i32),
@@ -50,6 +51,7 @@ impl Default for ParquetCompression {
 /// assert!("csv".parse::<OutputFormat>().is_err());
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum OutputFormat {
     /// Apache Parquet.
     Parquet {

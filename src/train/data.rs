@@ -13,6 +13,7 @@ use gang_kernels::Targets;
 
 /// Labels of a shard.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum Labels {
     /// Class indices `0..k`.
     Class(Vec<i64>),

@@ -5,9 +5,11 @@ use anyhow::{Context as _, Result};
 use arrow_array::RecordBatch;
 use gang::data::plan::{Input, PartitionPlan, PlanOptions};
 use gang::data::{Prefetch, PrefetchOptions};
-use gang::jobs::gen::GenSpec;
-use gang::jobs::standardize::{feature_columns, standardize as standardize_batch, version as standardize_version};
-use gang::jobs::stats::{combine_across_ranks, TableSummary};
+use gang::internal::jobs::gen::GenSpec;
+use gang::internal::jobs::standardize::{
+    feature_columns, standardize as standardize_batch, version as standardize_version,
+};
+use gang::internal::jobs::stats::{combine_across_ranks, TableSummary};
 use gang::stage::map::StageOutput;
 use gang::stage::{MapStage, OutputFormat, StageReport};
 use gang::{execute, Config, Context, ReduceOp};
@@ -99,7 +101,7 @@ pub fn selftest(mut config: Config, a: &SelftestArgs) -> Result<()> {
         config = config.with_max_count(max);
     }
     execute(config, |ctx| {
-        let report = gang::selftest::selftest(ctx.comm())?;
+        let report = gang::internal::selftest::selftest(ctx.comm())?;
         let ok = ctx.comm().allreduce_scalar(true, ReduceOp::And)?;
         if ctx.rank() == 0 && ok {
             println!(
@@ -167,7 +169,7 @@ pub fn gen(config: Config, a: &GenArgs) -> Result<()> {
     let format = format_of(&a.output)?;
     let fingerprint = format!(
         "gen-{:016x}",
-        gang::stage::manifest::fnv1a64(format!("{}|{format}", serde_json::to_string(&spec)?).as_bytes())
+        gang::internal::fnv1a64(format!("{}|{format}", serde_json::to_string(&spec)?).as_bytes())
     );
     execute(config, |ctx| {
         let mut out = StageOutput::begin(ctx, "gen", &a.output.output, format, a.output.overwrite, &fingerprint)
@@ -183,7 +185,7 @@ pub fn gen(config: Config, a: &GenArgs) -> Result<()> {
         let report = out.finish(spec.partitions)?;
         if ctx.rank() == 0 {
             let model = serde_json::json!({ "spec": spec, "true_model": spec.true_model() });
-            let path = a.output.output.join(format!("{}true_model.json", gang::stage::committer::SIDECAR_PREFIX));
+            let path = a.output.output.join(format!("{}true_model.json", gang::internal::SIDECAR_PREFIX));
             let bytes = serde_json::to_vec_pretty(&model).map_err(gang::Error::external)?;
             gang_protocol::durable::write_file(&path, &bytes)
                 .map_err(|e| gang::Error::io(e.path().to_path_buf(), e.into_io_error()))?;
