@@ -220,15 +220,7 @@ fn epoch(ctx: &Context, model: &str, dir: &str, epochs: u64, batch: usize, out: 
     // As `gang train` does: rows shuffled once after loading, blocks of rows every epoch.
     shard.shuffle_rows(1);
     let kind = train::parse_model(model, classes)?;
-    let cfg = TrainConfig {
-        model: kind,
-        epochs,
-        batch_size: batch,
-        optimizer: Optimizer::adam(0.01),
-        seed: 1,
-        shuffle_block: 0,
-        checkpoint: None,
-    };
+    let cfg = TrainConfig::try_new(kind, epochs, batch)?.with_optimizer(Optimizer::adam(0.01))?.with_seed(1);
     let cores = gang_cores(ctx)?;
     ctx.comm().barrier()?;
     let report = train::train(ctx, &shard, &cfg, |_| {})?;

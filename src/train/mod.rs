@@ -25,35 +25,161 @@ use std::time::Instant;
 
 pub use data::{Labels, Shard};
 
-/// What to train and how.
+/// What to train and how: a builder that validates what it is given.
+///
+/// ```
+/// use gang::train::{CheckpointConfig, ModelKind, TrainConfig};
+/// use gang_kernels::Optimizer;
+///
+/// let cfg = TrainConfig::try_new(ModelKind::Logistic, 3, 512)
+///     .unwrap()
+///     .with_optimizer(Optimizer::adam(0.01))
+///     .unwrap()
+///     .with_seed(7)
+///     .with_checkpoint(CheckpointConfig::try_new("ckpt/", 100, 2).unwrap());
+/// assert_eq!((cfg.epochs(), cfg.batch_size(), cfg.seed()), (3, 512, 7));
+/// assert!(TrainConfig::try_new(ModelKind::Logistic, 0, 512).is_err());
+/// ```
 #[derive(Debug, Clone)]
 pub struct TrainConfig {
-    /// The model.
-    pub model: ModelKind,
-    /// Passes over the data.
-    pub epochs: u64,
-    /// Rows per step over the whole gang (each rank takes `batch_size / world`).
-    pub batch_size: usize,
-    /// Optimizer and its hyper-parameters.
-    pub optimizer: Optimizer,
-    /// Seed of the initial weights and the shuffles.
-    pub seed: u64,
-    /// Rows that stay together when an epoch is shuffled (see [`train`]); 1 shuffles
-    /// single rows; 0 takes as many rows as fit in [`SHUFFLE_BLOCK_BYTES`].
-    pub shuffle_block: usize,
+    model: ModelKind,
+    epochs: u64,
+    batch_size: usize,
+    optimizer: Optimizer,
+    seed: u64,
+    shuffle_block: usize,
+    checkpoint: Option<CheckpointConfig>,
+}
+
+impl TrainConfig {
+    /// Trains `model` for `epochs` passes over the data, `batch_size` rows per step over the
+    /// whole gang; SGD with learning rate 0.1, seed 0, blocks of rows as large as
+    /// fit in [`SHUFFLE_BLOCK_BYTES`], no checkpoints.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if `epochs` or `batch_size` is 0.
+    pub fn try_new(model: ModelKind, epochs: u64, batch_size: usize) -> Result<TrainConfig> {
+        if epochs == 0 {
+            return Err(Error::InvalidArgument("the number of epochs must be at least 1".into()));
+        }
+        if batch_size == 0 {
+            return Err(Error::InvalidArgument("the batch size must be at least 1".into()));
+        }
+        Ok(TrainConfig {
+            model,
+            epochs,
+            batch_size,
+            optimizer: Optimizer::sgd(0.1),
+            seed: 0,
+            shuffle_block: 0,
+            checkpoint: None,
+        })
+    }
+
+    /// The optimizer and its hyper-parameters.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for hyper-parameters that cannot work (a learning rate
+    /// that is not positive and finite, ...).
+    pub fn with_optimizer(mut self, optimizer: Optimizer) -> Result<TrainConfig> {
+        optimizer.validate().map_err(kernel_error)?;
+        self.optimizer = optimizer;
+        Ok(self)
+    }
+
+    /// The seed of the initial weights and the shuffles.
+    pub fn with_seed(mut self, seed: u64) -> TrainConfig {
+        self.seed = seed;
+        self
+    }
+
+    /// Rows that stay together when an epoch is shuffled (see [`train`]); 1 shuffles single
+    /// rows; 0 takes as many rows as fit in [`SHUFFLE_BLOCK_BYTES`].
+    pub fn with_shuffle_block(mut self, rows: usize) -> TrainConfig {
+        self.shuffle_block = rows;
+        self
+    }
+
     /// Checkpoints: where, every how many steps, how many to keep.
-    pub checkpoint: Option<CheckpointConfig>,
+    pub fn with_checkpoint(mut self, checkpoint: CheckpointConfig) -> TrainConfig {
+        self.checkpoint = Some(checkpoint);
+        self
+    }
+
+    /// The model.
+    pub fn model(&self) -> &ModelKind {
+        &self.model
+    }
+
+    /// Passes over the data.
+    pub fn epochs(&self) -> u64 {
+        self.epochs
+    }
+
+    /// Rows per step over the whole gang (each rank takes `batch_size / world`).
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
+    /// The optimizer.
+    pub fn optimizer(&self) -> &Optimizer {
+        &self.optimizer
+    }
+
+    /// The seed.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// Rows per shuffled block (0: as many as fit in [`SHUFFLE_BLOCK_BYTES`]).
+    pub fn shuffle_block(&self) -> usize {
+        self.shuffle_block
+    }
+
+    /// The checkpoints, if any.
+    pub fn checkpoint(&self) -> Option<&CheckpointConfig> {
+        self.checkpoint.as_ref()
+    }
 }
 
 /// Where and how often to checkpoint.
 #[derive(Debug, Clone)]
 pub struct CheckpointConfig {
+    dir: std::path::PathBuf,
+    every: u64,
+    keep: usize,
+}
+
+impl CheckpointConfig {
+    /// Checkpoints in `dir` every `every` steps (and at the end), keeping the newest `keep`
+    /// complete ones.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if `every` or `keep` is 0.
+    pub fn try_new(dir: impl Into<std::path::PathBuf>, every: u64, keep: usize) -> Result<CheckpointConfig> {
+        if every == 0 {
+            return Err(Error::InvalidArgument("checkpoints must be taken every 1 step or more".into()));
+        }
+        if keep == 0 {
+            return Err(Error::InvalidArgument("at least one checkpoint must be kept".into()));
+        }
+        Ok(CheckpointConfig { dir: dir.into(), every, keep })
+    }
+
     /// The checkpoint directory.
-    pub dir: std::path::PathBuf,
-    /// Save every this many steps (and at the end).
-    pub every: u64,
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// Steps between checkpoints.
+    pub fn every(&self) -> u64 {
+        self.every
+    }
+
     /// Complete checkpoints kept.
-    pub keep: usize,
+    pub fn keep(&self) -> usize {
+        self.keep
+    }
 }
 
 /// One epoch's figures over the whole gang.
@@ -452,14 +578,15 @@ mod tests {
     }
 
     fn cfg(dir: Option<&std::path::Path>, every: u64) -> TrainConfig {
-        TrainConfig {
-            model: ModelKind::Logistic,
-            epochs: 4,
-            batch_size: 64,
-            optimizer: Optimizer::adam(0.05),
-            seed: 3,
-            shuffle_block: 8,
-            checkpoint: dir.map(|d| CheckpointConfig { dir: d.to_path_buf(), every, keep: 2 }),
+        let c = TrainConfig::try_new(ModelKind::Logistic, 4, 64)
+            .unwrap()
+            .with_optimizer(Optimizer::adam(0.05))
+            .unwrap()
+            .with_seed(3)
+            .with_shuffle_block(8);
+        match dir {
+            Some(d) => c.with_checkpoint(CheckpointConfig::try_new(d, every, 2).unwrap()),
+            None => c,
         }
     }
 

@@ -387,19 +387,13 @@ pub fn train(config: Config, a: &TrainArgs) -> Result<()> {
                 ctx.attempt()
             );
         }
-        let cfg = TrainConfig {
-            model: kind,
-            epochs: a.epochs,
-            batch_size: a.batch_size,
-            optimizer,
-            seed: a.seed,
-            shuffle_block: a.shuffle_block,
-            checkpoint: a.checkpoint_dir.as_ref().map(|d| CheckpointConfig {
-                dir: d.clone(),
-                every: a.checkpoint_every,
-                keep: a.keep,
-            }),
-        };
+        let mut cfg = TrainConfig::try_new(kind, a.epochs, a.batch_size)?
+            .with_optimizer(optimizer)?
+            .with_seed(a.seed)
+            .with_shuffle_block(a.shuffle_block);
+        if let Some(d) = &a.checkpoint_dir {
+            cfg = cfg.with_checkpoint(CheckpointConfig::try_new(d, a.checkpoint_every, a.keep)?);
+        }
         let classification = classes > 0;
         let report = train::train(ctx, &shard, &cfg, |e| {
             if ctx.rank() == 0 {
