@@ -28,8 +28,8 @@ pub use data::{Labels, Shard};
 /// What to train and how: a builder that validates what it is given.
 ///
 /// ```
-/// use gang::train::{CheckpointConfig, ModelKind, TrainConfig};
-/// use gang_kernels::Optimizer;
+/// use gang::train::{CheckpointConfig, TrainConfig};
+/// use gang_kernels::{ModelKind, Optimizer};
 ///
 /// let cfg = TrainConfig::try_new(ModelKind::Logistic, 3, 512)
 ///     .unwrap()
