@@ -4,9 +4,7 @@
 #[cfg(feature = "mpi")]
 use crate::comm::mpi::{MpiComm, MpiRuntime};
 use crate::comm::{Comm, FailureScope, LocalGroup};
-#[cfg(feature = "mpi")]
-use crate::env::placement_from_hosts;
-use crate::env::RankEnv;
+use crate::env::{placement_from_hosts, RankEnv};
 use crate::error::{Error, Result};
 use crate::failure::{self, RunInfo};
 pub use crate::failure::{EXIT_RANK_ERROR, EXIT_RANK_PANIC};
@@ -199,26 +197,7 @@ impl Context {
     /// # Errors
     /// [`Error::Environment`] for malformed launcher variables; communication errors.
     pub fn from_comm(comm: Comm, run: RunInfo) -> Result<Context> {
-        let env = RankEnv::from_env()?;
-        let host = gang_protocol::hostname();
-        let hosts = comm.allgather_bytes(host.as_bytes())?;
-        let hosts: Vec<String> = hosts.iter().map(|h| String::from_utf8_lossy(h).into_owned()).collect();
-        let (local_rank, local_size, node_index) = crate::env::placement_from_hosts(&hosts, comm.rank());
-        let device = env.device(local_rank);
-        let run_dir = run.run_dir.clone().map(|d| RunDir::open(d).with_attempt(run.attempt));
-        Ok(Context {
-            comm,
-            local_rank,
-            local_size,
-            node_index,
-            host,
-            device,
-            env,
-            run_dir,
-            run,
-            mpi_threading: None,
-            sections_entered: Default::default(),
-        })
+        placed(comm, RankEnv::from_env()?, run, None, false)
     }
 
     /// This rank, `0..world()`.
@@ -471,21 +450,35 @@ fn mpi_context(
             failure::fail_gang(&comm, &run, "init", &e, EXIT_RANK_ERROR);
         }
     }
+    placed(comm, env, run, mpi_threading, !adopted)
+}
+
+/// The context of a rank of `comm` once it is up: local rank, local size and node from an
+/// exchange of host names (collective), or from the launcher's variables where
+/// `env_placement` allows them (they describe the launcher's world, which an adopted or
+/// split communicator is not).
+fn placed(
+    comm: Comm,
+    env: RankEnv,
+    run: RunInfo,
+    mpi_threading: Option<MpiThreading>,
+    env_placement: bool,
+) -> Result<Context> {
     let host = gang_protocol::hostname();
     let hosts = comm.allgather_bytes(host.as_bytes())?;
     let hosts: Vec<String> = hosts.iter().map(|h| String::from_utf8_lossy(h).into_owned()).collect();
-    let (derived_local, derived_local_size, derived_node) = placement_from_hosts(&hosts, rank);
-    let (local_rank, local_size, node_index) = if adopted {
-        (derived_local, derived_local_size, derived_node)
-    } else {
+    let (derived_local, derived_local_size, derived_node) = placement_from_hosts(&hosts, comm.rank());
+    let (local_rank, local_size, node_index) = if env_placement {
         (
             env.local_rank.unwrap_or(derived_local),
             env.local_size.unwrap_or(derived_local_size),
             env.node_index.unwrap_or(derived_node),
         )
+    } else {
+        (derived_local, derived_local_size, derived_node)
     };
     let device = env.device(local_rank);
-    let run_dir = env.run_dir.clone().map(|d| RunDir::open(d).with_attempt(env.attempt));
+    let run_dir = run.run_dir.clone().map(|d| RunDir::open(d).with_attempt(run.attempt));
     Ok(Context {
         comm,
         local_rank,
