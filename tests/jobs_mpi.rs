@@ -219,3 +219,41 @@ fn corrupt_inputs_fail_the_gang_naming_file_partition_and_rank_with_nothing_writ
     assert!(stderr.contains("part-00002.parquet") && stderr.contains("truncated"), "{stderr}");
     assert!(visible(&out_dir).is_empty(), "partial output visible: {:?}", visible(&out_dir));
 }
+
+#[test]
+fn a_zero_row_pyarrow_file_has_zero_rows_and_a_missing_input_is_said_not_to_exist() {
+    let fx = data_support::python_fixtures();
+    let sc = Scratch::new("jobs-badinput");
+    let runs = sc.path("runs");
+    let empty = fx.join("empty.parquet");
+    let out = assert_success(&gang(&["stats", "-n", "2", "--no-tag-output", "--input", s(&empty), "--json"], &runs));
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(j["rows"], 0);
+    assert_eq!(j["columns"][0]["count"], 0);
+    assert!(j["columns"][0]["mean"].is_null());
+    // Beside a file with rows, it adds nothing.
+    let both = assert_success(&gang(
+        &[
+            "stats",
+            "-n",
+            "2",
+            "--no-tag-output",
+            "--input",
+            s(&empty),
+            "--input",
+            s(&fx.join("onegroup.parquet")),
+            "--json",
+        ],
+        &runs,
+    ));
+    let j: serde_json::Value = serde_json::from_str(&both).unwrap();
+    assert_eq!(j["rows"], 50_000);
+
+    for missing in ["/nonexistent", "/nonexistent/data.parquet"] {
+        let out = gang(&["stats", "-n", "2", "--input", missing], &runs);
+        let (_, stderr) = common::text(&out);
+        assert!(!out.status.success());
+        assert!(stderr.contains(missing) && stderr.contains("does not exist"), "{missing}: {stderr}");
+        assert!(!stderr.contains("unknown input format"), "{stderr}");
+    }
+}

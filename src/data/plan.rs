@@ -60,6 +60,7 @@ impl Input {
             Some(FileFormat::Ipc) => Ok(Input::Ipc(path)),
             Some(FileFormat::Hdf5) => Ok(Input::Hdf5 { path, datasets: Vec::new() }),
             None if path.is_dir() => Ok(Input::Parquet(path)),
+            None if std::fs::symlink_metadata(&path).is_err() => Err(does_not_exist(&path)),
             None => Err(Error::input(
                 path,
                 None,
@@ -76,6 +77,11 @@ impl Input {
             Input::Hdf5 { path, .. } => path,
         }
     }
+}
+
+/// The error for an input path that is not there, before its name is judged.
+fn does_not_exist(path: &Path) -> Error {
+    Error::input(path, None, "does not exist: check the path (inputs are read by every rank, from the same path)")
 }
 
 /// The format a file name says it has.
@@ -349,7 +355,11 @@ pub(crate) const HIVE_NULL: &str = "__HIVE_DEFAULT_PARTITION__";
 fn find_files(input: &Input) -> Result<Vec<Found>> {
     let path = input.path();
     let meta = std::fs::metadata(path).map_err(|e| {
-        Error::input(path, None, format!("cannot open: {e}; check the path (inputs are read by every rank)"))
+        if e.kind() == std::io::ErrorKind::NotFound {
+            does_not_exist(path)
+        } else {
+            Error::input(path, None, format!("cannot open: {e}; check the path (inputs are read by every rank)"))
+        }
     })?;
     if !meta.is_dir() {
         let (format, datasets) = match input {
@@ -547,7 +557,14 @@ mod tests {
         let dir = std::env::temp_dir();
         assert_eq!(Input::parse(dir.to_str().unwrap()).unwrap(), Input::Parquet(dir.clone()));
         let e = Input::parse("nope.csv").unwrap_err().to_string();
-        assert!(e.contains("nope.csv") && e.contains(".parquet"), "{e}");
+        assert!(e.contains("nope.csv") && e.contains("does not exist"), "{e}");
+        let csv = dir.join(format!("gang-plan-input-{}.csv", std::process::id()));
+        std::fs::write(&csv, b"a,b\n").unwrap();
+        let e = Input::parse(csv.to_str().unwrap()).unwrap_err().to_string();
+        assert!(e.contains("unknown input format") && e.contains(".parquet"), "{e}");
+        std::fs::remove_file(&csv).unwrap();
+        let e = Input::parse("/nonexistent").unwrap_err().to_string();
+        assert!(e.contains("/nonexistent") && e.contains("does not exist"), "{e}");
         assert!(Input::parse("  ").is_err());
     }
 
@@ -663,7 +680,7 @@ mod tests {
         assert_eq!(found[1].hive, vec![("year".into(), "2024".into()), ("month".into(), "10".into())]);
         std::fs::remove_dir_all(&root).unwrap();
         let e = find_files(&Input::Parquet(root.clone())).unwrap_err().to_string();
-        assert!(e.contains("cannot open"), "{e}");
+        assert!(e.contains("does not exist"), "{e}");
     }
 
     #[test]
