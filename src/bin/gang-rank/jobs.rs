@@ -62,7 +62,7 @@ pub struct OutputArgs {
     /// Output directory (committed exactly once: complete with `_SUCCESS`, or absent).
     #[arg(long, value_name = "DIR")]
     output: PathBuf,
-    /// Output format: parquet (zstd), parquet:snappy, parquet:none, ipc, ipc:zstd, hdf5.
+    /// Output format: parquet (snappy), parquet:zstd[:LEVEL], parquet:none, ipc, ipc:zstd, hdf5.
     #[arg(long, default_value = "parquet")]
     format: String,
     /// Replace a committed result in the output directory.
