@@ -11,6 +11,9 @@
 //! - `rw-raw IN OUT OUT.json`: the limit of the map stage: the same read in a plain loop,
 //!   then the same standardized batches written with `ArrowWriter` (zstd) in a plain loop.
 //!
+//! - `write-plain BYTES DIR OUT.json`: the hardware's write limit: each rank writes its share
+//!   of BYTES in 1 MiB `write`s to one file, then fsyncs it.
+//!
 //! Every figure is one JSON line `{bench, ranks, rows, bytes, seconds}` appended to OUT.json
 //! by rank 0; seconds are the slowest rank's.
 
@@ -39,6 +42,7 @@ fn main() -> Result<()> {
         ["h5-gang", file, out] => h5_gang(&ctx, file, out),
         ["map-gang", input, output, out] => map_gang(&ctx, input, Path::new(output), out),
         ["rw-raw", input, output, out] => rw_raw(&ctx, Path::new(input), Path::new(output), out),
+        ["write-plain", bytes, dir, out] => write_plain(&ctx, bytes.parse()?, Path::new(dir), out),
         _ => bail!("usage: data-bench scan-raw DIR OUT | scan-gang DIR OUT | h5-gang FILE OUT | map-gang IN OUTDIR OUT | rw-raw IN OUTDIR OUT"),
     }
 }
@@ -85,19 +89,51 @@ fn read_raw(file: &Path, batch_size: usize) -> Result<Vec<RecordBatch>> {
     Ok(reader.collect::<Result<Vec<_>, _>>()?)
 }
 
+/// Rank r reads row groups r, r+N, ... of the files in order (whole files when each has
+/// one row group), in a plain loop.
 fn scan_raw(ctx: &Context, dir: &Path, out: &str) -> Result<()> {
-    let files = parquet_files(dir)?;
-    let mine: Vec<PathBuf> = files.iter().skip(ctx.rank()).step_by(ctx.world()).cloned().collect();
+    let files = if dir.is_dir() { parquet_files(dir)? } else { vec![dir.to_path_buf()] };
+    let mut groups = Vec::new();
+    for f in &files {
+        let meta = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(f)?)?;
+        for g in meta.metadata().row_groups().iter().enumerate() {
+            groups.push((f.clone(), g.0, g.1.compressed_size() as u64));
+        }
+    }
+    let mine: Vec<_> = groups.into_iter().skip(ctx.rank()).step_by(ctx.world()).collect();
     ctx.comm().barrier()?;
     let t = Instant::now();
     let mut rows = 0u64;
-    for f in &mine {
+    for (f, g, _) in &mine {
         let file = std::fs::File::open(f)?;
-        for b in ParquetRecordBatchReaderBuilder::try_new(file)?.with_batch_size(65536).build()? {
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file)?.with_row_groups(vec![*g]).with_batch_size(65536);
+        for b in reader.build()? {
             rows += b?.num_rows() as u64;
         }
     }
-    report(ctx, out, "scan-raw", rows, file_bytes(&mine), t.elapsed().as_secs_f64())
+    let bytes = mine.iter().map(|m| m.2).sum();
+    report(ctx, out, "scan-raw", rows, bytes, t.elapsed().as_secs_f64())
+}
+
+fn write_plain(ctx: &Context, bytes: u64, dir: &Path, out: &str) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let mine = bytes / ctx.world() as u64;
+    let block = vec![0x5au8; 1 << 20];
+    let path = dir.join(format!("plain-{}.bin", ctx.rank()));
+    ctx.comm().barrier()?;
+    let t = Instant::now();
+    let mut f = std::fs::File::create(&path)?;
+    let mut left = mine;
+    while left > 0 {
+        let n = left.min(block.len() as u64) as usize;
+        f.write_all(&block[..n])?;
+        left -= n as u64;
+    }
+    f.sync_all()?;
+    let seconds = t.elapsed().as_secs_f64();
+    drop(f);
+    std::fs::remove_file(&path)?;
+    report(ctx, out, "write-plain", 0, mine, seconds)
 }
 
 fn scan_gang(ctx: &Context, dir: &str, out: &str) -> Result<()> {
@@ -105,6 +141,10 @@ fn scan_gang(ctx: &Context, dir: &str, out: &str) -> Result<()> {
     let plan = PartitionPlan::discover_on_root(ctx.comm(), &[Input::parse(dir)?], &opts)?;
     let mine: Vec<_> = plan.for_rank(ctx.rank(), ctx.world()).into_iter().cloned().collect();
     let bytes: u64 = mine.iter().map(|p| p.bytes).sum();
+    let idle = ctx.comm().allreduce_scalar(u64::from(mine.is_empty()), ReduceOp::Sum)?;
+    if ctx.rank() == 0 && idle > 0 {
+        eprintln!("scan-gang: {idle} of {} ranks have no partition", ctx.world());
+    }
     ctx.comm().barrier()?;
     let t = Instant::now();
     let mut rows = 0u64;

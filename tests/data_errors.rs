@@ -121,7 +121,7 @@ fn garbage_with_a_parquet_name_names_the_file() {
 fn missing_files_and_empty_directories_are_named() {
     let dir = scratch("missing");
     let e = discover(&[&dir.join("nope.parquet")]).unwrap_err();
-    assert!(input_error(&e).2.contains("cannot open"), "{e}");
+    assert!(input_error(&e).2.contains("does not exist"), "{e}");
     std::fs::write(dir.join("_SUCCESS"), b"").unwrap();
     let e = discover(&[&dir]).unwrap_err();
     let (path, _, detail) = input_error(&e);

@@ -219,3 +219,111 @@ fn corrupt_inputs_fail_the_gang_naming_file_partition_and_rank_with_nothing_writ
     assert!(stderr.contains("part-00002.parquet") && stderr.contains("truncated"), "{stderr}");
     assert!(visible(&out_dir).is_empty(), "partial output visible: {:?}", visible(&out_dir));
 }
+
+#[test]
+fn a_zero_row_pyarrow_file_has_zero_rows_and_a_missing_input_is_said_not_to_exist() {
+    let fx = data_support::python_fixtures();
+    let sc = Scratch::new("jobs-badinput");
+    let runs = sc.path("runs");
+    let empty = fx.join("empty.parquet");
+    let out = assert_success(&gang(&["stats", "-n", "2", "--no-tag-output", "--input", s(&empty), "--json"], &runs));
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(j["rows"], 0);
+    assert_eq!(j["columns"][0]["count"], 0);
+    assert!(j["columns"][0]["mean"].is_null());
+    // Beside a file with rows, it adds nothing.
+    let both = assert_success(&gang(
+        &[
+            "stats",
+            "-n",
+            "2",
+            "--no-tag-output",
+            "--input",
+            s(&empty),
+            "--input",
+            s(&fx.join("onegroup.parquet")),
+            "--json",
+        ],
+        &runs,
+    ));
+    let j: serde_json::Value = serde_json::from_str(&both).unwrap();
+    assert_eq!(j["rows"], 50_000);
+
+    for missing in ["/nonexistent", "/nonexistent/data.parquet"] {
+        let out = gang(&["stats", "-n", "2", "--input", missing], &runs);
+        let (_, stderr) = common::text(&out);
+        assert!(!out.status.success());
+        // The launcher refuses it before any rank starts (the library, for programs of
+        // their own, says "does not exist": tested with Input::parse).
+        assert!(stderr.contains(missing) && stderr.contains("no such file or directory"), "{missing}: {stderr}");
+        assert!(!stderr.contains("unknown input format"), "{stderr}");
+    }
+}
+
+#[test]
+fn one_pyarrow_file_with_fewer_row_groups_than_ranks_keeps_every_rank_busy() {
+    let sc = Scratch::new("jobs-cut");
+    let runs = sc.path("runs");
+    // pyarrow's defaults: 2,000,000 rows in row groups of 1 Mi rows (2 row groups).
+    let big = sc.path("big.parquet");
+    let small = sc.path("small.parquet");
+    let script = format!(
+        "import numpy as np, pyarrow as pa, pyarrow.parquet as pq\n\
+         i = np.arange(2_000_000, dtype=np.int64)\n\
+         pq.write_table(pa.table({{'id': i}}), {big:?})\n\
+         r = np.random.default_rng(3); x = r.standard_normal((50_000, 2)).astype(np.float32)\n\
+         y = (x[:, 0] + 0.5 * x[:, 1] > 0).astype(np.int64)\n\
+         pq.write_table(pa.table({{'f0': x[:, 0], 'f1': x[:, 1], 'y': y}}), {small:?}, row_group_size=1 << 20)\n",
+        big = s(&big),
+        small = s(&small)
+    );
+    let out = python::python().args(["-c", &script]).output().unwrap();
+    assert!(out.status.success(), "pyarrow: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(parquet_row_groups(&big), 2);
+
+    // The plan of a 4-rank gang gives every rank rows.
+    let o = PlanOptions { ranks: 4, ..PlanOptions::default() };
+    let plan = PartitionPlan::discover(&[Input::parse(s(&big)).unwrap()], &o).unwrap();
+    let loads: Vec<u64> = plan.assign(4).iter().map(|ids| ids.iter().map(|&i| plan.partitions[i].rows).sum()).collect();
+    assert!(loads.iter().all(|&l| l >= 450_000), "{loads:?}");
+    let out = assert_success(&gang(&["stats", "-n", "4", "--no-tag-output", "--input", s(&big)], &runs));
+    assert!(out.contains("over 4 ranks") && out.contains("2000000 rows"), "{out}");
+    let n: usize = out.split('(').nth(1).and_then(|t| t.split(' ').next()).and_then(|t| t.parse().ok()).unwrap();
+    assert!(n >= 4, "{n} partitions for 4 ranks: {out}");
+    let j: serde_json::Value = serde_json::from_str(&assert_success(&gang(
+        &["stats", "-n", "4", "--no-tag-output", "--input", s(&big), "--json"],
+        &runs,
+    )))
+    .unwrap();
+    assert_eq!(j["columns"][0]["count"], 2_000_000);
+    assert_eq!(j["columns"][0]["max"], 1_999_999.0);
+    assert_eq!(j["columns"][0]["mean"], 999_999.5);
+
+    // Training on one 50,000-row file (one row group) at 2 ranks.
+    let model = sc.path("model.safetensors");
+    let out = assert_success(&gang(
+        &[
+            "train",
+            "-n",
+            "2",
+            "--no-tag-output",
+            "--input",
+            s(&small),
+            "--label",
+            "y",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "1024",
+            "--output",
+            s(&model),
+        ],
+        &runs,
+    ));
+    assert!(out.contains("50000 rows") && model.is_file(), "{out}");
+}
+
+fn parquet_row_groups(f: &Path) -> usize {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    SerializedFileReader::new(std::fs::File::open(f).unwrap()).unwrap().metadata().num_row_groups()
+}

@@ -234,7 +234,7 @@ pub struct InputArgs {
     /// Rows per batch read.
     #[arg(long, default_value_t = 65536, value_parser = positive_u64)]
     pub read_batch: u64,
-    /// Rows per partition (row groups are never split).
+    /// Rows per partition (about: a row group is cut into row ranges only when the ranks need it).
     #[arg(long, default_value_t = 1 << 20, value_parser = positive_u64)]
     pub partition_rows: u64,
 }
@@ -245,8 +245,8 @@ pub struct OutputArgs {
     /// Output directory (committed exactly once: complete with `_SUCCESS`, or absent).
     #[arg(long, value_name = "DIR")]
     pub output: PathBuf,
-    /// Output format: parquet (zstd), parquet:zstd:LEVEL, parquet:snappy, parquet:none, ipc,
-    /// ipc:zstd, hdf5.
+    /// Output format: parquet (snappy), parquet:zstd[:LEVEL], parquet:none, ipc, ipc:zstd,
+    /// hdf5.
     #[arg(long, default_value = "parquet", value_parser = output_format)]
     pub format: String,
     /// Replace a committed result in the output directory.

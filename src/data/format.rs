@@ -28,7 +28,8 @@ pub enum Hdf5TwoD {
 /// Options of planning and reading.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlanOptions {
-    /// Rows per partition (about; a Parquet row group is never split). Default `1 << 20`.
+    /// Rows per partition (about; row groups are grouped, not cut, to reach it). Default
+    /// `1 << 20`.
     pub target_rows: u64,
     /// Columns to read, in this order (Hive keys included); `None` reads every column.
     pub columns: Option<Vec<String>>,
@@ -36,11 +37,18 @@ pub struct PlanOptions {
     pub batch_size: usize,
     /// How 2-D HDF5 datasets become columns.
     pub hdf5_2d: Hdf5TwoD,
+    /// The ranks the plan is balanced for. With fewer partitions than ranks, or a partition
+    /// more than twice a rank's share of the rows, Parquet row groups (and HDF5 row ranges)
+    /// are cut into row ranges, at page boundaries where the file has a page index, until
+    /// every rank has its share within 10%. Default 1 (nothing is cut);
+    /// [`PartitionPlan::discover_on_root`](super::PartitionPlan::discover_on_root) balances
+    /// for the gang's size.
+    pub ranks: usize,
 }
 
 impl Default for PlanOptions {
     fn default() -> Self {
-        PlanOptions { target_rows: 1 << 20, columns: None, batch_size: 65536, hdf5_2d: Hdf5TwoD::Columns }
+        PlanOptions { target_rows: 1 << 20, columns: None, batch_size: 65536, hdf5_2d: Hdf5TwoD::Columns, ranks: 1 }
     }
 }
 
@@ -61,6 +69,13 @@ pub(crate) trait Format: Sync {
     fn file_info(&self, path: &Path, datasets: &[String], opts: &PlanOptions) -> Result<FileInfo>;
     /// The batches of partition `p` with the columns of `schema`.
     fn read(&self, p: &Partition, schema: &SchemaRef, opts: &PlanOptions) -> Result<BatchIter>;
+    /// Where piece `piece` of `path` may be cut into row ranges: the first rows of its
+    /// pages, sorted, `0` first, from the page index of the column with the most pages.
+    /// `None`: the piece cannot be cut (an Arrow IPC batch); empty: anywhere (no page
+    /// index).
+    fn cut_points(&self, _path: &Path, _piece: usize) -> Result<Option<Vec<u64>>> {
+        Ok(None)
+    }
 }
 
 /// The implementation of `format`, or an error naming `path` and the cargo feature this

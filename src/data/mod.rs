@@ -56,6 +56,14 @@ pub enum Slice {
     Rows(Range<u64>),
     /// Arrow IPC record batches `start..end`.
     Batches(Range<usize>),
+    /// Rows `rows` (counted from the row group's first) of Parquet row group `row_group`:
+    /// a row group cut so that more ranks share it.
+    RowGroupRows {
+        /// The row group.
+        row_group: usize,
+        /// Rows within it.
+        rows: Range<u64>,
+    },
 }
 
 /// One unit of work: a contiguous piece of one input file.
@@ -87,6 +95,9 @@ impl Partition {
             Slice::RowGroups(r) => format!("partition {} (row groups {}..{})", self.id, r.start, r.end),
             Slice::Rows(r) => format!("partition {} (rows {}..{})", self.id, r.start, r.end),
             Slice::Batches(r) => format!("partition {} (record batches {}..{})", self.id, r.start, r.end),
+            Slice::RowGroupRows { row_group, rows } => {
+                format!("partition {} (rows {}..{} of row group {row_group})", self.id, rows.start, rows.end)
+            }
         }
     }
 }

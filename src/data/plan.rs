@@ -61,6 +61,7 @@ impl Input {
             Some(FileFormat::Ipc) => Ok(Input::Ipc(path)),
             Some(FileFormat::Hdf5) => Ok(Input::Hdf5 { path, datasets: Vec::new() }),
             None if path.is_dir() => Ok(Input::Parquet(path)),
+            None if std::fs::symlink_metadata(&path).is_err() => Err(does_not_exist(&path)),
             None => Err(Error::input(
                 path,
                 None,
@@ -77,6 +78,11 @@ impl Input {
             Input::Hdf5 { path, .. } => path,
         }
     }
+}
+
+/// The error for an input path that is not there, before its name is judged.
+fn does_not_exist(path: &Path) -> Error {
+    Error::input(path, None, "does not exist: check the path (inputs are read by every rank, from the same path)")
 }
 
 /// The format a file name says it has.
@@ -135,40 +141,29 @@ impl PartitionPlan {
             infos.push(driver(f.format, &f.path)?.file_info(&f.path, &f.datasets, opts)?);
         }
         let schema = check_schemas(&files, &infos, opts.columns.as_deref())?;
-        let mut partitions = Vec::new();
-        for (f, info) in files.iter().zip(&infos) {
-            let make = |slice: Slice, rows: u64, bytes: u64| Partition {
-                id: 0,
-                file: f.path.clone(),
-                format: f.format,
-                slice,
-                rows,
-                bytes,
-                hive: f.hive.clone(),
-                datasets: info.datasets.clone(),
-            };
-            match f.format {
-                FileFormat::Parquet | FileFormat::Ipc => {
-                    let rows: Vec<u64> = info.pieces.iter().map(|p| p.0).collect();
-                    for r in group_pieces(&rows, opts.target_rows) {
-                        let (n, b) = info.pieces[r.clone()].iter().fold((0, 0), |a, p| (a.0 + p.0, a.1 + p.1));
-                        let slice =
-                            if f.format == FileFormat::Parquet { Slice::RowGroups(r) } else { Slice::Batches(r) };
-                        partitions.push(make(slice, n, b));
-                    }
+        let mut partitions = cut(&files, &infos, opts, None)?;
+        let ranks = opts.ranks.max(1) as u64;
+        let total: u64 = partitions.iter().map(|p| p.rows).sum();
+        let share = total.div_ceil(ranks);
+        let largest = partitions.iter().map(|p| p.rows).max().unwrap_or(0);
+        if ranks > 1 && total > 0 && ((partitions.len() as u64) < ranks || largest > 2 * share) {
+            // Cut row groups at multiples of `at` rows (counted over the whole dataset), then
+            // halve `at` until the longest-first assignment gives every rank its share
+            // within 10%: deterministic, and each row in exactly one partition.
+            let mut at = share.max(1);
+            for _ in 0..8 {
+                partitions = cut(&files, &infos, opts, Some(at))?;
+                let plan = PartitionPlan { partitions: partitions.clone(), schema: schema.clone() };
+                let loads = plan
+                    .assign(ranks as usize)
+                    .iter()
+                    .map(|ids| ids.iter().map(|&i| partitions[i].rows).sum::<u64>())
+                    .max();
+                if loads.unwrap_or(0) <= share + share / 10 || at <= MIN_CUT_ROWS {
+                    break;
                 }
-                FileFormat::Hdf5 => {
-                    let (rows, bytes) = info.pieces.first().copied().unwrap_or((0, 0));
-                    for r in split_rows(rows, opts.target_rows) {
-                        let n = r.end - r.start;
-                        let b = if rows == 0 { 0 } else { (bytes as u128 * n as u128 / rows as u128) as u64 };
-                        partitions.push(make(Slice::Rows(r), n, b));
-                    }
-                }
+                at = (at / 2).max(MIN_CUT_ROWS);
             }
-        }
-        for (i, p) in partitions.iter_mut().enumerate() {
-            p.id = i;
         }
         Ok(PartitionPlan { partitions, schema })
     }
@@ -180,8 +175,9 @@ impl PartitionPlan {
     /// As [`PartitionPlan::discover`] (on every rank), and communication errors.
     pub fn discover_on_root(comm: &crate::Comm, inputs: &[Input], opts: &PlanOptions) -> Result<PartitionPlan> {
         let mut plan = None;
+        let opts = PlanOptions { ranks: opts.ranks.max(comm.size()), ..opts.clone() };
         let bytes = comm.agree_bytes("plan", || {
-            let p = PartitionPlan::discover(inputs, opts)?;
+            let p = PartitionPlan::discover(inputs, &opts)?;
             let b = p.to_bytes()?;
             plan = Some(p);
             Ok(b)
@@ -283,6 +279,110 @@ impl PartitionPlan {
 
 const PLAN_MAGIC: &[u8] = b"GANGPLAN1";
 
+/// Row groups are not cut into ranges shorter than this to balance a plan.
+const MIN_CUT_ROWS: u64 = 1024;
+
+/// The partitions of `files`: consecutive pieces grouped to about `opts.target_rows`, and,
+/// with `at`, pieces longer than `at` rows cut where the dataset's row count crosses a
+/// multiple of `at` (snapped to the nearest page boundary when the file has a page index),
+/// shorter ones grouped to about `at` at most.
+fn cut(files: &[Found], infos: &[FileInfo], opts: &PlanOptions, at: Option<u64>) -> Result<Vec<Partition>> {
+    let target = at.map_or(opts.target_rows, |a| a.min(opts.target_rows));
+    let mut partitions = Vec::new();
+    let mut offset = 0u64; // rows of the dataset before the current piece
+    for (f, info) in files.iter().zip(infos) {
+        let make = |slice: Slice, rows: u64, bytes: u64| Partition {
+            id: 0,
+            file: f.path.clone(),
+            format: f.format,
+            slice,
+            rows,
+            bytes,
+            hive: f.hive.clone(),
+            datasets: info.datasets.clone(),
+        };
+        match f.format {
+            FileFormat::Parquet | FileFormat::Ipc => {
+                let mut run_start = 0usize; // first piece of the run of uncut pieces
+                let flush = |partitions: &mut Vec<Partition>, run: std::ops::Range<usize>| {
+                    let rows: Vec<u64> = info.pieces[run.clone()].iter().map(|p| p.0).collect();
+                    for r in group_pieces(&rows, target) {
+                        let r = (r.start + run.start)..(r.end + run.start);
+                        let (n, b) = info.pieces[r.clone()].iter().fold((0, 0), |a, p| (a.0 + p.0, a.1 + p.1));
+                        let slice =
+                            if f.format == FileFormat::Parquet { Slice::RowGroups(r) } else { Slice::Batches(r) };
+                        partitions.push(make(slice, n, b));
+                    }
+                };
+                for (i, &(rows, bytes)) in info.pieces.iter().enumerate() {
+                    let cuts = match at {
+                        Some(a) if rows > a => driver(f.format, &f.path)?
+                            .cut_points(&f.path, i)?
+                            .map(|pages| cuts_of(offset, rows, a, &pages)),
+                        _ => None,
+                    };
+                    offset += rows;
+                    let Some(cuts) = cuts.filter(|c| c.len() > 2) else { continue };
+                    flush(&mut partitions, run_start..i);
+                    run_start = i + 1;
+                    for w in cuts.windows(2) {
+                        let n = w[1] - w[0];
+                        let b = (bytes as u128 * n as u128 / rows as u128) as u64;
+                        partitions.push(make(Slice::RowGroupRows { row_group: i, rows: w[0]..w[1] }, n, b));
+                    }
+                }
+                flush(&mut partitions, run_start..info.pieces.len());
+            }
+            FileFormat::Hdf5 => {
+                let (rows, bytes) = info.pieces.first().copied().unwrap_or((0, 0));
+                offset += rows;
+                for r in split_rows(rows, target) {
+                    let n = r.end - r.start;
+                    let b = if rows == 0 { 0 } else { (bytes as u128 * n as u128 / rows as u128) as u64 };
+                    partitions.push(make(Slice::Rows(r), n, b));
+                }
+            }
+        }
+    }
+    for (i, p) in partitions.iter_mut().enumerate() {
+        p.id = i;
+    }
+    Ok(partitions)
+}
+
+/// Row boundaries `0, .., rows` of a piece of `rows` rows that starts at row `offset` of the
+/// dataset: where the dataset's row count crosses a multiple of `at`, moved to the nearest
+/// of `pages` (page first rows; empty: anywhere) when one is within `at / 4` rows, without
+/// duplicates.
+pub(crate) fn cuts_of(offset: u64, rows: u64, at: u64, pages: &[u64]) -> Vec<u64> {
+    let mut out = vec![0];
+    let mut k = offset / at + 1;
+    while k * at < offset + rows {
+        let want = k * at - offset;
+        let got = if pages.is_empty() {
+            want
+        } else {
+            let i = pages.partition_point(|&p| p < want);
+            let after = pages.get(i).copied().unwrap_or(rows);
+            let before = if i > 0 { pages[i - 1] } else { 0 };
+            let near = if want - before <= after - want { before } else { after };
+            // Pages far coarser than the cut (one page per row group): cut inside a page,
+            // which the ranks on both sides then decode.
+            if near.abs_diff(want) <= at / 4 {
+                near
+            } else {
+                want
+            }
+        };
+        if got > *out.last().expect("0") && got < rows {
+            out.push(got);
+        }
+        k += 1;
+    }
+    out.push(rows);
+    out
+}
+
 /// Groups consecutive pieces (row groups, record batches) into ranges of about `target`
 /// rows: a piece joins the current range when that brings it closer to `target` than
 /// closing it would. Every piece belongs to exactly one range; empty input, no range.
@@ -350,7 +450,11 @@ pub(crate) const HIVE_NULL: &str = "__HIVE_DEFAULT_PARTITION__";
 fn find_files(input: &Input) -> Result<Vec<Found>> {
     let path = input.path();
     let meta = std::fs::metadata(path).map_err(|e| {
-        Error::input(path, None, format!("cannot open: {e}; check the path (inputs are read by every rank)"))
+        if e.kind() == std::io::ErrorKind::NotFound {
+            does_not_exist(path)
+        } else {
+            Error::input(path, None, format!("cannot open: {e}; check the path (inputs are read by every rank)"))
+        }
     })?;
     if !meta.is_dir() {
         let (format, datasets) = match input {
@@ -548,7 +652,14 @@ mod tests {
         let dir = std::env::temp_dir();
         assert_eq!(Input::parse(dir.to_str().unwrap()).unwrap(), Input::Parquet(dir.clone()));
         let e = Input::parse("nope.csv").unwrap_err().to_string();
-        assert!(e.contains("nope.csv") && e.contains(".parquet"), "{e}");
+        assert!(e.contains("nope.csv") && e.contains("does not exist"), "{e}");
+        let csv = dir.join(format!("gang-plan-input-{}.csv", std::process::id()));
+        std::fs::write(&csv, b"a,b\n").unwrap();
+        let e = Input::parse(csv.to_str().unwrap()).unwrap_err().to_string();
+        assert!(e.contains("unknown input format") && e.contains(".parquet"), "{e}");
+        std::fs::remove_file(&csv).unwrap();
+        let e = Input::parse("/nonexistent").unwrap_err().to_string();
+        assert!(e.contains("/nonexistent") && e.contains("does not exist"), "{e}");
         assert!(Input::parse("  ").is_err());
     }
 
@@ -573,6 +684,22 @@ mod tests {
         assert_eq!(g.first().unwrap().start, 0);
         assert_eq!(g.last().unwrap().end, 100);
         assert!(g.windows(2).all(|w| w[0].end == w[1].start && w[0].start < w[0].end));
+    }
+
+    #[test]
+    fn cuts_fall_on_multiples_of_the_dataset_rows_snapped_to_pages() {
+        assert_eq!(cuts_of(0, 100, 25, &[]), vec![0, 25, 50, 75, 100]);
+        // A piece starting at dataset row 110: the multiples of 50 at 150 and 200.
+        assert_eq!(cuts_of(110, 100, 50, &[]), vec![0, 40, 90, 100]);
+        // Snapped to the nearest page within at / 4 rows; farther pages are ignored.
+        let pages = [0, 24, 49, 80];
+        // (96 is 4 rows from the end of the piece, which is a page boundary too.)
+        assert_eq!(cuts_of(0, 100, 48, &pages), vec![0, 49, 100]);
+        assert_eq!(cuts_of(0, 100, 25, &pages), vec![0, 24, 49, 80, 100]);
+        assert_eq!(cuts_of(0, 100, 20, &pages), vec![0, 24, 40, 60, 80, 100]);
+        // No cut at the ends, no duplicates.
+        assert_eq!(cuts_of(0, 100, 100, &[]), vec![0, 100]);
+        assert_eq!(cuts_of(0, 10, 3, &[0, 5]), vec![0, 3, 6, 9, 10]);
     }
 
     #[test]
@@ -664,7 +791,7 @@ mod tests {
         assert_eq!(found[1].hive, vec![("year".into(), "2024".into()), ("month".into(), "10".into())]);
         std::fs::remove_dir_all(&root).unwrap();
         let e = find_files(&Input::Parquet(root.clone())).unwrap_err().to_string();
-        assert!(e.contains("cannot open"), "{e}");
+        assert!(e.contains("does not exist"), "{e}");
     }
 
     #[test]

@@ -24,10 +24,31 @@ pub struct ColumnSummary {
     pub count: u64,
     /// Nulls seen.
     pub nulls: u64,
+    // Sent between ranks as their bits: an empty summary's infinite min and max, and a
+    // column's NaN, have no JSON number (serde_json would write `null` and refuse to read
+    // it back), and the bits keep the combined figures exact.
+    #[serde(with = "f64_bits")]
     mean: f64,
+    #[serde(with = "f64_bits")]
     m2: f64,
+    #[serde(with = "f64_bits")]
     min: f64,
+    #[serde(with = "f64_bits")]
     max: f64,
+}
+
+/// An `f64` (de)serialized as the `u64` of its bits: every value, NaN and infinities
+/// included, round-trips exactly through any serde format.
+mod f64_bits {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(v.to_bits())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        u64::deserialize(d).map(f64::from_bits)
+    }
 }
 
 impl ColumnSummary {
@@ -318,6 +339,19 @@ mod tests {
         }
         assert_eq!(results[0], results[1]);
         assert_eq!(results[0], results[2]);
+        // An empty part (a zero-row file) and a NaN travel between ranks too.
+        let mut odd = vec![(0, empty.clone())];
+        let mut nan = empty.clone();
+        nan.add(&batch(&[Some(f64::NAN)], &[1])).unwrap();
+        odd.push((1, nan));
+        let r = crate::execute(crate::Config::local(2), move |ctx| {
+            let mine: Vec<_> = odd.iter().filter(|(id, _)| id % 2 == ctx.rank()).cloned().collect();
+            combine_across_ranks(ctx.comm(), &TableSummary::new(&whole.schema()), &mine)
+        })
+        .unwrap();
+        assert_eq!(r[0].rows, 1);
+        assert!(r[0].column("x").unwrap().mean().unwrap().is_nan());
+        assert_eq!(r[0].column("k").unwrap().min(), Some(1.0));
         let j = results[0].to_json();
         assert_eq!(j["columns"][0]["count"], 6);
         assert!(results[0].to_table().contains("6 rows"));

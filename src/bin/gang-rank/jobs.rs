@@ -256,8 +256,14 @@ pub fn standardize(config: Config, a: &StandardizeArgs) -> Result<()> {
     let format = format_of(&a.output)?;
     execute(config, |ctx| {
         let plan = PartitionPlan::discover_on_root(ctx.comm(), &inputs, &options)?;
-        let stats = dataset_stats(ctx, &plan, &options)?;
         let columns = feature_columns(&plan.schema, &a.keep);
+        // The statistics pass reads the feature columns only (issue 10).
+        let features: Vec<usize> = columns.iter().filter_map(|c| plan.schema.index_of(c).ok()).collect();
+        let projected = PartitionPlan {
+            partitions: plan.partitions.clone(),
+            schema: std::sync::Arc::new(plan.schema.project(&features)?),
+        };
+        let stats = dataset_stats(ctx, &projected, &options)?;
         if ctx.rank() == 0 {
             println!("standardize: {} feature columns ({}), keeping {:?}", columns.len(), columns.join(","), a.keep);
         }
