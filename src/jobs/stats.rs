@@ -64,13 +64,53 @@ impl ColumnSummary {
         }
     }
 
-    fn push(&mut self, x: f64) {
-        self.count += 1;
-        let d = x - self.mean;
-        self.mean += d / self.count as f64;
-        self.m2 += d * (x - self.mean);
-        self.min = self.min.min(x);
-        self.max = self.max.max(x);
+    /// Adds a block of values: its own count, mean, sum of squared deviations (two passes
+    /// over the block, which is in cache), minimum and maximum, merged in with Chan et al.'s
+    /// update. Independent lanes, no division per value: several times faster than
+    /// Welford's update per value, whose division chain bounds it, and as accurate.
+    fn push_block(&mut self, xs: &[f64]) {
+        if xs.is_empty() {
+            return;
+        }
+        const L: usize = 4;
+        let (mut sum, mut lo, mut hi) = ([0.0f64; L], [f64::INFINITY; L], [f64::NEG_INFINITY; L]);
+        let mut chunks = xs.chunks_exact(L);
+        for c in &mut chunks {
+            for k in 0..L {
+                sum[k] += c[k];
+                lo[k] = lo[k].min(c[k]);
+                hi[k] = hi[k].max(c[k]);
+            }
+        }
+        for (k, &x) in chunks.remainder().iter().enumerate() {
+            sum[k] += x;
+            lo[k] = lo[k].min(x);
+            hi[k] = hi[k].max(x);
+        }
+        let n = xs.len() as f64;
+        let mean = sum.iter().sum::<f64>() / n;
+        let mut sq = [0.0f64; L];
+        let mut chunks = xs.chunks_exact(L);
+        for c in &mut chunks {
+            for k in 0..L {
+                let d = c[k] - mean;
+                sq[k] += d * d;
+            }
+        }
+        for (k, &x) in chunks.remainder().iter().enumerate() {
+            let d = x - mean;
+            sq[k] += d * d;
+        }
+        let block = ColumnSummary {
+            name: String::new(),
+            count: xs.len() as u64,
+            nulls: 0,
+            mean,
+            m2: sq.iter().sum(),
+            min: lo.iter().copied().fold(f64::INFINITY, f64::min),
+            max: hi.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        };
+        self.merge(&block);
     }
 
     /// Adds another summary of the same column (Chan et al.'s parallel update).
@@ -80,9 +120,8 @@ impl ColumnSummary {
             return;
         }
         if self.count == 0 {
-            let nulls = self.nulls;
-            *self = o.clone();
-            self.nulls = nulls;
+            // The other's figures, under this summary's own name and null count.
+            (self.count, self.mean, self.m2, self.min, self.max) = (o.count, o.mean, o.m2, o.min, o.max);
             return;
         }
         let (na, nb) = (self.count as f64, o.count as f64);
@@ -221,16 +260,29 @@ impl TableSummary {
     }
 }
 
+/// Values per block of [`ColumnSummary::push_block`]: 32 KiB of f64, in L1/L2.
+const BLOCK: usize = 4096;
+
 fn push_all<T: ArrowPrimitiveType>(c: &mut ColumnSummary, array: &dyn Array, to_f64: impl Fn(T::Native) -> f64) {
     let a = array.as_primitive::<T>();
+    let mut buf = Vec::with_capacity(BLOCK.min(a.len()));
+    let mut flush = |buf: &mut Vec<f64>| {
+        c.push_block(buf);
+        buf.clear();
+    };
     if a.null_count() == 0 {
-        for &v in a.values().iter() {
-            c.push(to_f64(v));
+        for chunk in a.values().chunks(BLOCK) {
+            buf.extend(chunk.iter().map(|&v| to_f64(v)));
+            flush(&mut buf);
         }
     } else {
         for v in a.iter().flatten() {
-            c.push(to_f64(v));
+            buf.push(to_f64(v));
+            if buf.len() == BLOCK {
+                flush(&mut buf);
+            }
         }
+        flush(&mut buf);
     }
 }
 
