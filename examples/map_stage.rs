@@ -40,7 +40,7 @@ fn main() {
     let result = execute(config, |ctx| {
         let mut committed = 0usize;
         let report = MapStage::new(ctx, vec![Input::parse(input)?])
-            .options(PlanOptions { target_rows: 1, ..PlanOptions::default() })
+            .options(PlanOptions::new().with_target_rows(1)?)
             .output(output, format)
             .overwrite(overwrite)
             .name("add-y")

@@ -33,7 +33,7 @@ fn floats(n: i64) -> ArrayRef {
 
 fn discover(paths: &[&Path]) -> gang::Result<PartitionPlan> {
     let inputs: Vec<Input> = paths.iter().map(|p| Input::parse(p.to_str().unwrap()).unwrap()).collect();
-    PartitionPlan::discover(&inputs, &PlanOptions { target_rows: 1000, ..PlanOptions::default() })
+    PartitionPlan::discover(&inputs, &PlanOptions::new().with_target_rows(1000).unwrap())
 }
 
 fn input_error(e: &Error) -> (&Path, Option<&str>, &str) {
@@ -194,7 +194,7 @@ fn schemas_that_differ_name_both_files_and_the_field() {
     assert!(msg.contains("part-0.parquet") && msg.contains("part-1.parquet") && msg.contains("\"v\""), "{msg}");
 
     // Selecting only the common column makes the same files readable.
-    let o = PlanOptions { columns: Some(vec!["id".into()]), ..PlanOptions::default() };
+    let o = PlanOptions::new().with_columns(["id"]);
     let plan = PartitionPlan::discover(&[Input::Parquet(dir.clone())], &o).unwrap();
     assert_eq!(plan.total_rows(), 20);
 
@@ -223,7 +223,7 @@ fn schemas_that_differ_name_both_files_and_the_field() {
 #[test]
 fn a_missing_column_lists_the_columns() {
     let f = python_fixtures().join("rowgroups.parquet");
-    let o = PlanOptions { columns: Some(vec!["id".into(), "nope".into()]), ..PlanOptions::default() };
+    let o = PlanOptions::new().with_columns(["id", "nope"]);
     let e = PartitionPlan::discover(&[Input::Parquet(f.clone())], &o).unwrap_err();
     let (path, _, detail) = input_error(&e);
     assert_eq!(path, f);

@@ -22,7 +22,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 fn opts(target_rows: u64, batch_size: usize) -> PlanOptions {
-    PlanOptions { target_rows, batch_size, ..PlanOptions::default() }
+    PlanOptions::new().with_target_rows(target_rows).unwrap().with_batch_size(batch_size).unwrap()
 }
 
 fn input(p: &Path) -> Input {
@@ -32,7 +32,7 @@ fn input(p: &Path) -> Input {
 #[test]
 fn pyarrow_row_groups_group_into_partitions_with_projection() {
     let f = python_fixtures().join("rowgroups.parquet");
-    let o = PlanOptions { columns: Some(vec!["x".into(), "id".into()]), ..opts(2500, 300) };
+    let o = opts(2500, 300).with_columns(["x", "id"]);
     let plan = PartitionPlan::discover(&[input(&f)], &o).unwrap();
     // Ten row groups of 1000: pairs (3000 would be farther from 2500 than 2000).
     let slices: Vec<Slice> = plan.partitions.iter().map(|p| p.slice.clone()).collect();
@@ -61,7 +61,7 @@ fn pyarrow_row_groups_group_into_partitions_with_projection() {
 #[test]
 fn every_row_is_read_exactly_once_whatever_the_world() {
     let f = python_fixtures().join("rowgroups.parquet");
-    let o = PlanOptions { columns: Some(vec!["id".into()]), ..opts(1000, 1000) };
+    let o = opts(1000, 1000).with_columns(["id"]);
     let plan = PartitionPlan::discover(&[input(&f)], &o).unwrap();
     assert_eq!(plan.partitions.len(), 10);
     for world in [1, 2, 3, 4] {
@@ -106,7 +106,7 @@ fn hive_directories_become_columns_and_junk_is_skipped() {
         assert_eq!(y.as_deref(), Some(if *i < 300 { "2023" } else { "2024" }), "id {i}");
     }
     // A Hive key can be selected like any column, alone.
-    let o = PlanOptions { columns: Some(vec!["year".into()]), ..opts(1 << 20, 1000) };
+    let o = opts(1 << 20, 1000).with_columns(["year"]);
     let plan = PartitionPlan::discover(&[input(&dir)], &o).unwrap();
     let years = strings(&read_all(&plan, &o), "year");
     assert_eq!(years.len(), 600);
@@ -150,7 +150,7 @@ fn h5py_datasets_become_columns() {
 fn h5py_two_d_as_fixed_size_list_and_projection() {
     let f = python_fixtures().join("data.h5");
     let spec = format!("{}:m,a", f.display());
-    let o = PlanOptions { hdf5_2d: Hdf5TwoD::FixedSizeList, ..opts(1 << 20, 700) };
+    let o = opts(1 << 20, 700).with_hdf5_2d(Hdf5TwoD::FixedSizeList);
     let plan = PartitionPlan::discover(&[Input::parse(&spec).unwrap()], &o).unwrap();
     let names: Vec<&str> = plan.schema.fields().iter().map(|f| f.name().as_str()).collect();
     assert_eq!(names, vec!["m", "a"]);
@@ -170,7 +170,7 @@ fn h5py_two_d_as_fixed_size_list_and_projection() {
     assert_eq!(row, 5000);
 
     // Projection reads only the datasets it needs, in the order asked for.
-    let o = PlanOptions { columns: Some(vec!["m_1".into(), "b".into()]), ..opts(2500, 1000) };
+    let o = opts(2500, 1000).with_columns(["m_1", "b"]);
     let plan = PartitionPlan::discover(&[input(&f)], &o).unwrap();
     let batches = read_all(&plan, &o);
     assert_eq!(batches[0].num_columns(), 2);
@@ -252,7 +252,7 @@ fn gang_written_parquet_and_ipc_read_back_together() {
             plan.partitions.clone(),
             plan.schema.clone(),
             o.clone(),
-            PrefetchOptions { depth: 2, threads },
+            PrefetchOptions::new().with_depth(2).with_threads(threads),
         )
         .map(Result::unwrap)
         .collect();
@@ -356,7 +356,7 @@ fn single_row_group_pyarrow_files_are_cut_into_row_ranges_for_the_ranks() {
         let one = PartitionPlan::discover(&[input(&f)], &opts(1 << 20, 4096)).unwrap();
         assert_eq!(one.partitions.iter().map(|p| p.slice.clone()).collect::<Vec<_>>(), vec![Slice::RowGroups(0..1)]);
         for ranks in [2, 3, 4, 7] {
-            let o = PlanOptions { ranks, ..opts(1 << 20, 4096) };
+            let o = opts(1 << 20, 4096).with_ranks(ranks);
             let plan = PartitionPlan::discover(&[input(&f)], &o).unwrap();
             assert_eq!(plan, PartitionPlan::discover(&[input(&f)], &o).unwrap(), "deterministic");
             assert_eq!(PartitionPlan::from_bytes(&plan.to_bytes().unwrap()).unwrap(), plan, "serde");
@@ -428,14 +428,14 @@ fn several_row_groups_are_cut_where_the_balance_needs_it() {
     let dir = scratch("cut-three");
     let f = dir.join("three.parquet");
     write_parquet(&f, &[sample(0, 30_000)], 10_000);
-    let o = PlanOptions { ranks: 2, ..opts(1 << 20, 4096) };
+    let o = opts(1 << 20, 4096).with_ranks(2);
     let plan = PartitionPlan::discover(&[input(&f)], &o).unwrap();
     let loads: Vec<u64> = plan.assign(2).iter().map(|ids| ids.iter().map(|&i| plan.partitions[i].rows).sum()).collect();
     assert_eq!(loads, vec![15_000, 15_000], "{:?}", plan.partitions);
     let ids = column::<Int64Type>(&read_all(&plan, &o), "id");
     assert_eq!(ids, (0..30_000).collect::<Vec<i64>>());
     // Enough row groups for the ranks: nothing is cut.
-    let o = PlanOptions { ranks: 3, ..opts(10_000, 4096) };
+    let o = opts(10_000, 4096).with_ranks(3);
     let plan = PartitionPlan::discover(&[input(&f)], &o).unwrap();
     assert!(plan.partitions.iter().all(|p| matches!(p.slice, Slice::RowGroups(_))));
 }

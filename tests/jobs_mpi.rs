@@ -282,7 +282,7 @@ fn one_pyarrow_file_with_fewer_row_groups_than_ranks_keeps_every_rank_busy() {
     assert_eq!(parquet_row_groups(&big), 2);
 
     // The plan of a 4-rank gang gives every rank rows.
-    let o = PlanOptions { ranks: 4, ..PlanOptions::default() };
+    let o = PlanOptions::new().with_ranks(4);
     let plan = PartitionPlan::discover(&[Input::parse(s(&big)).unwrap()], &o).unwrap();
     let loads: Vec<u64> = plan.assign(4).iter().map(|ids| ids.iter().map(|&i| plan.partitions[i].rows).sum()).collect();
     assert!(loads.iter().all(|&l| l >= 450_000), "{loads:?}");

@@ -14,7 +14,7 @@ use std::sync::Arc;
 fn map(ranks: usize, input: &Path, out: &Path, fail_on_id: Option<i64>) -> gang::Result<StageReport> {
     let mut reports = execute(Config::local(ranks), |ctx| {
         MapStage::new(ctx, vec![Input::parse(input.to_str().unwrap())?])
-            .options(PlanOptions { target_rows: 1, ..PlanOptions::default() })
+            .options(PlanOptions::new().with_target_rows(1)?)
             .output(out, OutputFormat::default())
             .name("add-y")
             .prefetch(2)
@@ -154,7 +154,7 @@ fn scale(
 ) -> gang::Result<StageReport> {
     let mut reports = execute(Config::local(ranks), |ctx| {
         MapStage::new(ctx, vec![Input::parse(input.to_str().unwrap())?])
-            .options(PlanOptions { target_rows: 1, ..PlanOptions::default() })
+            .options(PlanOptions::new().with_target_rows(1)?)
             .output(out, OutputFormat::default())
             .overwrite(overwrite)
             .name("scale")
@@ -239,7 +239,7 @@ fn the_same_stage_run_again_after_success_is_already_complete_and_another_is_ref
     assert_eq!(std::fs::read(out.join("part-00002.parquet")).unwrap(), written);
     execute(Config::local(2), |ctx| {
         MapStage::new(ctx, vec![Input::parse(s.path("in").to_str().unwrap())?])
-            .options(PlanOptions { target_rows: 1, ..PlanOptions::default() })
+            .options(PlanOptions::new().with_target_rows(1)?)
             .output(&out, OutputFormat::default())
             .name("scale")
             .version("v1")

@@ -34,20 +34,54 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-/// Options of [`Prefetch`].
+/// How far ahead and with how many threads [`Prefetch`] decodes: a builder.
+///
+/// ```
+/// use gang::data::PrefetchOptions;
+///
+/// let o = PrefetchOptions::new().with_depth(8).with_threads(2);
+/// assert_eq!((o.depth(), o.threads()), (8, 2));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PrefetchOptions {
-    /// Decoded batches that may wait ahead of the caller (at least one per thread).
-    /// Default 4.
-    pub depth: usize,
-    /// Partitions decoded in parallel. Default: the available cores, at most 4.
-    pub threads: usize,
+    depth: usize,
+    threads: usize,
 }
 
 impl Default for PrefetchOptions {
     fn default() -> Self {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         PrefetchOptions { depth: 4, threads: cores.clamp(1, 4) }
+    }
+}
+
+impl PrefetchOptions {
+    /// Four batches ahead, one thread per available core, at most 4.
+    pub fn new() -> PrefetchOptions {
+        PrefetchOptions::default()
+    }
+
+    /// Decoded batches that may wait ahead of the caller (at least one per thread; 0 counts
+    /// as 1).
+    pub fn with_depth(mut self, depth: usize) -> PrefetchOptions {
+        self.depth = depth.max(1);
+        self
+    }
+
+    /// Partitions decoded in parallel (0 counts as 1).
+    pub fn with_threads(mut self, threads: usize) -> PrefetchOptions {
+        self.threads = threads.max(1);
+        self
+    }
+
+    /// Batches that may wait ahead.
+    pub fn depth(&self) -> usize {
+        self.depth
+    }
+
+    /// Decoding threads.
+    pub fn threads(&self) -> usize {
+        self.threads
     }
 }
 
@@ -339,10 +373,13 @@ mod tests {
     fn output_is_in_partition_then_batch_order() {
         for threads in [1, 2, 3, 8] {
             for depth in [1, 2, 4, 16] {
-                let got: Vec<(usize, i64)> =
-                    Prefetch::with_reader(parts(6), PrefetchOptions { depth, threads }, slow_reader(4, 6))
-                        .map(|r| r.map(|(id, b)| (id, value(&b))).unwrap())
-                        .collect();
+                let got: Vec<(usize, i64)> = Prefetch::with_reader(
+                    parts(6),
+                    PrefetchOptions::new().with_depth(depth).with_threads(threads),
+                    slow_reader(4, 6),
+                )
+                .map(|r| r.map(|(id, b)| (id, value(&b))).unwrap())
+                .collect();
                 let want: Vec<(usize, i64)> =
                     (0..6).flat_map(|p| (0..4).map(move |i| (p, (p * 100 + i) as i64))).collect();
                 assert_eq!(got, want, "threads {threads}, depth {depth}");
@@ -362,7 +399,7 @@ mod tests {
     fn producers_block_when_the_queue_is_full() {
         let produced = Arc::new(AtomicU64::new(0));
         let counter = produced.clone();
-        let mut it = Prefetch::with_reader(parts(1), PrefetchOptions { depth: 2, threads: 1 }, move |_| {
+        let mut it = Prefetch::with_reader(parts(1), PrefetchOptions::new().with_depth(2).with_threads(1), move |_| {
             let c = counter.clone();
             Ok(Box::new((0..).map(move |i| {
                 c.fetch_add(1, Ordering::SeqCst);
@@ -407,7 +444,7 @@ mod tests {
         };
         let mut seen = Vec::new();
         let mut err = None;
-        for r in Prefetch::with_reader(parts(6), PrefetchOptions { depth: 4, threads: 3 }, reader) {
+        for r in Prefetch::with_reader(parts(6), PrefetchOptions::new().with_depth(4).with_threads(3), reader) {
             match r {
                 Ok((id, b)) => seen.push((id, value(&b))),
                 Err(e) => {
@@ -423,7 +460,7 @@ mod tests {
 
     #[test]
     fn a_panicking_reader_is_an_error_naming_the_partition() {
-        let mut it = Prefetch::with_reader(parts(2), PrefetchOptions { depth: 2, threads: 2 }, |p| {
+        let mut it = Prefetch::with_reader(parts(2), PrefetchOptions::new().with_depth(2).with_threads(2), |p| {
             if p.id == 1 {
                 panic!("boom");
             }
@@ -440,21 +477,22 @@ mod tests {
         let started = Arc::new(AtomicU64::new(0));
         let alive = Arc::new(AtomicU64::new(0));
         let (s, a) = (started.clone(), alive.clone());
-        let mut it = Prefetch::with_reader(parts(50), PrefetchOptions { depth: 2, threads: 4 }, move |_| {
-            s.fetch_add(1, Ordering::SeqCst);
-            struct Alive(Arc<AtomicU64>);
-            impl Drop for Alive {
-                fn drop(&mut self) {
-                    self.0.fetch_sub(1, Ordering::SeqCst);
+        let mut it =
+            Prefetch::with_reader(parts(50), PrefetchOptions::new().with_depth(2).with_threads(4), move |_| {
+                s.fetch_add(1, Ordering::SeqCst);
+                struct Alive(Arc<AtomicU64>);
+                impl Drop for Alive {
+                    fn drop(&mut self) {
+                        self.0.fetch_sub(1, Ordering::SeqCst);
+                    }
                 }
-            }
-            a.fetch_add(1, Ordering::SeqCst);
-            let guard = Alive(a.clone());
-            Ok(Box::new((0..1000).map(move |i| {
-                let _ = &guard;
-                Ok(batch(i))
-            })) as BatchIter)
-        });
+                a.fetch_add(1, Ordering::SeqCst);
+                let guard = Alive(a.clone());
+                Ok(Box::new((0..1000).map(move |i| {
+                    let _ = &guard;
+                    Ok(batch(i))
+                })) as BatchIter)
+            });
         assert!(it.next().unwrap().is_ok());
         let t = Instant::now();
         drop(it);

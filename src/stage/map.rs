@@ -297,7 +297,7 @@ impl<'c> MapStage<'c> {
             .cloned()
             .collect();
         let (reader, schema, options) = (self.reader.clone(), plan.schema.clone(), self.options.clone());
-        let prefetch = PrefetchOptions { depth: self.prefetch, ..PrefetchOptions::default() };
+        let prefetch = PrefetchOptions::new().with_depth(self.prefetch);
         let mut stream = Prefetch::with_reader(todo.clone(), prefetch, move |p| {
             let batches = reader(p, &schema, &options).map_err(|e| input_error(e, p, rank))?;
             let part = p.clone();

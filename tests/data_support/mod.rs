@@ -45,7 +45,12 @@ pub fn read_all(plan: &PartitionPlan, opts: &PlanOptions) -> Vec<RecordBatch> {
         for b in read_partition(p, &plan.schema, opts).unwrap() {
             let b = b.unwrap();
             assert_eq!(b.schema(), plan.schema);
-            assert!(b.num_rows() <= opts.batch_size, "{} rows in a batch of at most {}", b.num_rows(), opts.batch_size);
+            assert!(
+                b.num_rows() <= opts.batch_size(),
+                "{} rows in a batch of at most {}",
+                b.num_rows(),
+                opts.batch_size()
+            );
             out.push(b);
         }
     }

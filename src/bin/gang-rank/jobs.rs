@@ -25,11 +25,13 @@ fn inputs_of(a: &InputArgs) -> Result<Vec<Input>> {
 
 /// How the library plans and reads the input.
 fn plan_options(a: &InputArgs) -> PlanOptions {
-    PlanOptions {
-        target_rows: a.partition_rows.max(1),
-        columns: a.columns.clone(),
-        batch_size: usize::try_from(a.read_batch).unwrap_or(usize::MAX).max(1),
-        ..PlanOptions::default()
+    let o = PlanOptions::new()
+        .with_target_rows(a.partition_rows.max(1))
+        .and_then(|o| o.with_batch_size(usize::try_from(a.read_batch).unwrap_or(usize::MAX).max(1)))
+        .expect("both are at least 1");
+    match &a.columns {
+        Some(c) => o.with_columns(c.iter().cloned()),
+        None => o,
     }
 }
 
@@ -301,7 +303,7 @@ pub fn convert(config: Config, a: &ConvertArgs) -> Result<()> {
         }
         // Every option that shapes the output: the plan and format are hashed, the rest is
         // the version.
-        let version = format!("k{k}-read_batch{}", options.batch_size);
+        let version = format!("k{k}-read_batch{}", options.batch_size());
         let fingerprint = gang::stage::map::versioned_fingerprint("convert", &version, &plan, format);
         let mut out = StageOutput::begin(ctx, "convert", &a.output.output, format, a.output.overwrite, &fingerprint)
             .map_err(overwrite_hint)?;
