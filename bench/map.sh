@@ -49,6 +49,20 @@ for r in $(seq "$ROUNDS"); do
         done
     done
 done
+# gang's output, read by pyarrow, holds the same values as the script's (2 ranks).
+mpirun --oversubscribe -n 2 "$PY" bench/peer_map.py "$W/in8" "$W/peer-out" >/dev/null
+"$PY" - "$W/gang-out" "$W/peer-out" <<'PYEOF'
+import glob, sys
+import numpy as np, pyarrow as pa, pyarrow.parquet as pq
+g = pa.concat_tables([pq.read_table(f) for f in sorted(glob.glob(sys.argv[1] + "/part-*.parquet"))])
+p = pa.concat_tables([pq.read_table(f) for f in sorted(glob.glob(sys.argv[2] + "/*.parquet"))])
+assert g.num_rows == p.num_rows and g.schema.names == p.schema.names, "different shapes"
+same = all(np.array_equal(g.column(c).to_numpy(), p.column(c).to_numpy()) for c in g.schema.names)
+print(f"output check: pyarrow reads {g.num_rows} rows of gang's output, values "
+      + ("identical to the script's" if same else "DIFFERENT from the script's"), file=sys.stderr)
+sys.exit(0 if same else 1)
+PYEOF
+rm -rf "$W/peer-out"
 "$PY" - "$OUT" <<'PYEOF' | tee bench/results/map.md
 import json, statistics, sys
 base = sys.argv[1]
