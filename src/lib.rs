@@ -68,6 +68,22 @@ pub mod internal {
     pub fn fnv1a64(bytes: &[u8]) -> u64 {
         crate::stage::manifest::fnv1a64(bytes)
     }
+
+    /// The planner's grouping of consecutive pieces (row counts) into ranges of about
+    /// `target` rows (`bench/benches/plan.rs`).
+    pub fn group_pieces(rows: &[u64], target: u64) -> Vec<std::ops::Range<usize>> {
+        crate::data::plan::group_pieces(rows, target)
+    }
+
+    /// The checkpoint shard encoder: the safetensors file of `tensors` as blocks in file
+    /// order (`bench/benches/checkpoint.rs`).
+    pub fn encode_safetensors<E>(
+        tensors: &[&crate::checkpoint::Tensor],
+        metadata: &std::collections::BTreeMap<String, String>,
+        sink: impl FnMut(&[u8]) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        crate::checkpoint::safetensors::encode_blocks(tensors, metadata, sink)
+    }
 }
 
 /// The rsmpi crate gang's Mpi backend is built on, for programs that initialize MPI
