@@ -34,7 +34,7 @@ fn decode(c: &mut Criterion) {
     sink.write(&batch).expect("encode");
     sink.finish().expect("finish");
     let bytes = bytes::Bytes::from(std::fs::read(&path).expect("read the file back"));
-    let opts = PlanOptions { batch_size: BATCH, ..PlanOptions::default() };
+    let opts = PlanOptions::new().with_batch_size(BATCH).expect("a batch size of at least 1");
     let plan = PartitionPlan::discover(&[Input::Parquet(path.clone())], &opts).expect("plan");
     assert_eq!(plan.partitions.len(), 1, "one row group, one partition");
     let decoded = common::batch_bytes(&batch);
