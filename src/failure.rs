@@ -142,7 +142,7 @@ pub(crate) fn claim_process(comm: &Comm, run: &RunInfo) {
             // try_lock: a panic while the lock is held (by this very thread) must not
             // deadlock; the record is then written without the stage.
             let guard = PROCESS.try_lock();
-            let Ok(guard) = guard else { return abort_process(EXIT_RANK_PANIC) };
+            let Ok(guard) = guard else { crate::comm::abort_process(EXIT_RANK_PANIC) };
             let Some(me) = guard.as_ref() else { return };
             if !crate::comm::process_scope_active() {
                 return;
@@ -158,13 +158,9 @@ pub(crate) fn claim_process(comm: &Comm, run: &RunInfo) {
             let (rank, run) = (me.rank, me.run.clone());
             drop(guard);
             record(rank, &run, FailureKind::Panic, FailureClass::Transient, &message);
-            abort_process(EXIT_RANK_PANIC);
+            crate::comm::abort_process(EXIT_RANK_PANIC);
         }));
     });
-}
-
-fn abort_process(code: i32) {
-    crate::comm::abort_process(code)
 }
 
 fn lock() -> std::sync::MutexGuard<'static, Option<ProcessRank>> {

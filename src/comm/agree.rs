@@ -5,14 +5,13 @@
 
 use super::Comm;
 use crate::error::{Error, Result};
-use crate::failure::FailureClass;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 /// An error on its way from rank 0: the variants that name files, options and outputs
 /// survive the trip as themselves; the rest arrive as [`Error::GangFailed`] naming rank 0,
-/// with rank 0's message and class.
+/// with rank 0's message (rank 0 records the failure with its class).
 #[derive(Serialize, Deserialize)]
 enum WireError {
     Input { path: PathBuf, location: Option<String>, rank: Option<usize>, detail: String },
@@ -20,7 +19,7 @@ enum WireError {
     Output { path: PathBuf, detail: String },
     InvalidArgument(String),
     Environment(String),
-    Other { message: String, class: FailureClass },
+    Other(String),
 }
 
 impl WireError {
@@ -41,7 +40,7 @@ impl WireError {
             Error::Output { path, detail } => WireError::Output { path: path.clone(), detail: detail.clone() },
             Error::InvalidArgument(m) => WireError::InvalidArgument(m.clone()),
             Error::Environment(m) => WireError::Environment(m.clone()),
-            other => WireError::Other { message: other.to_string(), class: other.class() },
+            other => WireError::Other(other.to_string()),
         }
     }
 
@@ -54,7 +53,7 @@ impl WireError {
             WireError::Output { path, detail } => Error::Output { path, detail },
             WireError::InvalidArgument(m) => Error::InvalidArgument(m),
             WireError::Environment(m) => Error::Environment(m),
-            WireError::Other { message, class: _ } => Error::GangFailed { rank: 0, stage: stage.into(), message },
+            WireError::Other(message) => Error::GangFailed { rank: 0, stage: stage.into(), message },
         }
     }
 }

@@ -47,22 +47,7 @@ impl MpiRuntime {
                     .into(),
             ));
         }
-        let mut provided: c_int = 0;
-        // SAFETY: MPI is initialized; out-pointer to a live integer.
-        check(unsafe { ffi::MPI_Query_thread(&mut provided) }, "MPI_Query_thread")?;
-        // SAFETY: reading immutable constants exported by the rsmpi shim.
-        let threading = unsafe {
-            if provided == ffi::RSMPI_THREAD_MULTIPLE {
-                crate::MpiThreading::Multiple
-            } else if provided == ffi::RSMPI_THREAD_SERIALIZED {
-                crate::MpiThreading::Serialized
-            } else if provided == ffi::RSMPI_THREAD_FUNNELED {
-                crate::MpiThreading::Funneled
-            } else {
-                crate::MpiThreading::Single
-            }
-        };
-        Ok(Arc::new(MpiRuntime { _universe: None, threading }))
+        Ok(Arc::new(MpiRuntime { _universe: None, threading: provided_level()? }))
     }
 
     /// The thread level MPI provides.
@@ -94,8 +79,29 @@ impl MpiRuntime {
                  (GANG_MPI_THREADING): choose a lower level or an MPI built with thread support"
             )));
         }
-        Ok(Arc::new(MpiRuntime { _universe: Some(universe), threading }))
+        Ok(Arc::new(MpiRuntime { _universe: Some(universe), threading: provided_level()? }))
     }
+}
+
+/// The thread level MPI provides (`MPI_Query_thread`), whoever initialized it.
+fn provided_level() -> Result<crate::MpiThreading> {
+    let mut provided: c_int = 0;
+    // SAFETY: MPI is initialized (callers hold or just made the runtime); out-pointer to a
+    // live integer.
+    check(unsafe { ffi::MPI_Query_thread(&mut provided) }, "MPI_Query_thread")?;
+    // SAFETY: reading immutable constants exported by the rsmpi shim.
+    let level = unsafe {
+        if provided == ffi::RSMPI_THREAD_MULTIPLE {
+            crate::MpiThreading::Multiple
+        } else if provided == ffi::RSMPI_THREAD_SERIALIZED {
+            crate::MpiThreading::Serialized
+        } else if provided == ffi::RSMPI_THREAD_FUNNELED {
+            crate::MpiThreading::Funneled
+        } else {
+            crate::MpiThreading::Single
+        }
+    };
+    Ok(level)
 }
 
 /// Version string of the MPI library, without the trailing NUL some libraries include.
