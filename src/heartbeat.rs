@@ -90,9 +90,11 @@ pub(crate) fn start(rank: usize, attempt: u32) {
                 return;
             }
         };
-        let spawned = std::thread::Builder::new()
-            .name("gang-heartbeat".into())
-            .spawn(move || beat_forever(&sender, Heartbeat::new(&token, rank, attempt, std::process::id())));
+        let spawned = std::thread::Builder::new().name("gang-heartbeat".into()).spawn(move || {
+            let mut beat = Heartbeat::new(&token, rank, attempt, std::process::id());
+            beat.host = Some(gang_protocol::hostname());
+            beat_forever(&sender, beat)
+        });
         if let Err(e) = spawned {
             eprintln!("gang: rank {rank}: no heartbeats: could not start the thread: {e}");
         }

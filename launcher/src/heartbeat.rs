@@ -1,6 +1,8 @@
 //! The launcher's end of the heartbeat channel (see [`gang_protocol::heartbeat`]): a
-//! [`Listener`] on a Unix socket in the run directory (or a UDP port of 127.0.0.1), and a
-//! [`Tracker`] that keeps the last heartbeat and progress of every rank and finds stalls.
+//! [`Listener`] on a Unix socket in the run directory (or a UDP port of 127.0.0.1) when
+//! every rank runs on this host, or on a TCP port the other nodes can reach when ranks run
+//! on several, and a [`Tracker`] that keeps the last heartbeat and progress of every rank
+//! and finds stalls.
 //!
 //! A rank is stalled when, for the stall timeout,
 //! * it has sent heartbeats and then none (the process is frozen, or its heartbeat thread
@@ -8,20 +10,24 @@
 //! * it has reported progress, not finished (`step < total`), and reported none since
 //!   (its main thread is stuck: a deadlock, a collective that never completes, a hang).
 //!
-//! Ranks that never send heartbeats (programs that do not use the gang library, ranks on
-//! other hosts) and ranks whose exit is recorded are not checked.
+//! Ranks that never send heartbeats (programs that do not use the gang library) and ranks
+//! whose exit is recorded are not checked.
 
 use gang_protocol::heartbeat::{Address, Heartbeat, Progress, MAX_MESSAGE};
 use gang_protocol::{HeartbeatSummary, RankHeartbeats, RunDir};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Read};
-use std::net::UdpSocket;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Longest socket path Linux accepts (`sun_path` is 108 bytes with the NUL).
 const MAX_SOCKET_PATH: usize = 107;
+/// TCP connections kept open beyond one per rank (reconnects, strays): a flood of
+/// connections from elsewhere cannot grow the launcher without bound.
+const SPARE_CONNECTIONS: usize = 64;
 
 /// How a rank stalled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +43,8 @@ pub enum StallKind {
 pub struct Stall {
     /// The rank that stalled first.
     pub rank: usize,
+    /// Its host, as its heartbeats said.
+    pub host: Option<String>,
     /// Attempt number.
     pub attempt: u32,
     /// Silent or without progress.
@@ -55,7 +63,11 @@ impl std::fmt::Display for Stall {
             StallKind::Silent => "no heartbeat",
             StallKind::NoProgress => "no progress",
         };
-        write!(f, "rank {} stalled ({what} for {} s, last progress: ", self.rank, self.secs)?;
+        write!(f, "rank {}", self.rank)?;
+        if let Some(h) = &self.host {
+            write!(f, " on {h}")?;
+        }
+        write!(f, " stalled ({what} for {} s, last progress: ", self.secs)?;
         match &self.progress {
             Some(p) => write!(f, "{p})")?,
             None => write!(f, "none)")?,
@@ -85,6 +97,7 @@ pub enum Received {
 #[derive(Debug, Clone)]
 struct RankState {
     pid: u32,
+    host: Option<String>,
     beats: u64,
     last_beat: Instant,
     progress: Option<Progress>,
@@ -138,12 +151,16 @@ impl Tracker {
         }
         let state = self.ranks.entry(msg.rank).or_insert_with(|| RankState {
             pid: msg.pid,
+            host: None,
             beats: 0,
             last_beat: now,
             progress: None,
             progress_since: now,
         });
         state.pid = msg.pid;
+        if msg.host.is_some() {
+            state.host = msg.host;
+        }
         state.beats += 1;
         state.last_beat = now;
         let changed = match (&state.progress, &msg.progress) {
@@ -199,6 +216,7 @@ impl Tracker {
         let (kind, dur, rank, s) = stalled.first()?;
         Some(Stall {
             rank: *rank,
+            host: s.host.clone(),
             attempt: self.attempt,
             kind: *kind,
             secs: dur.as_secs(),
@@ -236,11 +254,19 @@ pub struct Listener {
 enum Socket {
     Unix(UnixDatagram),
     Udp(UdpSocket),
+    Tcp { listener: TcpListener, conns: Mutex<Vec<Conn>>, cap: usize },
+}
+
+/// One rank's TCP connection and the part of a line received so far.
+#[derive(Debug)]
+struct Conn {
+    stream: TcpStream,
+    partial: Vec<u8>,
 }
 
 impl Listener {
     /// Listens on `<run dir>/heartbeat.sock`, or on a UDP port of 127.0.0.1 when that
-    /// path is too long for a socket; makes a new random token.
+    /// path is too long for a socket; makes a new random token. For gangs on this host.
     ///
     /// # Errors
     /// Neither socket can be made, or no randomness for the token.
@@ -265,6 +291,28 @@ impl Listener {
         Ok(Listener { socket: Socket::Udp(socket), address, token, path: None })
     }
 
+    /// Listens on a TCP port, for gangs with ranks on other nodes: on `ip` when given
+    /// (and tells the ranks that address), else on every interface, telling the ranks
+    /// this host's addresses other than loopback (`advertised`, in that order; loopback
+    /// when it has none). At most `world` + 64 connections are kept open at a time.
+    ///
+    /// # Errors
+    /// The port cannot be bound, or no randomness for the token.
+    pub fn bind_tcp(ip: Option<IpAddr>, advertised: &[IpAddr], world: usize) -> io::Result<Listener> {
+        let token = random_token()?;
+        let listener = TcpListener::bind((ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)), 0))?;
+        listener.set_nonblocking(true)?;
+        let port = listener.local_addr()?.port();
+        let ips: Vec<IpAddr> = match ip {
+            Some(ip) => vec![ip],
+            None if advertised.is_empty() => vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
+            None => advertised.to_vec(),
+        };
+        let address = Address::Tcp(ips.into_iter().map(|ip| SocketAddr::new(ip, port)).collect());
+        let socket = Socket::Tcp { listener, conns: Mutex::new(Vec::new()), cap: world + SPARE_CONNECTIONS };
+        Ok(Listener { socket, address, token, path: None })
+    }
+
     /// Where the ranks send to.
     pub fn address(&self) -> &Address {
         &self.address
@@ -275,22 +323,71 @@ impl Listener {
         &self.token
     }
 
-    /// Hands every waiting datagram to `tracker`, without blocking.
+    /// Hands every waiting message to `tracker`, without blocking. On TCP, takes the
+    /// waiting connections first, and closes a connection that sent something other than
+    /// a heartbeat with the run's token, or a line longer than a heartbeat can be.
     pub fn drain(&self, tracker: &mut Tracker, now: Instant) {
         let mut buf = [0u8; MAX_MESSAGE + 1];
-        loop {
-            let got = match &self.socket {
-                Socket::Unix(s) => s.recv(&mut buf),
-                Socket::Udp(s) => s.recv(&mut buf),
-            };
-            match got {
-                Ok(n) => {
-                    tracker.receive(&buf[..n], now);
+        let (listener, conns, cap) = match &self.socket {
+            Socket::Tcp { listener, conns, cap } => (listener, conns, *cap),
+            datagrams => {
+                loop {
+                    let got = match datagrams {
+                        Socket::Unix(s) => s.recv(&mut buf),
+                        Socket::Udp(s) => s.recv(&mut buf),
+                        Socket::Tcp { .. } => unreachable!("matched above"),
+                    };
+                    match got {
+                        Ok(n) => {
+                            tracker.receive(&buf[..n], now);
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        // WouldBlock: nothing more; anything else: try again next poll.
+                        Err(_) => return,
+                    }
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                // WouldBlock: nothing more; anything else: try again next poll.
-                Err(_) => return,
             }
+        };
+        // Only the launcher's wait loop drains; a poisoned lock still holds the connections.
+        let mut conns = conns.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            match listener.accept() {
+                Ok((stream, _)) if conns.len() < cap && stream.set_nonblocking(true).is_ok() => {
+                    conns.push(Conn { stream, partial: Vec::new() });
+                }
+                // Over the cap (or unusable): closed at once by dropping it.
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+        }
+        conns.retain_mut(|c| read_lines(c, tracker, now, &mut buf));
+    }
+}
+
+/// Reads what `c` has sent and hands each complete line to `tracker`. Returns whether to
+/// keep the connection open.
+fn read_lines(c: &mut Conn, tracker: &mut Tracker, now: Instant, buf: &mut [u8]) -> bool {
+    loop {
+        match c.stream.read(buf) {
+            // The rank closed it (it ended, or will reconnect).
+            Ok(0) => return false,
+            Ok(n) => {
+                c.partial.extend_from_slice(&buf[..n]);
+                while let Some(end) = c.partial.iter().position(|&b| b == b'\n') {
+                    let line: Vec<u8> = c.partial.drain(..=end).collect();
+                    if tracker.receive(&line[..end], now) != Received::Accepted {
+                        return false;
+                    }
+                }
+                if c.partial.len() > MAX_MESSAGE {
+                    tracker.malformed += 1;
+                    return false;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+            Err(_) => return false,
         }
     }
 }
@@ -411,5 +508,85 @@ mod tests {
         drop(l);
         assert!(!run.heartbeat_socket().exists());
         std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn the_tcp_listener_takes_lines_from_many_connections_and_closes_bad_ones() {
+        use std::io::Write;
+        let l = Listener::bind_tcp(Some(IpAddr::V4(Ipv4Addr::LOCALHOST)), &[], 2).unwrap();
+        let Address::Tcp(addrs) = l.address().clone() else { panic!("{}", l.address()) };
+        assert_eq!(addrs.len(), 1);
+        let mut t = Tracker::new(l.token(), 0, 2);
+        // Two ranks through the protocol's sender, one line each, host names included.
+        for rank in 0..2 {
+            let sender = gang_protocol::heartbeat::HeartbeatSender::connect(l.address()).unwrap();
+            let mut beat = Heartbeat::new(l.token(), rank, 0, 10 + rank as u32);
+            beat.host = Some(format!("n{}", rank + 1));
+            sender.send(&beat).unwrap();
+            std::mem::forget(sender); // keep the connection open
+        }
+        // A line split over two writes is put together.
+        let mut split = TcpStream::connect(addrs[0]).unwrap();
+        let line = Heartbeat::new(l.token(), 1, 0, 11).encode();
+        split.write_all(&line[..10]).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while t.summary().ranks.iter().map(|r| r.beats).sum::<u64>() < 2 && Instant::now() < deadline {
+            l.drain(&mut t, Instant::now());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        split.write_all(&line[10..]).unwrap();
+        split.write_all(b"\n").unwrap();
+        // A stranger's connection is closed on its first line, and so is an endless line.
+        let mut stranger = TcpStream::connect(addrs[0]).unwrap();
+        stranger.write_all(&Heartbeat::new("guess", 0, 0, 1).encode()).unwrap();
+        stranger.write_all(b"\n").unwrap();
+        let mut endless = TcpStream::connect(addrs[0]).unwrap();
+        endless.write_all(&vec![b'x'; MAX_MESSAGE + 10]).unwrap();
+        while (t.summary().wrong_token, t.summary().malformed) != (1, 1) && Instant::now() < deadline {
+            l.drain(&mut t, Instant::now());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let s = t.summary();
+        assert_eq!((s.wrong_token, s.malformed), (1, 1));
+        assert_eq!(s.ranks.iter().map(|r| (r.rank, r.beats)).collect::<Vec<_>>(), [(0, 1), (1, 2)]);
+        for mut closed in [stranger, endless] {
+            closed.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut byte = [0u8; 1];
+            assert!(matches!(closed.read(&mut byte), Ok(0) | Err(_)), "the launcher closes it");
+        }
+        // The stall names the host the heartbeats came from.
+        let later = Instant::now() + Duration::from_secs(100);
+        let stall = t.check(later, Duration::from_secs(5)).unwrap();
+        assert!(
+            stall.to_string().starts_with(&format!("rank {} on n{} stalled", stall.rank, stall.rank + 1)),
+            "{stall}"
+        );
+    }
+
+    #[test]
+    fn the_tcp_listener_keeps_at_most_world_plus_spare_connections() {
+        let l = Listener::bind_tcp(Some(IpAddr::V4(Ipv4Addr::LOCALHOST)), &[], 1).unwrap();
+        let Address::Tcp(addrs) = l.address().clone() else { panic!() };
+        let mut t = Tracker::new(l.token(), 0, 1);
+        let conns: Vec<TcpStream> = (0..SPARE_CONNECTIONS + 5).map(|_| TcpStream::connect(addrs[0]).unwrap()).collect();
+        std::thread::sleep(Duration::from_millis(100));
+        l.drain(&mut t, Instant::now());
+        let Socket::Tcp { conns: kept, .. } = &l.socket else { panic!() };
+        assert_eq!(kept.lock().unwrap().len(), SPARE_CONNECTIONS + 1);
+        drop(conns);
+    }
+
+    #[test]
+    fn without_an_address_every_address_of_the_host_is_offered() {
+        let ips = [IpAddr::V4(Ipv4Addr::new(10, 77, 0, 1)), IpAddr::V4(Ipv4Addr::new(192, 168, 0, 2))];
+        let l = Listener::bind_tcp(None, &ips, 4).unwrap();
+        let Address::Tcp(addrs) = l.address() else { panic!() };
+        assert_eq!(addrs.iter().map(SocketAddr::ip).collect::<Vec<_>>(), ips);
+        assert!(addrs.iter().all(|a| a.port() == addrs[0].port() && a.port() != 0));
+        let alone = Listener::bind_tcp(None, &[], 4).unwrap();
+        let Address::Tcp(addrs) = alone.address() else { panic!() };
+        assert_eq!(addrs[0].ip(), IpAddr::V4(Ipv4Addr::LOCALHOST));
+        // The interfaces of this machine: never loopback.
+        assert!(crate::sys::host_addresses().iter().all(|ip| !ip.is_loopback()));
     }
 }

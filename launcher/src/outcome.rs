@@ -483,6 +483,7 @@ mod tests {
         assert_eq!(l.to_string(), "mpirun exited with code 2 before any rank reported a failure");
         assert_eq!(l.rank(), None);
         let stall = Stall {
+            host: None,
             rank: 1,
             attempt: 0,
             kind: crate::heartbeat::StallKind::Silent,
@@ -529,6 +530,7 @@ mod tests {
     #[test]
     fn a_stall_is_the_cause_unless_a_rank_recorded_one() {
         let stall = Stall {
+            host: None,
             rank: 1,
             attempt: 0,
             kind: crate::heartbeat::StallKind::NoProgress,

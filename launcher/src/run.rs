@@ -69,6 +69,13 @@ pub struct LaunchOptions {
     /// that clean up on SIGTERM. (mpirun with Open MPI only.)
     #[arg(long, value_name = "SECONDS", default_value_t = 0)]
     pub kill_grace: u32,
+    /// The address of this host that ranks on other nodes send their heartbeats to (TCP).
+    /// Used when ranks may run on other nodes (a --hostfile, or a Slurm allocation of
+    /// several nodes); then, without it, every address of this host other than loopback is
+    /// offered and each rank takes the first it reaches. Giving it also makes a gang of
+    /// one node use TCP.
+    #[arg(long, value_name = "IP")]
+    pub heartbeat_address: Option<std::net::IpAddr>,
     /// Show everything mpirun/srun print (Open MPI's help banners, ORTE_ERROR_LOG lines,
     /// every rank's announcement of its failure). Without it they go to the run
     /// directory's launcher.log and the terminal gets the ranks' output and one root-cause
@@ -260,8 +267,18 @@ pub fn run(opts: &LaunchOptions, command: &[OsString], uses_gpus: bool) -> Resul
             }
         }
     });
-    let listener = match heartbeat::Listener::bind(&run) {
-        Ok(l) => Some(l),
+    // Ranks on other nodes cannot reach a socket of this host's file system or loopback.
+    let several_nodes = hostfile.is_some() || slurm.as_ref().and_then(|s| s.num_nodes).is_some_and(|k| k > 1);
+    let bound = if several_nodes || opts.heartbeat_address.is_some() {
+        heartbeat::Listener::bind_tcp(opts.heartbeat_address, &sys::host_addresses(), n)
+    } else {
+        heartbeat::Listener::bind(&run)
+    };
+    let listener = match bound {
+        Ok(l) => {
+            log_line(log.as_ref(), &format!("gang: heartbeats on {}", l.address()));
+            Some(l)
+        }
         Err(e) => {
             eprintln!("gang: warning: no heartbeat channel ({e}); stalled ranks will not be detected");
             None

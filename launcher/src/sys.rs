@@ -1,7 +1,7 @@
 //! The operating-system calls the launcher needs, behind safe wrappers.
 //!
 //! This is the only module of the crate with `unsafe` code: `prctl`, `kill`, `waitpid`,
-//! `getppid`, `geteuid` and the `pre_exec` hook. It also holds the `/proc` readers (safe
+//! `getppid`, `geteuid`, `getifaddrs` and the `pre_exec` hook. It also holds the `/proc` readers (safe
 //! code) used to tell whether a recorded process is still alive and to find orphans.
 #![allow(unsafe_code)]
 
@@ -196,6 +196,35 @@ pub fn children_of(ppid: u32) -> Vec<u32> {
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| matches!(proc_stat(*pid), Some(s) if s.ppid == ppid))
         .collect()
+}
+
+/// The IPv4 addresses of this host's interfaces that are up, other than loopback, in the
+/// order the kernel lists them (what a rank on another node may reach the launcher at).
+pub fn host_addresses() -> Vec<std::net::IpAddr> {
+    let mut out = Vec::new();
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list that freeifaddrs releases below; every
+    // node is read only while the list is alive.
+    unsafe {
+        if libc::getifaddrs(&mut head) != 0 {
+            return out;
+        }
+        let mut cur = head;
+        while !cur.is_null() {
+            let ifa = &*cur;
+            let up = ifa.ifa_flags & (libc::IFF_UP as libc::c_uint) != 0;
+            if up && !ifa.ifa_addr.is_null() && i32::from((*ifa.ifa_addr).sa_family) == libc::AF_INET {
+                let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+                if !ip.is_loopback() && !out.contains(&std::net::IpAddr::V4(ip)) {
+                    out.push(std::net::IpAddr::V4(ip));
+                }
+            }
+            cur = ifa.ifa_next;
+        }
+        libc::freeifaddrs(head);
+    }
+    out
 }
 
 #[cfg(test)]

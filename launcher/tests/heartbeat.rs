@@ -225,3 +225,32 @@ fn the_gang_library_sends_heartbeats_from_every_rank() {
     assert_eq!((hb.wrong_token, hb.malformed, hb.stale), (0, 0, 0));
     assert_all_attempts_gone(&run);
 }
+
+#[test]
+fn with_a_hostfile_heartbeats_go_over_tcp_and_a_silent_rank_is_still_detected() {
+    let dir = TempDir::new("hb-tcp");
+    // A hostfile means ranks may run on other nodes: the launcher listens on TCP.
+    let hostfile = dir.path().join("hosts");
+    std::fs::write(&hostfile, "localhost slots=2\n").unwrap();
+    let (out, run) = run_mode(
+        &dir,
+        "silence",
+        &[
+            "--hostfile",
+            hostfile.to_str().unwrap(),
+            "--stall-timeout",
+            "2",
+            "--max-restarts",
+            "1",
+            "--restart-backoff",
+            "0",
+        ],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(out.stderr.contains("rank 1 stalled (no heartbeat for 2 s"), "{}", out.stderr);
+    let log = std::fs::read_to_string(run.join("launcher.log")).unwrap();
+    assert!(log.contains("gang: heartbeats on tcp:"), "{log}");
+    let hb = RunDir::open(&run).with_attempt(0).heartbeats().unwrap().unwrap();
+    assert_eq!(hb.ranks.iter().map(|r| r.rank).collect::<Vec<_>>(), [0, 1]);
+    assert_all_attempts_gone(&run);
+}

@@ -1,14 +1,27 @@
-//! The heartbeat channel: datagrams from every rank to the `gang` launcher.
+//! The heartbeat channel: messages from every rank to the `gang` launcher.
 //!
-//! The launcher listens on a Unix datagram socket in the run directory (owner-only, like the
-//! directory), or, when that path is too long for a socket address, on a UDP port of
-//! `127.0.0.1`. Never on any other address: the channel does not leave the host, so ranks on
-//! other nodes send nothing and are simply not stall-checked. The launcher passes the address
-//! in [`vars::HEARTBEAT`](crate::vars::HEARTBEAT) (`unix:/path` or `udp:127.0.0.1:PORT`) and a
-//! random per-run token in [`vars::TOKEN`](crate::vars::TOKEN); it drops every message that
-//! does not carry the token.
+//! When every rank runs on the launcher's host, the launcher listens on a Unix datagram
+//! socket in the run directory (owner-only, like the directory), or, when that path is too
+//! long for a socket address, on a UDP port of `127.0.0.1`. When ranks run on other nodes
+//! (a hostfile, or a Slurm allocation of several nodes), it listens on a TCP port of an
+//! address the nodes can reach, and every rank, on whichever node, connects to it. The
+//! launcher passes the address in [`vars::HEARTBEAT`](crate::vars::HEARTBEAT)
+//! (`unix:/path`, `udp:127.0.0.1:PORT`, or `tcp:ADDR:PORT[,ADDR:PORT...]`, the addresses a
+//! rank tries in order) and a random per-run token in [`vars::TOKEN`](crate::vars::TOKEN);
+//! it drops every message that does not carry the token, and closes a TCP connection on the
+//! first such message.
 //!
-//! One datagram is one [`Heartbeat`], JSON-encoded, at most [`MAX_MESSAGE`] bytes:
+//! What the token protects, and what it does not: a process that does not know the token
+//! cannot make the launcher believe a rank is alive or making progress; it can open
+//! connections (the launcher caps how many it keeps). The token travels in clear text, to
+//! the ranks in their environment and back in every message, so someone who can read the
+//! cluster network's traffic (or the ranks' environment) can learn it and forge heartbeats
+//! of the current run, which at worst hides a stall until the run ends. Heartbeats carry no
+//! data of the job, and nothing the launcher receives on the channel is ever executed or
+//! written anywhere but the run's `heartbeats.json` summary.
+//!
+//! One datagram (on TCP: one line) is one [`Heartbeat`], JSON-encoded, at most
+//! [`MAX_MESSAGE`] bytes:
 //!
 //! ```text
 //! {"v":1,"token":"9f..","rank":1,"attempt":0,"pid":4242,"seq":7,
@@ -40,9 +53,12 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::io;
-use std::net::{SocketAddr, UdpSocket};
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
 
 /// Version of the message format ([`Heartbeat::v`]).
 pub const VERSION: u32 = 1;
@@ -62,13 +78,18 @@ pub enum Address {
     Unix(PathBuf),
     /// A UDP port on the loopback interface (never any other address).
     Udp(SocketAddr),
+    /// A TCP port, at one or more addresses of the launcher's host, tried in order: one
+    /// line per message.
+    Tcp(Vec<SocketAddr>),
 }
 
 impl Address {
-    /// Parses `unix:/path` or `udp:127.0.0.1:PORT` (also `udp:[::1]:PORT`).
+    /// Parses `unix:/path`, `udp:127.0.0.1:PORT` (also `udp:[::1]:PORT`) or
+    /// `tcp:ADDR:PORT[,ADDR:PORT...]`.
     ///
     /// # Errors
-    /// An unknown scheme, a relative Unix path, or a UDP address that is not loopback.
+    /// An unknown scheme, a relative Unix path, a UDP address that is not loopback, or a
+    /// TCP address list that is empty or has an entry that is not `IP:PORT`.
     pub fn parse(s: &str) -> Result<Address, String> {
         if let Some(p) = s.strip_prefix("unix:") {
             let path = PathBuf::from(p);
@@ -82,8 +103,17 @@ impl Address {
                 return Err(format!("heartbeat address {s:?}: only loopback addresses are allowed"));
             }
             Ok(Address::Udp(addr))
+        } else if let Some(list) = s.strip_prefix("tcp:") {
+            let addrs = list
+                .split(',')
+                .map(|a| a.trim().parse::<SocketAddr>().map_err(|e| format!("heartbeat address {s:?}: {a:?}: {e}")))
+                .collect::<Result<Vec<_>, _>>()?;
+            if addrs.iter().any(|a| a.port() == 0 || a.ip().is_unspecified()) {
+                return Err(format!("heartbeat address {s:?}: every address needs a real IP and a port"));
+            }
+            Ok(Address::Tcp(addrs))
         } else {
-            Err(format!("heartbeat address {s:?}: expected unix:/path or udp:127.0.0.1:PORT"))
+            Err(format!("heartbeat address {s:?}: expected unix:/path, udp:127.0.0.1:PORT or tcp:ADDR:PORT"))
         }
     }
 }
@@ -93,6 +123,10 @@ impl fmt::Display for Address {
         match self {
             Address::Unix(p) => write!(f, "unix:{}", p.display()),
             Address::Udp(a) => write!(f, "udp:{a}"),
+            Address::Tcp(list) => {
+                let list: Vec<String> = list.iter().map(SocketAddr::to_string).collect();
+                write!(f, "tcp:{}", list.join(","))
+            }
         }
     }
 }
@@ -149,6 +183,9 @@ pub struct Heartbeat {
     pub seq: u64,
     /// The latest progress, once the rank has reported any.
     pub progress: Option<Progress>,
+    /// Short host name of the rank's node (absent from senders that do not say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 /// Why a datagram is not a heartbeat.
@@ -177,7 +214,7 @@ impl std::error::Error for DecodeError {}
 impl Heartbeat {
     /// A heartbeat with sequence number 0 and no progress.
     pub fn new(token: &str, rank: usize, attempt: u32, pid: u32) -> Heartbeat {
-        Heartbeat { v: VERSION, token: token.to_string(), rank, attempt, pid, seq: 0, progress: None }
+        Heartbeat { v: VERSION, token: token.to_string(), rank, attempt, pid, seq: 0, progress: None, host: None }
     }
 
     /// The datagram. The progress description is cut to [`MAX_WHAT`] bytes.
@@ -222,8 +259,14 @@ fn truncate_at_char(s: &mut String, max: usize) {
     }
 }
 
-/// The sending end, used by the rank library. Non-blocking: a send never waits for the
-/// launcher, and fails (to be ignored) when the launcher is gone or its queue is full.
+/// How long a rank waits to connect to one TCP address of the launcher, and at most for
+/// one line to be taken by the kernel.
+pub const TCP_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The sending end, used by the rank library. A send never waits for the launcher beyond
+/// [`TCP_TIMEOUT`] per address (datagram sockets are non-blocking), and fails (to be
+/// ignored) when the launcher is gone or busy. A TCP sender connects on its first send and
+/// reconnects on the next send after the connection broke.
 #[derive(Debug)]
 pub struct HeartbeatSender {
     socket: SenderSocket,
@@ -234,10 +277,11 @@ pub struct HeartbeatSender {
 enum SenderSocket {
     Unix(UnixDatagram),
     Udp(UdpSocket),
+    Tcp(Mutex<Option<TcpStream>>),
 }
 
 impl HeartbeatSender {
-    /// A sender to `to`.
+    /// A sender to `to`. For TCP nothing is connected yet: the first send does it.
     ///
     /// # Errors
     /// The socket cannot be created.
@@ -255,6 +299,7 @@ impl HeartbeatSender {
                 s.set_nonblocking(true)?;
                 SenderSocket::Udp(s)
             }
+            Address::Tcp(_) => SenderSocket::Tcp(Mutex::new(None)),
         };
         Ok(HeartbeatSender { socket, to: to.clone() })
     }
@@ -262,12 +307,14 @@ impl HeartbeatSender {
     /// Sends one heartbeat.
     ///
     /// # Errors
-    /// The launcher is gone (`NotFound`, `ConnectionRefused`) or busy (`WouldBlock`).
+    /// The launcher is gone (`NotFound`, `ConnectionRefused`), busy (`WouldBlock`), or
+    /// none of its TCP addresses answered.
     pub fn send(&self, msg: &Heartbeat) -> io::Result<()> {
         self.send_raw(&msg.encode())
     }
 
-    /// Sends arbitrary bytes (for tests of the launcher's checks).
+    /// Sends arbitrary bytes (for tests of the launcher's checks). On TCP a newline ends
+    /// the message.
     ///
     /// # Errors
     /// As [`HeartbeatSender::send`].
@@ -275,9 +322,41 @@ impl HeartbeatSender {
         match (&self.socket, &self.to) {
             (SenderSocket::Unix(s), Address::Unix(p)) => s.send_to(bytes, p).map(drop),
             (SenderSocket::Udp(s), Address::Udp(a)) => s.send_to(bytes, a).map(drop),
+            (SenderSocket::Tcp(slot), Address::Tcp(addrs)) => {
+                // Only the heartbeat thread sends; a poisoned lock means nothing is lost
+                // but the connection, which the next send makes again.
+                let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+                if slot.is_none() {
+                    *slot = Some(connect_tcp(addrs)?);
+                }
+                let mut line = Vec::with_capacity(bytes.len() + 1);
+                line.extend_from_slice(bytes);
+                line.push(b'\n');
+                let sent = slot.as_mut().map_or(Ok(()), |stream| stream.write_all(&line));
+                if sent.is_err() {
+                    *slot = None;
+                }
+                sent
+            }
             _ => unreachable!("the socket is made for the address"),
         }
     }
+}
+
+/// The first of `addrs` that accepts a connection within [`TCP_TIMEOUT`].
+fn connect_tcp(addrs: &[SocketAddr]) -> io::Result<TcpStream> {
+    let mut last = io::Error::new(io::ErrorKind::InvalidInput, "no TCP address to send heartbeats to");
+    for a in addrs {
+        match TcpStream::connect_timeout(a, TCP_TIMEOUT) {
+            Ok(stream) => {
+                stream.set_write_timeout(Some(TCP_TIMEOUT))?;
+                stream.set_nodelay(true)?;
+                return Ok(stream);
+            }
+            Err(e) => last = io::Error::new(e.kind(), format!("{a}: {e}")),
+        }
+    }
+    Err(last)
 }
 
 #[cfg(test)]
@@ -337,7 +416,18 @@ mod tests {
         let udp = Address::parse("udp:127.0.0.1:4000").unwrap();
         assert_eq!(udp.to_string(), "udp:127.0.0.1:4000");
         assert!(Address::parse("udp:[::1]:4000").is_ok());
-        for bad in ["udp:0.0.0.0:4000", "udp:10.1.2.3:4000", "unix:rel.sock", "tcp:127.0.0.1:1", "udp:x"] {
+        let tcp = Address::parse("tcp:10.77.0.1:4000,192.168.1.5:4000").unwrap();
+        assert_eq!(tcp, Address::Tcp(vec!["10.77.0.1:4000".parse().unwrap(), "192.168.1.5:4000".parse().unwrap()]));
+        assert_eq!(tcp.to_string(), "tcp:10.77.0.1:4000,192.168.1.5:4000");
+        for bad in [
+            "udp:0.0.0.0:4000",
+            "udp:10.1.2.3:4000",
+            "unix:rel.sock",
+            "tcp:",
+            "tcp:0.0.0.0:1",
+            "tcp:10.0.0.1:0",
+            "udp:x",
+        ] {
             assert!(Address::parse(bad).is_err(), "{bad}");
         }
     }
@@ -358,5 +448,29 @@ mod tests {
         let addr = Address::Unix(std::env::temp_dir().join("gang-no-such-launcher.sock"));
         let s = HeartbeatSender::connect(&addr).unwrap();
         assert!(s.send(&beat()).is_err());
+        // A port nobody listens on: refused at once, the sender stays usable.
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let s = HeartbeatSender::connect(&Address::Tcp(vec![free])).unwrap();
+        assert!(s.send(&beat()).is_err());
+        assert!(s.send(&beat()).is_err());
+    }
+
+    #[test]
+    fn tcp_heartbeats_are_lines_and_the_sender_tries_each_address() {
+        use std::io::BufRead;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let live = listener.local_addr().unwrap();
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let s = HeartbeatSender::connect(&Address::Tcp(vec![dead, live])).unwrap();
+        let mut b = beat();
+        b.host = Some("n2".into());
+        s.send(&b).unwrap();
+        b.seq += 1;
+        s.send(&b).unwrap();
+        let (conn, _) = listener.accept().unwrap();
+        let mut lines = std::io::BufReader::new(conn).lines();
+        let first = Heartbeat::decode(lines.next().unwrap().unwrap().as_bytes()).unwrap();
+        assert_eq!((first.seq, first.host.as_deref()), (5, Some("n2")));
+        assert_eq!(Heartbeat::decode(lines.next().unwrap().unwrap().as_bytes()).unwrap(), b);
     }
 }
