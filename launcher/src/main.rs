@@ -5,6 +5,7 @@
 //! gang hello -n 2                                   # a built-in job (runs gang-rank)
 //! gang train --help                                 # a job's options and the launch options
 //! gang info -n 4                                    # MPI, Slurm, cores, GPUs, device plan
+//! gang sbatch --nodes 2 --ntasks 4 --submit -- hello # a Slurm batch job that runs a gang
 //! ```
 //!
 //! The launcher never links or calls MPI. Each rank slot runs `gang __rank-supervisor`,
@@ -21,6 +22,7 @@ mod outcome;
 mod plan;
 mod ranks;
 mod run;
+mod sbatch;
 mod supervise;
 mod sys;
 
@@ -41,6 +43,9 @@ enum Command {
     Run(run::RunArgs),
     /// Show the MPI, launcher, Slurm allocation, cores, GPUs and rank->device plan.
     Info(info::InfoArgs),
+    /// Write a Slurm batch script that runs a gang command (`gang sbatch --nodes 2
+    /// --ntasks 4 -- train ...`); submit it with --submit.
+    Sbatch(sbatch::SbatchArgs),
     /// Inspect checkpoints: `gang ckpt ls DIR`, `gang ckpt verify DIR` (no gang started).
     Ckpt(jobs::CkptArgs),
     #[command(flatten)]
@@ -60,6 +65,7 @@ fn main() -> ExitCode {
     let (result, who) = match cli.command {
         Command::Run(args) => (run::run(&args.launch, &args.command, false), "gang"),
         Command::Info(args) => (info::info(&args), "gang info"),
+        Command::Sbatch(args) => (sbatch::sbatch(&args), "gang sbatch"),
         Command::Ckpt(args) => (jobs::run_local(&args), "gang ckpt"),
         Command::Job(job) => (jobs::run_job(&job), "gang"),
         Command::RankSupervisor(args) => (supervise::supervise(args), "gang __rank-supervisor"),

@@ -113,6 +113,10 @@ pub struct PlanInput {
     pub is_root: bool,
     /// Hostfile for mpirun (absolute).
     pub hostfile: Option<PathBuf>,
+    /// srun `--gpus-per-task`.
+    pub gpus_per_task: Option<u32>,
+    /// srun `--gpu-bind`.
+    pub gpu_bind: Option<String>,
     /// Absolute path of the `gang` executable (it runs the supervisor in each slot).
     pub supervisor: PathBuf,
     /// Prefix each output line of a rank with `[rank R] `.
@@ -142,9 +146,24 @@ pub struct LaunchPlan {
 /// Builds the launch command.
 ///
 /// # Errors
-/// A hostfile with srun (the Slurm allocation decides the hosts).
+/// A hostfile with srun (the Slurm allocation decides the hosts); GPU binding options of
+/// srun with mpirun.
 pub fn build(input: &PlanInput) -> Result<LaunchPlan> {
     let mut args: Vec<OsString> = Vec::new();
+    if input.launcher == LauncherKind::Mpirun {
+        if let Some(opt) =
+            [input.gpus_per_task.map(|_| "--gpus-per-task"), input.gpu_bind.as_ref().map(|_| "--gpu-bind")]
+                .into_iter()
+                .flatten()
+                .next()
+        {
+            bail!(
+                "{opt} is an srun option: run inside a Slurm allocation (salloc, sbatch) with \
+                 --launcher srun, or drop it (under mpirun a rank's GPU is its local rank among \
+                 the visible ones)"
+            );
+        }
+    }
     let oversubscribed = input.ranks > input.cpus;
     match (input.launcher, input.flavour) {
         (LauncherKind::Mpirun, MpiFlavour::OpenMpi) => {
@@ -218,6 +237,12 @@ pub fn build(input: &PlanInput) -> Result<LaunchPlan> {
                 // Without overcommit srun waits forever for CPUs that never come.
                 args.push("-O".into());
             }
+            if let Some(g) = input.gpus_per_task {
+                args.push(format!("--gpus-per-task={g}").into());
+            }
+            if let Some(b) = &input.gpu_bind {
+                args.push(format!("--gpu-bind={b}").into());
+            }
         }
     }
     args.push(input.supervisor.clone().into());
@@ -244,6 +269,8 @@ mod tests {
             cpus: 2,
             is_root: false,
             hostfile: None,
+            gpus_per_task: None,
+            gpu_bind: None,
             supervisor: "/opt/gang/bin/gang".into(),
             tag_output: true,
             kill_grace: 0,
@@ -369,6 +396,22 @@ mod tests {
         i.is_root = true;
         let a = argv(&build(&i).unwrap());
         assert_eq!(&a[..5], ["-n", "4", "--kill-on-bad-exit=1", "--mpi=pmi2", "-O"]);
+    }
+
+    #[test]
+    fn gpu_binding_goes_to_srun_and_is_refused_for_mpirun() {
+        let mut i = input(LauncherKind::Srun, MpiFlavour::OpenMpi);
+        i.gpus_per_task = Some(1);
+        i.gpu_bind = Some("closest".into());
+        let a = argv(&build(&i).unwrap());
+        assert_eq!(
+            &a[..6],
+            ["-n", "2", "--kill-on-bad-exit=1", "--mpi=pmix", "--gpus-per-task=1", "--gpu-bind=closest"]
+        );
+        let mut i = input(LauncherKind::Mpirun, MpiFlavour::OpenMpi);
+        i.gpus_per_task = Some(1);
+        let e = build(&i).unwrap_err().to_string();
+        assert!(e.starts_with("--gpus-per-task is an srun option"), "{e}");
     }
 
     #[test]

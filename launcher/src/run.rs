@@ -34,6 +34,13 @@ pub struct LaunchOptions {
     /// Hostfile for mpirun (Open MPI `--hostfile`, MPICH `-f`).
     #[arg(long, value_name = "FILE")]
     pub hostfile: Option<PathBuf>,
+    /// GPUs for each rank (srun `--gpus-per-task`): Slurm gives each rank its own and sets
+    /// its CUDA_VISIBLE_DEVICES. srun only; under mpirun bind GPUs through the device plan.
+    #[arg(long, value_name = "N")]
+    pub gpus_per_task: Option<u32>,
+    /// How srun binds GPUs to ranks (srun `--gpu-bind`, e.g. `closest`, `single:1`). srun only.
+    #[arg(long, value_name = "HOW")]
+    pub gpu_bind: Option<String>,
     /// Prefix every output line with `[rank R] ` (the default).
     #[arg(long, overrides_with = "no_tag_output")]
     pub tag_output: bool,
@@ -218,6 +225,8 @@ pub fn run(opts: &LaunchOptions, command: &[OsString], uses_gpus: bool) -> Resul
         cpus,
         is_root: sys::effective_uid() == 0,
         hostfile: hostfile.clone(),
+        gpus_per_task: opts.gpus_per_task,
+        gpu_bind: opts.gpu_bind.clone(),
         supervisor: supervisor.clone(),
         tag_output: !opts.no_tag_output,
         kill_grace: opts.kill_grace,
