@@ -10,8 +10,9 @@
 //! (`attempt=0` by default, so that a restarted gang runs clean). Kinds:
 //! `kill` (SIGKILL, no last words), `panic`, `hang` (sleeps forever: a stall),
 //! `exit` (exit code 3), `crash-during-checkpoint` (dies after writing its checkpoint shard,
-//! before the vote) and `corrupt-latest-checkpoint` (damages the newest complete
-//! checkpoint, then dies).
+//! before the vote), `corrupt-latest-checkpoint` (damages the newest complete
+//! checkpoint, then dies) and `slow` (sleeps `ms=N` milliseconds at this step and every
+//! later one: a slow rank, or a long job to interrupt from outside).
 
 use crate::error::{Error, Result};
 
@@ -30,6 +31,8 @@ pub enum FaultKind {
     CrashDuringCheckpoint,
     /// Damage the newest complete checkpoint, then die.
     CorruptLatestCheckpoint,
+    /// Sleep this many milliseconds at the step and at every later one.
+    Slow(u64),
 }
 
 impl std::str::FromStr for FaultKind {
@@ -42,10 +45,11 @@ impl std::str::FromStr for FaultKind {
             "exit" => FaultKind::Exit,
             "crash-during-checkpoint" => FaultKind::CrashDuringCheckpoint,
             "corrupt-latest-checkpoint" => FaultKind::CorruptLatestCheckpoint,
+            "slow" => FaultKind::Slow(0),
             other => {
                 return Err(Error::Environment(format!(
                     "GANG_FAULT: unknown kind {other:?} (kill, panic, hang, exit, crash-during-checkpoint, \
-                     corrupt-latest-checkpoint)"
+                     corrupt-latest-checkpoint, slow)"
                 )))
             }
         })
@@ -83,14 +87,15 @@ impl FaultPlan {
         }
     }
 
-    /// Parses `rank=R,step=S,kind=K[,attempt=A]` items separated by `;`.
+    /// Parses `rank=R,step=S,kind=K[,attempt=A][,ms=M]` items separated by `;` (`ms` is the
+    /// sleep of `kind=slow`).
     ///
     /// # Errors
     /// [`Error::Environment`] describing the malformed part.
     pub fn parse(spec: &str) -> Result<FaultPlan> {
         let mut faults = Vec::new();
         for item in spec.split(';').map(str::trim).filter(|s| !s.is_empty()) {
-            let (mut rank, mut step, mut kind, mut attempt) = (None, None, None, 0u32);
+            let (mut rank, mut step, mut kind, mut attempt, mut ms) = (None, None, None, 0u32, None);
             for kv in item.split(',').map(str::trim) {
                 let (k, v) = kv
                     .split_once('=')
@@ -104,19 +109,28 @@ impl FaultPlan {
                     "rank" => rank = Some(num(v)? as usize),
                     "step" => step = Some(num(v)?),
                     "attempt" => attempt = num(v)? as u32,
+                    "ms" => ms = Some(num(v)?),
                     "kind" => kind = Some(v.trim().parse::<FaultKind>()?),
                     other => {
                         return Err(Error::Environment(format!(
-                            "GANG_FAULT: unknown key {other:?} (rank, step, kind, attempt)"
+                            "GANG_FAULT: unknown key {other:?} (rank, step, kind, attempt, ms)"
                         )))
                     }
                 }
             }
             let missing = |what: &str| Error::Environment(format!("GANG_FAULT: {item:?} has no {what}"));
+            let kind = match (kind.ok_or_else(|| missing("kind"))?, ms) {
+                (FaultKind::Slow(_), Some(ms)) => FaultKind::Slow(ms),
+                (FaultKind::Slow(_), None) => return Err(missing("ms (the sleep of kind=slow)")),
+                (_, Some(_)) => {
+                    return Err(Error::Environment(format!("GANG_FAULT: {item:?}: ms is only for kind=slow")))
+                }
+                (k, None) => k,
+            };
             faults.push(Fault {
                 rank: rank.ok_or_else(|| missing("rank"))?,
                 step: step.ok_or_else(|| missing("step"))?,
-                kind: kind.ok_or_else(|| missing("kind"))?,
+                kind,
                 attempt,
             });
         }
@@ -131,13 +145,21 @@ impl FaultPlan {
     /// The fault planned for `rank` at `step` in `attempt`, if any, without firing it
     /// (for faults the caller acts out itself, such as the checkpoint ones).
     pub fn due(&self, rank: usize, step: u64, attempt: u32) -> Option<FaultKind> {
-        self.faults.iter().find(|f| f.rank == rank && f.step == step && f.attempt == attempt).map(|f| f.kind)
+        self.faults
+            .iter()
+            .find(|f| f.rank == rank && f.step == step && f.attempt == attempt && !matches!(f.kind, FaultKind::Slow(_)))
+            .map(|f| f.kind)
     }
 
     /// Fires the process-level fault (`kill`, `panic`, `hang`, `exit`) planned for `rank` at
     /// `step` in `attempt`; returns the checkpoint kinds for the caller to act out, or
     /// `None` when nothing is due.
     pub fn check(&self, rank: usize, step: u64, attempt: u32) -> Option<FaultKind> {
+        for f in &self.faults {
+            if let (FaultKind::Slow(ms), true) = (f.kind, f.rank == rank && f.attempt == attempt && step >= f.step) {
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+            }
+        }
         let kind = self.due(rank, step, attempt)?;
         match kind {
             FaultKind::Kill | FaultKind::Panic | FaultKind::Hang | FaultKind::Exit => fire(kind, rank, step),
@@ -175,6 +197,14 @@ mod tests {
         // Checkpoint kinds are returned for the caller to act out.
         assert_eq!(p.check(0, 7, 1), Some(FaultKind::CorruptLatestCheckpoint));
         assert!(FaultPlan::parse("").unwrap().is_empty());
+        // A slow rank sleeps from its step on and is never "due" (nothing to act out).
+        let p = FaultPlan::parse("rank=0,step=2,kind=slow,ms=30; rank=0,step=3,kind=panic,attempt=1").unwrap();
+        assert_eq!(p.due(0, 2, 0), None);
+        let t = std::time::Instant::now();
+        assert_eq!(p.check(0, 1, 0), None);
+        assert!(t.elapsed() < std::time::Duration::from_millis(30), "not slow before its step");
+        assert_eq!(p.check(0, 5, 0), None);
+        assert!(t.elapsed() >= std::time::Duration::from_millis(30), "slow at a later step");
     }
 
     #[test]
@@ -183,6 +213,8 @@ mod tests {
             ("rank=1,step=2", "no kind"),
             ("rank=1,step=x,kind=kill", "step=\"x\""),
             ("rank=1,step=2,kind=explode", "unknown kind"),
+            ("rank=1,step=2,kind=slow", "has no ms"),
+            ("rank=1,step=2,kind=kill,ms=5", "only for kind=slow"),
             ("rank=1,step=2,kind=kill,when=now", "unknown key"),
             ("rank1,step=2,kind=kill", "not key=value"),
         ] {
