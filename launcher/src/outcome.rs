@@ -36,6 +36,8 @@ pub enum Cause {
         class: FailureClass,
         /// Its message.
         message: String,
+        /// Its host, named when the gang spans several hosts.
+        host: Option<String>,
     },
     /// A rank's process ended unsuccessfully without saying why.
     Exited {
@@ -43,6 +45,8 @@ pub enum Cause {
         rank: usize,
         /// How it ended.
         status: ExitStatus,
+        /// Its host, named when the gang spans several hosts.
+        host: Option<String>,
     },
     /// The launcher found a rank stalled and stopped the gang.
     Stalled(Stall),
@@ -98,16 +102,21 @@ pub fn final_line(message: &str, not_restarted: Option<&str>, run_dir: &Path) ->
 impl std::fmt::Display for Cause {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Cause::Recorded { rank, kind, message, .. } => {
-                write!(f, "rank {rank} {}", describe_failure(*kind, message))
+            Cause::Recorded { rank, kind, message, host, .. } => {
+                write!(f, "rank {rank}{} {}", on(host), describe_failure(*kind, message))
             }
-            Cause::Exited { rank, status } => write!(f, "rank {rank} {status}"),
+            Cause::Exited { rank, status, host } => write!(f, "rank {rank}{} {status}", on(host)),
             Cause::Stalled(s) => write!(f, "{s}"),
             Cause::Launcher { name, status } => {
                 write!(f, "{name} {status} before any rank reported a failure")
             }
         }
     }
+}
+
+/// ` on HOST`, or nothing.
+fn on(host: &Option<String>) -> String {
+    host.as_ref().map(|h| format!(" on {h}")).unwrap_or_default()
 }
 
 /// A failed attempt, for the restart lines and the final summary.
@@ -161,8 +170,11 @@ fn describe_failure(kind: FailureKind, message: &str) -> String {
 ///
 /// The root cause is the earliest failure record (a rank that knew why it failed), else
 /// the stall, else the earliest unsuccessful exit record (after a stall every rank was
-/// killed, so exits say nothing), else the launcher's own status.
+/// killed, so exits say nothing), else the launcher's own status. When the gang spans
+/// `several_hosts`, the cause names the failing rank's host.
+#[allow(clippy::too_many_arguments)]
 pub fn judge(
+    several_hosts: bool,
     stopped_by: Option<i32>,
     stall: Option<&Stall>,
     failures: &[FailureRecord],
@@ -211,7 +223,13 @@ pub fn judge(
                 f.host,
                 f.class
             )),
-            cause: Some(Cause::Recorded { rank: f.rank, kind: f.kind, class: f.class, message: f.message.clone() }),
+            cause: Some(Cause::Recorded {
+                rank: f.rank,
+                kind: f.kind,
+                class: f.class,
+                message: f.message.clone(),
+                host: several_hosts.then(|| f.host.clone()),
+            }),
         };
     }
     if let Some(s) = stall {
@@ -228,7 +246,7 @@ pub fn judge(
                 "gang: rank {} failed first: {} (attempt {}, host {}; transient failure). The gang was stopped",
                 e.rank, e.status, e.attempt, e.host
             )),
-            cause: Some(Cause::Exited { rank: e.rank, status: e.status }),
+            cause: Some(Cause::Exited { rank: e.rank, status: e.status, host: several_hosts.then(|| e.host.clone()) }),
         };
     }
     match launcher_code {
@@ -325,8 +343,22 @@ mod tests {
         f
     }
 
+    #[test]
+    fn a_gang_over_several_hosts_names_the_failing_ranks_host_in_its_cause() {
+        let mut e = exit(3, ExitStatus::Signal(9), 5);
+        e.host = "n2".into();
+        let exits = [exit(0, ExitStatus::Code(0), 1), e];
+        let o = judge(true, None, None, &[], &exits, ExitStatus::Code(143), "srun");
+        assert_eq!(o.cause.unwrap().to_string(), "rank 3 on n2 was killed by signal 9 (SIGKILL)");
+        let o = judge(false, None, None, &[], &exits, ExitStatus::Code(143), "srun");
+        assert_eq!(o.cause.unwrap().to_string(), "rank 3 was killed by signal 9 (SIGKILL)");
+        let f = failure(1, FailureKind::Error, "Input/output error", 2);
+        let o = judge(true, None, None, &[f], &exits, ExitStatus::Code(143), "srun");
+        assert_eq!(o.cause.unwrap().to_string(), "rank 1 on n1 returned an error: Input/output error");
+    }
+
     fn judge_(failures: &[FailureRecord], exits: &[ExitRecord], launcher: ExitStatus) -> Outcome {
-        judge(None, None, failures, exits, launcher, "mpirun")
+        judge(false, None, None, failures, exits, launcher, "mpirun")
     }
 
     #[test]
@@ -420,7 +452,10 @@ mod tests {
         );
         assert!(why_not_restarted(FailureClass::Usage).unwrap().starts_with("not restarted: a usage failure"));
         assert_eq!(why_not_restarted(FailureClass::Transient), None);
-        assert_eq!(Cause::Exited { rank: 0, status: ExitStatus::Signal(9) }.class(), FailureClass::Transient);
+        assert_eq!(
+            Cause::Exited { rank: 0, status: ExitStatus::Signal(9), host: None }.class(),
+            FailureClass::Transient
+        );
         assert_eq!(
             final_line("gang: x", Some(&why), Path::new("/r")),
             "gang: x; not restarted: an input failure cannot be mended by a restart (fix the input and run it \
@@ -438,7 +473,7 @@ mod tests {
 
     #[test]
     fn a_stop_signal_wins() {
-        let o = judge(Some(15), None, &[], &[exit(0, ExitStatus::Signal(15), 1)], ExitStatus::Code(1), "srun");
+        let o = judge(false, Some(15), None, &[], &[exit(0, ExitStatus::Signal(15), 1)], ExitStatus::Code(1), "srun");
         assert_eq!(o.code, 143);
         assert!(o.message.unwrap().contains("received SIGTERM"));
     }
@@ -448,7 +483,7 @@ mod tests {
     }
 
     fn killed(rank: usize) -> Cause {
-        Cause::Exited { rank, status: ExitStatus::Signal(9) }
+        Cause::Exited { rank, status: ExitStatus::Signal(9), host: None }
     }
 
     fn at(step: u64) -> Option<Progress> {
@@ -477,6 +512,7 @@ mod tests {
             kind: FailureKind::Panic,
             class: FailureClass::Transient,
             message: "boom at x.rs:3".into(),
+            host: None,
         };
         assert_eq!(failed(1, e, None).to_string(), "rank 2 panicked: boom at x.rs:3");
         let l = Cause::Launcher { name: "mpirun".into(), status: ExitStatus::Code(2) };
@@ -512,7 +548,7 @@ mod tests {
             "gang: attempt 0: rank 1 was killed by signal 9 (SIGKILL) at train step 40 of 100; \
              restarted (1 of 2); attempt 1 succeeded. Records: /runs/r"
         );
-        let f1 = failed(1, Cause::Exited { rank: 0, status: ExitStatus::Code(3) }, None);
+        let f1 = failed(1, Cause::Exited { rank: 0, status: ExitStatus::Code(3), host: None }, None);
         assert_eq!(
             exhausted_summary(&[f0.clone(), f1.clone()], 1),
             "gang: giving up: all 1 restart used (--max-restarts 1); attempt 0: rank 1 was \
@@ -540,12 +576,12 @@ mod tests {
         };
         // After a stall every rank was killed by the launcher: those exits are not the cause.
         let exits = [exit(0, ExitStatus::Signal(15), 1), exit(1, ExitStatus::Signal(15), 2)];
-        let o = judge(None, Some(&stall), &[], &exits, ExitStatus::Code(1), "mpirun");
+        let o = judge(false, None, Some(&stall), &[], &exits, ExitStatus::Code(1), "mpirun");
         assert_eq!(o.code, EXIT_STALLED);
         assert_eq!(o.cause, Some(Cause::Stalled(stall.clone())));
         assert!(o.message.unwrap().starts_with("gang: rank 1 stalled (no progress for 12 s"));
         let failures = [failure(2, FailureKind::Error, "disk full", 5)];
-        let o = judge(None, Some(&stall), &failures, &exits, ExitStatus::Code(1), "mpirun");
+        let o = judge(false, None, Some(&stall), &failures, &exits, ExitStatus::Code(1), "mpirun");
         assert_eq!(o.cause.unwrap().rank(), Some(2));
     }
 }

@@ -564,7 +564,14 @@ fn execute(plan: &LaunchPlan, launcher: LauncherKind, run: &RunDir, run_id: &str
         Some(StopReason::Signal(s)) => Some(s),
         _ => None,
     };
-    let verdict = outcome::judge(stopped_by, stall.as_ref(), &failures, &exits, launcher_status, name);
+    let hosts: std::collections::BTreeSet<String> =
+        run.starts().unwrap_or_default().into_iter().map(|s| s.host).collect();
+    let several_hosts = hosts.len() > 1;
+    let mut stall = stall;
+    if let (Some(s), false) = (stall.as_mut(), several_hosts) {
+        s.host = None;
+    }
+    let verdict = outcome::judge(several_hosts, stopped_by, stall.as_ref(), &failures, &exits, launcher_status, name);
     // Everything is dead by now, so the pipe is closed unless a process we could not find
     // still holds it.
     if let Ok(filter) = relayed.recv_timeout(STDERR_DRAIN_LIMIT) {
