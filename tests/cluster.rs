@@ -434,3 +434,66 @@ fn the_mpirun_example_batch_script_runs_over_both_nodes_of_its_allocation() {
     let log = std::fs::read_to_string(run.join("launcher.log")).unwrap();
     assert!(log.contains("mpirun") && log.contains("gang: heartbeats on tcp:"), "{log}");
 }
+
+#[test]
+fn gpus_per_task_gives_each_rank_of_each_node_its_own_gres_gpu() {
+    let (c, _g) = cluster();
+    let sc = Scratch::new("cluster-gpus");
+    let runs = sc.path("runs");
+    // The cluster's nodes have two fake GPUs each (GRES over character devices).
+    let script = "echo \"gpu-of $(hostname) $CUDA_VISIBLE_DEVICES $SLURM_STEP_GPUS\"";
+    let mut cmd = c.command("salloc", &runs);
+    cmd.args(["-N2", "-n4", "--gpus-per-task=1", "--quiet"]).arg(gang_bin());
+    cmd.args(["run", "--gpus-per-task", "1", "--no-tag-output", "--", "sh", "-c", script]);
+    let out = wait_guarded(cmd.spawn().unwrap(), "salloc gang run --gpus-per-task 1");
+    let stdout = assert_success(&out);
+    let seen: BTreeSet<(String, String)> = stdout
+        .lines()
+        .filter(|l| l.starts_with("gpu-of"))
+        .map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            (w[1].to_string(), w[2].to_string())
+        })
+        .collect();
+    let want: BTreeSet<(String, String)> =
+        [("n1", "0"), ("n1", "1"), ("n2", "0"), ("n2", "1")].map(|(h, g)| (h.to_string(), g.to_string())).into();
+    assert_eq!(seen, want, "{stdout}");
+}
+
+#[test]
+fn sigint_to_gang_under_srun_stops_the_step_on_both_nodes() {
+    let (c, _g) = cluster();
+    let sc = Scratch::new("cluster-sigint");
+    let data = dataset(&sc);
+    let runs = sc.path("runs-int");
+    let (model, ckpt) = (sc.path("m.safetensors"), sc.path("ckpt"));
+    let pidfile = sc.path("gang.pid");
+    let mut cmd = c.command("salloc", &runs);
+    // `exec` keeps the shell's pid: the pid file names gang itself.
+    cmd.args(["-N2", "-n4", "-O", "--quiet", "sh", "-c", "echo $$ > \"$0\"; shift; exec \"$@\""]);
+    cmd.arg(&pidfile).arg("--").arg(gang_bin()).arg("train").args(train_args(&data, &model, &ckpt));
+    cmd.env("GANG_FAULT", "rank=0,step=1,kind=slow,ms=2000");
+    let child = cmd.spawn().unwrap();
+    std::fs::create_dir_all(&runs).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let run = loop {
+        if let Some(r) = std::fs::read_dir(&runs).ok().and_then(|mut d| d.next()) {
+            break r.unwrap().path();
+        }
+        assert!(Instant::now() < deadline, "no run directory");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    started_ranks(&run, 0, 4);
+    let pid = std::fs::read_to_string(&pidfile).unwrap().trim().to_string();
+    assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    let out = wait_guarded(child, "salloc gang train after SIGINT");
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("gang: received SIGINT; the gang was stopped"), "{stderr}");
+    let marker = format!("GANG_RUN_ID={}", run.file_name().unwrap().to_string_lossy());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !processes_with(&marker).is_empty() {
+        assert!(Instant::now() < deadline, "left running after SIGINT: {:?}", processes_with(&marker));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

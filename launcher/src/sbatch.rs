@@ -173,7 +173,10 @@ fn quote(w: &str) -> String {
 
 fn write_script(path: &Path, text: &str) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::write(path, text).with_context(|| format!("could not write {}", path.display()))?;
+    // Written whole or not at all: a half-written script must never reach the queue.
+    let path = &std::env::current_dir()?.join(path);
+    gang_protocol::durable::write_file(path, text.as_bytes())
+        .with_context(|| format!("could not write {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
         .with_context(|| format!("could not make {} executable", path.display()))
 }

@@ -74,7 +74,7 @@ fn the_launchers_jobs_are_gang_ranks_jobs() {
     let rank = Command::new(built_rank_program()).arg("--help").output().unwrap();
     let launcher: Vec<String> = listed_commands(&String::from_utf8_lossy(&launcher.stdout))
         .into_iter()
-        .filter(|n| !["run", "info", "ckpt"].contains(&n.as_str()))
+        .filter(|n| !["run", "info", "sbatch", "ckpt"].contains(&n.as_str()))
         .collect();
     let rank: Vec<String> =
         listed_commands(&String::from_utf8_lossy(&rank.stdout)).into_iter().filter(|n| n != "ckpt").collect();
