@@ -3,8 +3,8 @@
 //! peers wait in a barrier.
 //!
 //! These tests need the `gang` launcher binary, built by `cargo test --workspace` (or
-//! `cargo build --workspace`), and Open MPI's `mpirun` on PATH; without either they fail
-//! and say so rather than pass.
+//! `cargo build --workspace`), and an `mpirun` of the MPI they are built against (on PATH,
+//! or `GANG_MPIRUN`); without either they fail and say so rather than pass.
 
 mod common;
 
@@ -192,4 +192,65 @@ fn a_world_smaller_than_the_launcher_intended_is_refused_naming_the_variables() 
     let (_, stderr) = text(&out);
     assert!(!out.status.success());
     assert!(stderr.contains("world of 1") && stderr.contains("GANG_WORLD_SIZE=4"), "{stderr}");
+    assert!(
+        stderr.contains("this program runs with ") && stderr.contains("but was started by Open MPI's mpirun"),
+        "{stderr}"
+    );
+}
+
+/// The real thing: this build's `gang-rank` under the other MPI's launcher (both are
+/// installed by `./dev test`). `gang run` refuses it before anything starts (the program's
+/// libraries name its MPI), and started by that launcher directly, every process stops
+/// with an error that names both MPIs instead of running as a world of one.
+#[test]
+fn a_program_under_the_other_mpi_s_launcher_is_refused_naming_both_mpis() {
+    let library = gang::mpi::environment::library_version().expect("MPI_Get_library_version");
+    let (this, other, other_launcher, other_flags): (&str, &str, &str, &[&str]) = if library.contains("MPICH") {
+        ("MPICH", "Open MPI", "mpirun.openmpi", &["--allow-run-as-root"])
+    } else {
+        ("Open MPI", "MPICH", "mpiexec.mpich", &[])
+    };
+    let Some(launcher) = std::env::var_os("PATH")
+        .and_then(|p| std::env::split_paths(&p).map(|d| d.join(other_launcher)).find(|p| p.is_file()))
+    else {
+        eprintln!(
+            "SKIPPED: {other_launcher} is not on PATH, so this {this} build cannot be tried under \
+             {other}'s launcher (install {other} beside {this}, as ./dev test does)"
+        );
+        return;
+    };
+    let s = Scratch::new("other-mpi");
+    let out = gang(
+        &["run", "-n", "2", "--mpirun", launcher.to_str().unwrap(), "--", rank_bin().to_str().unwrap(), "hello"],
+        &s,
+    );
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("is linked against {this} (")) && stderr.contains(&format!(" is {other} ")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("world of one") && stderr.contains("--mpirun"), "{stderr}");
+    assert!(std::fs::read_dir(&s.0).unwrap().next().is_none(), "no run directory for a gang that never started");
+
+    let gang_mpi = if other == "MPICH" { "mpich" } else { "openmpi" };
+    let child = Command::new(&launcher)
+        .args(other_flags)
+        .args(["-n", "2"])
+        .arg(rank_bin())
+        .arg("hello")
+        .env("GANG_WORLD_SIZE", "2")
+        .env("GANG_MPI", gang_mpi)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = wait_guarded(child, &format!("{other_launcher} -n 2 gang-rank hello"));
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("this program runs with {this}"))
+            && stderr.contains(&format!("but was started by gang's launcher for {other} (GANG_MPI={gang_mpi})")),
+        "{stderr}"
+    );
 }

@@ -137,6 +137,9 @@ pub struct LaunchPlan {
     pub args: Vec<OsString>,
     /// Variables to set in its environment (it passes them on to the ranks).
     pub env: Vec<(String, OsString)>,
+    /// The launcher prints its own words on stdout too, among the ranks' output (hydra's
+    /// report of a failed rank): stdout must pass through [`crate::chatter::StdoutFilter`].
+    pub chatter_on_stdout: bool,
 }
 
 /// Builds the launch command.
@@ -145,6 +148,7 @@ pub struct LaunchPlan {
 /// A hostfile with srun (the Slurm allocation decides the hosts).
 pub fn build(input: &PlanInput) -> Result<LaunchPlan> {
     let mut args: Vec<OsString> = Vec::new();
+    let mut chatter_on_stdout = false;
     let oversubscribed = input.ranks > input.cpus;
     match (input.launcher, input.flavour) {
         (LauncherKind::Mpirun, MpiFlavour::OpenMpi) => {
@@ -188,7 +192,10 @@ pub fn build(input: &PlanInput) -> Result<LaunchPlan> {
             }
         }
         (LauncherKind::Mpirun, MpiFlavour::Mpich) => {
-            // Hydra forwards the whole environment and allows oversubscription by default.
+            // Hydra forwards the whole environment and allows oversubscription by default;
+            // it runs as root without a flag; it has no grace between SIGTERM and SIGKILL to
+            // set (`--kill-grace`). It reports a failed rank on stdout.
+            chatter_on_stdout = true;
             args.push("-n".into());
             args.push(input.ranks.to_string().into());
             if let Some(h) = &input.hostfile {
@@ -228,7 +235,7 @@ pub fn build(input: &PlanInput) -> Result<LaunchPlan> {
     args.push("--".into());
     args.push(input.program.clone().into());
     args.extend(input.args.iter().cloned());
-    Ok(LaunchPlan { program: input.launcher_path.clone(), args, env: input.env.pairs() })
+    Ok(LaunchPlan { program: input.launcher_path.clone(), args, env: input.env.pairs(), chatter_on_stdout })
 }
 
 #[cfg(test)]
@@ -350,7 +357,10 @@ mod tests {
         i.ranks = 4;
         let mut want = vec!["-n".to_string(), "4".into()];
         want.extend(TAIL.map(String::from));
-        assert_eq!(argv(&build(&i).unwrap()), want);
+        let plan = build(&i).unwrap();
+        assert_eq!(argv(&plan), want);
+        assert!(plan.chatter_on_stdout, "hydra's report of a failed rank is on stdout");
+        assert!(!build(&input(LauncherKind::Mpirun, MpiFlavour::OpenMpi)).unwrap().chatter_on_stdout);
         i.hostfile = Some("/h".into());
         assert_eq!(&argv(&build(&i).unwrap())[..4], ["-n", "4", "-f", "/h"]);
     }
