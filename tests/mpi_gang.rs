@@ -173,6 +173,44 @@ fn a_rank_that_exits_3_makes_gang_exit_non_zero_naming_that_rank() {
     assert_no_rank_alive(&s);
 }
 
+/// A rank that exits 1 after `MPI_Init` while its peer waits in a barrier. On one node the
+/// launcher ends the job itself. MPICH's hydra with more than one proxy does not (it waits
+/// forever: ../shared/ENVIRONMENT.md); `HYDRA_LAUNCHER=fork` and a hostfile of two made-up
+/// hosts give two proxies on this machine, and gang stops the gang itself, its failure
+/// grace (10 s) after the rank's exit record, naming that rank.
+#[test]
+fn a_rank_that_exits_1_after_init_ends_the_gang_even_where_hydra_would_hang() {
+    let fault = example("fault");
+    let s = Scratch::new("exit1");
+    let out = gang(&["run", "-n", "2", "--", fault.to_str().unwrap(), "exit", "1", "1"], &s);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "stderr:\n{stderr}");
+    assert!(stderr.contains("gang: rank 1 failed first: exited with code 1 (attempt 0"), "{stderr}");
+    assert!(!stderr.contains("did not end the gang"), "the launcher ends it on one node:\n{stderr}");
+    assert_no_rank_alive(&s);
+
+    if !common::mpi_is_mpich() {
+        eprintln!(
+            "SKIPPED (the part with two proxies): HYDRA_LAUNCHER=fork is MPICH's; Open MPI's \
+             mpirun ends such a job itself, on one node or several"
+        );
+        return;
+    }
+    let hosts = Scratch::new("exit1-hosts");
+    let hostfile = hosts.path("hosts");
+    std::fs::write(&hostfile, "gang-test-h1:1\ngang-test-h2:1\n").unwrap();
+    let s = Scratch::new("exit1-proxies");
+    let args =
+        ["run", "-n", "2", "--hostfile", hostfile.to_str().unwrap(), "--", fault.to_str().unwrap(), "exit", "1", "1"];
+    let out = common::gang_env(&args, &s.0, &[("HYDRA_LAUNCHER", "fork")]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "stderr:\n{stderr}");
+    assert_eq!(stdout.matches(" of 2 ready").count(), 2, "both ranks were up:\n{stdout}");
+    assert!(stderr.contains("gang: mpirun did not end the gang after the failure; gang stopped it"), "{stderr}");
+    assert!(stderr.contains("gang: rank 1 failed first: exited with code 1 (attempt 0"), "{stderr}");
+    assert_no_rank_alive(&s);
+}
+
 #[test]
 fn a_world_smaller_than_the_launcher_intended_is_refused_naming_the_variables() {
     // What a program built against another MPI sees under this MPI's launcher: MPI makes

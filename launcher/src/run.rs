@@ -72,7 +72,8 @@ pub struct LaunchOptions {
     /// (after a rank failed, or on SIGINT/SIGTERM to gang), and as long again before
     /// SIGKILL. 0, the default, stops them at once: gang's outputs and checkpoints are safe
     /// against SIGKILL at any point, and a restart begins sooner. Raise it for programs
-    /// that clean up on SIGTERM. (mpirun with Open MPI only.)
+    /// that clean up on SIGTERM. (Open MPI's mpirun; MPICH's hydra passes gang's SIGTERM
+    /// on at once, and gang waits 5 s plus twice this before its SIGKILL.)
     #[arg(long, value_name = "SECONDS", default_value_t = 0)]
     pub kill_grace: u32,
     /// Show everything mpirun/srun print (Open MPI's help banners, ORTE_ERROR_LOG lines,
@@ -615,7 +616,8 @@ fn execute(plan: &LaunchPlan, launcher: LauncherKind, run: &RunDir, run_id: &str
         Some(StopReason::Signal(s)) => Some(s),
         _ => None,
     };
-    let verdict = outcome::judge(stopped_by, stall.as_ref(), &failures, &exits, launcher_status, name);
+    let verdict =
+        outcome::judge(stopped_by, stall.as_ref(), &failures, &exits, launcher_status, name, plan.exit_is_abort_code);
     use outcome::Cause;
     let rank_failed = stopped_by.is_some()
         || matches!(verdict.cause, Some(Cause::Recorded { .. } | Cause::Exited { .. } | Cause::Stalled(_)));
