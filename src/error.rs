@@ -69,8 +69,9 @@ pub enum Error {
         variable: &'static str,
         /// The MPI library this program runs with (`MPI_Get_library_version`, first line).
         library: String,
-        /// The MPI the launcher was started for, as its variables say (`GANG_MPI=openmpi`,
-        /// `OMPI_COMM_WORLD_SIZE=4`), if they say.
+        /// The launcher that started the process, as its variables tell (`gang's launcher
+        /// for MPICH (GANG_MPI=mpich)`, `Open MPI's mpirun (OMPI_COMM_WORLD_SIZE=4)`), if
+        /// they tell.
         launcher_mpi: Option<String>,
     },
     /// A caller passed arguments that cannot work (wrong buffer count, unsupported
