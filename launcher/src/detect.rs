@@ -43,8 +43,8 @@ pub fn resolve_mpirun(
     path_var: Option<&OsStr>,
 ) -> Result<Option<PathBuf>> {
     let (given, from) = match (option, env_value.filter(|v| !v.is_empty())) {
-        (Some(o), _) => (o.to_os_string(), "--mpirun".to_string()),
-        (None, Some(v)) => (v, MPIRUN_VAR.to_string()),
+        (Some(o), _) => (o.to_os_string(), "--mpirun"),
+        (None, Some(v)) => (v, MPIRUN_VAR),
         (None, None) => return Ok(find_on_path("mpirun", path_var)),
     };
     let shown = given.to_string_lossy().into_owned();
