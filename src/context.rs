@@ -442,7 +442,7 @@ fn mpi_context(
     // communicator is not its rank in the gang.
     crate::heartbeat::start(if adopted { env.rank.unwrap_or(rank) } else { rank }, env.attempt);
     if !adopted {
-        if let Err(e) = env.check_against_mpi(rank, size) {
+        if let Err(e) = env.check_against_mpi(rank, size, &crate::comm::mpi::library_version()) {
             // Every process checks on its own (with a mismatched MPI they are separate
             // worlds and no collective is possible), so a process that finds a
             // disagreement must not return into code whose collectives its peers might

@@ -46,6 +46,8 @@ pub struct RankEnv {
     pub source: (&'static str, &'static str),
     /// World size the `gang` launcher intended (`GANG_WORLD_SIZE`).
     pub intended_world_size: Option<usize>,
+    /// The MPI the `gang` launcher started the ranks for (`GANG_MPI`: `openmpi`, `mpich`).
+    pub intended_mpi: Option<String>,
     /// Run id from the `gang` launcher.
     pub run_id: Option<String>,
     /// Run directory from the `gang` launcher.
@@ -156,6 +158,7 @@ impl RankEnv {
             job_id: get("SLURM_JOB_ID"),
             source: ("", ""),
             intended_world_size: parse(vars::WORLD_SIZE)?,
+            intended_mpi: get(vars::MPI_FLAVOUR).filter(|v| !v.is_empty()),
             run_id: get(vars::RUN_ID),
             run_dir: get(vars::RUN_DIR).map(PathBuf::from),
             attempt: match get(vars::ATTEMPT) {
@@ -216,26 +219,31 @@ impl RankEnv {
         self.launcher != LauncherKind::None || self.intended_world_size.is_some()
     }
 
-    /// Checks the launcher's view against MPI's own rank and size.
+    /// Checks the launcher's view against MPI's own rank and size; `library` is the MPI
+    /// library's version (`MPI_Get_library_version`), named in the errors.
     ///
     /// # Errors
     /// [`Error::WorldSizeMismatch`] when MPI's size differs from the size the `gang`
     /// launcher started; [`Error::Environment`], naming the variables, for any other
     /// disagreement.
-    pub fn check_against_mpi(&self, mpi_rank: usize, mpi_size: usize) -> Result<()> {
+    pub fn check_against_mpi(&self, mpi_rank: usize, mpi_size: usize, library: &str) -> Result<()> {
+        let (rank_var, size_var) = self.source;
         if let Some(intended) = self.intended_world_size {
             if intended != mpi_size {
-                return Err(Error::WorldSizeMismatch { mpi: mpi_size, intended, variable: vars::WORLD_SIZE });
+                return Err(Error::WorldSizeMismatch {
+                    mpi: mpi_size,
+                    intended,
+                    variable: vars::WORLD_SIZE,
+                    library: library.to_string(),
+                    launcher_mpi: self.launcher_mpi(),
+                });
             }
         }
-        let (rank_var, size_var) = self.source;
         if let Some(n) = self.world_size {
             if n != mpi_size {
-                return Err(Error::Environment(format!(
-                    "MPI reports a world of {mpi_size} rank(s) but {size_var}={n}: the program \
-                     was most likely built against a different MPI than the launcher that \
-                     started it; rebuild it against that MPI or use its own launcher"
-                )));
+                let mut msg = format!("MPI reports a world of {mpi_size} rank(s) but {size_var}={n}: ");
+                let _ = write_mpi_mismatch(&mut msg, library, self.launcher_mpi().as_deref());
+                return Err(Error::Environment(msg));
             }
         }
         if let Some(r) = self.rank {
@@ -249,10 +257,53 @@ impl RankEnv {
         Ok(())
     }
 
+    /// The MPI the launcher's variables belong to, for messages: `GANG_MPI` where the
+    /// `gang` launcher set it, else what the launcher's own variables show.
+    fn launcher_mpi(&self) -> Option<String> {
+        let size_var = self.source.1;
+        let size = self.world_size.map_or(String::new(), |n| n.to_string());
+        match (self.intended_mpi.as_deref(), self.launcher) {
+            (Some("openmpi"), _) => Some(format!("gang's launcher for Open MPI ({}=openmpi)", vars::MPI_FLAVOUR)),
+            (Some("mpich"), _) => Some(format!("gang's launcher for MPICH ({}=mpich)", vars::MPI_FLAVOUR)),
+            (Some(other), _) => Some(format!("gang's launcher for {}={other}", vars::MPI_FLAVOUR)),
+            (None, LauncherKind::OpenMpi) => Some(format!("Open MPI's mpirun ({size_var}={size})")),
+            (None, LauncherKind::Hydra) => Some(format!("MPICH's mpiexec or another PMI launcher ({size_var}={size})")),
+            (None, _) => None,
+        }
+    }
+
     /// The device of this rank under the rank-per-GPU plan.
     pub fn device(&self, local_rank: usize) -> Device {
         device::device_for(local_rank, &self.visible_devices)
     }
+}
+
+/// The second half of a world-size mismatch: which MPI the program runs with, which the
+/// launcher was for, and what to do. `library` is `MPI_Get_library_version`'s first line.
+pub(crate) fn write_mpi_mismatch(
+    f: &mut impl std::fmt::Write,
+    library: &str,
+    launcher_mpi: Option<&str>,
+) -> std::fmt::Result {
+    // Open MPI's line goes on with its package and build: its name and version come first.
+    let library = library.split(',').next().unwrap_or(library).trim();
+    match launcher_mpi {
+        Some(launcher) => write!(
+            f,
+            "this program runs with {library} but was started by {launcher}; \
+             under another MPI's launcher every process is a world of its own"
+        )?,
+        None => write!(
+            f,
+            "this program runs with {library}, most likely not the MPI of the mpirun/srun that \
+             started it (under another MPI's launcher every process is a world of its own)"
+        )?,
+    }
+    write!(
+        f,
+        ". Start it with its own MPI's launcher (gang run --mpirun PATH, or GANG_MPIRUN=PATH) or \
+         rebuild it against the launcher's MPI"
+    )
 }
 
 /// Local rank, local size and node index of `rank`, derived from every rank's host name
@@ -298,7 +349,7 @@ mod tests {
         assert_eq!(e.attempt, 2);
         assert_eq!(e.run_dir, Some(PathBuf::from("/tmp/r")));
         assert!(e.launched());
-        e.check_against_mpi(3, 4).unwrap();
+        e.check_against_mpi(3, 4, "Open MPI v4.1.4, package: x").unwrap();
     }
 
     #[test]
@@ -345,7 +396,7 @@ mod tests {
         let e = env(&[("SLURM_PROCID", "0"), ("SLURM_NTASKS", "4"), ("SLURM_JOB_ID", "9")]).unwrap();
         assert_eq!(e.launcher, LauncherKind::None);
         assert!(!e.launched());
-        e.check_against_mpi(0, 1).unwrap();
+        e.check_against_mpi(0, 1, "MPICH Version: 4.0.2").unwrap();
     }
 
     #[test]
@@ -387,16 +438,51 @@ mod tests {
         assert!(e.contains("OMPI_COMM_WORLD_SIZE=2") && e.contains("GANG_WORLD_SIZE=4"), "{e}");
     }
 
+    const MPICH: &str = "MPICH Version: 4.0.2";
+    const OPEN_MPI: &str = "Open MPI v4.1.4, package: Debian OpenMPI, ident: 4.1.4, repo rev: v4.1.4, May 26, 2022";
+
     #[test]
     fn disagreement_with_mpi_is_an_error_naming_the_variables() {
         // An MPICH build under Open MPI's mpirun: every process is a world of one.
         let e = env(&[("OMPI_COMM_WORLD_RANK", "2"), ("OMPI_COMM_WORLD_SIZE", "4")]).unwrap();
-        let msg = e.check_against_mpi(0, 1).unwrap_err().to_string();
+        let msg = e.check_against_mpi(0, 1, MPICH).unwrap_err().to_string();
         assert!(msg.contains("OMPI_COMM_WORLD_SIZE=4") && msg.contains("world of 1"), "{msg}");
-        let msg = e.check_against_mpi(1, 4).unwrap_err().to_string();
+        assert!(
+            msg.contains("this program runs with MPICH Version: 4.0.2 but was started by Open MPI's mpirun (OMPI_COMM_WORLD_SIZE=4)"),
+            "{msg}"
+        );
+        let msg = e.check_against_mpi(1, 4, MPICH).unwrap_err().to_string();
         assert!(msg.contains("OMPI_COMM_WORLD_RANK=2") && msg.contains("rank 1"), "{msg}");
         let g = env(&[("GANG_WORLD_SIZE", "4")]).unwrap();
-        assert!(matches!(g.check_against_mpi(0, 1), Err(Error::WorldSizeMismatch { mpi: 1, intended: 4, .. })));
+        assert!(matches!(
+            g.check_against_mpi(0, 1, MPICH),
+            Err(Error::WorldSizeMismatch { mpi: 1, intended: 4, launcher_mpi: None, .. })
+        ));
+    }
+
+    #[test]
+    fn a_world_size_mismatch_names_both_mpis() {
+        // An Open MPI build under hydra, started by `gang run`.
+        let e = env(&[("PMI_RANK", "1"), ("PMI_SIZE", "2"), ("GANG_WORLD_SIZE", "2"), ("GANG_MPI", "mpich")]).unwrap();
+        let msg = e.check_against_mpi(0, 1, OPEN_MPI).unwrap_err().to_string();
+        assert!(
+            msg.starts_with("MPI reports a world of 1 rank(s) but the launcher started 2 (GANG_WORLD_SIZE=2): "),
+            "{msg}"
+        );
+        assert!(
+            msg.contains(
+                "this program runs with Open MPI v4.1.4 but was started by gang's launcher for MPICH (GANG_MPI=mpich)"
+            ),
+            "{msg}"
+        );
+        assert!(msg.contains("gang run --mpirun PATH"), "{msg}");
+        // Without the gang launcher: hydra's own variables.
+        let e = env(&[("PMI_RANK", "1"), ("PMI_SIZE", "2")]).unwrap();
+        let msg = e.check_against_mpi(0, 1, OPEN_MPI).unwrap_err().to_string();
+        assert!(
+            msg.contains("Open MPI v4.1.4 but was started by MPICH's mpiexec or another PMI launcher (PMI_SIZE=2)"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -67,6 +67,12 @@ pub enum Error {
         intended: usize,
         /// The variable the intended size came from.
         variable: &'static str,
+        /// The MPI library this program runs with (`MPI_Get_library_version`, first line).
+        library: String,
+        /// The launcher that started the process, as its variables tell (`gang's launcher
+        /// for MPICH (GANG_MPI=mpich)`, `Open MPI's mpirun (OMPI_COMM_WORLD_SIZE=4)`), if
+        /// they tell.
+        launcher_mpi: Option<String>,
     },
     /// A caller passed arguments that cannot work (wrong buffer count, unsupported
     /// reduction), detected before any communication.
@@ -157,14 +163,10 @@ impl std::fmt::Display for Error {
                 write!(f, "; every rank must enter the same barrier sections in the same order")
             }
             Error::Environment(msg) => write!(f, "{msg}"),
-            Error::WorldSizeMismatch { mpi, intended, variable } => write!(
-                f,
-                "MPI reports a world of {mpi} rank(s) but the launcher started {intended} \
-                 ({variable}={intended}): the program was most likely built against a different \
-                 MPI than the mpirun/srun that started it (for example an MPICH build under \
-                 Open MPI's mpirun); rebuild it against the launcher's MPI or use that MPI's \
-                 launcher"
-            ),
+            Error::WorldSizeMismatch { mpi, intended, variable, library, launcher_mpi } => {
+                write!(f, "MPI reports a world of {mpi} rank(s) but the launcher started {intended} ({variable}={intended}): ")?;
+                crate::env::write_mpi_mismatch(f, library, launcher_mpi.as_deref())
+            }
             Error::InvalidArgument(msg) => write!(f, "invalid argument: {msg}"),
             Error::Input { path, location, rank, detail } => {
                 write!(f, "{}", path.display())?;

@@ -4,20 +4,12 @@
 
 mod common;
 
-use common::{example, require_mpirun, text, Scratch};
-use std::process::Command;
+use common::{example, mpirun_n, text, Scratch};
 
 #[test]
 fn two_gangs_on_the_halves_of_one_mpi_world_each_get_their_own_results() {
-    require_mpirun();
     let s = Scratch::new("adopt-halves");
-    let out = Command::new("mpirun")
-        .args(["--allow-run-as-root", "--oversubscribe", "-n", "4"])
-        .arg(example("adopt_halves"))
-        .arg(&s.0)
-        .env("OMPI_MCA_mpi_yield_when_idle", "1")
-        .output()
-        .expect("mpirun starts");
+    let out = mpirun_n(4).arg(example("adopt_halves")).arg(&s.0).output().expect("mpirun starts");
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "mpirun failed: {}\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
     let mut lines: Vec<&str> = stdout.lines().filter(|l| l.starts_with("world ")).collect();

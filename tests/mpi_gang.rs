@@ -3,8 +3,8 @@
 //! peers wait in a barrier.
 //!
 //! These tests need the `gang` launcher binary, built by `cargo test --workspace` (or
-//! `cargo build --workspace`), and Open MPI's `mpirun` on PATH; without either they fail
-//! and say so rather than pass.
+//! `cargo build --workspace`), and an `mpirun` of the MPI they are built against (on PATH,
+//! or `GANG_MPIRUN`); without either they fail and say so rather than pass.
 
 mod common;
 
@@ -173,6 +173,44 @@ fn a_rank_that_exits_3_makes_gang_exit_non_zero_naming_that_rank() {
     assert_no_rank_alive(&s);
 }
 
+/// A rank that exits 1 after `MPI_Init` while its peer waits in a barrier. On one node the
+/// launcher ends the job itself. MPICH's hydra with more than one proxy does not (it waits
+/// forever: ../shared/ENVIRONMENT.md); `HYDRA_LAUNCHER=fork` and a hostfile of two made-up
+/// hosts give two proxies on this machine, and gang stops the gang itself, its failure
+/// grace (10 s) after the rank's exit record, naming that rank.
+#[test]
+fn a_rank_that_exits_1_after_init_ends_the_gang_even_where_hydra_would_hang() {
+    let fault = example("fault");
+    let s = Scratch::new("exit1");
+    let out = gang(&["run", "-n", "2", "--", fault.to_str().unwrap(), "exit", "1", "1"], &s);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "stderr:\n{stderr}");
+    assert!(stderr.contains("gang: rank 1 failed first: exited with code 1 (attempt 0"), "{stderr}");
+    assert!(!stderr.contains("did not end the gang"), "the launcher ends it on one node:\n{stderr}");
+    assert_no_rank_alive(&s);
+
+    if !common::mpi_is_mpich() {
+        eprintln!(
+            "SKIPPED (the part with two proxies): HYDRA_LAUNCHER=fork is MPICH's; Open MPI's \
+             mpirun ends such a job itself, on one node or several"
+        );
+        return;
+    }
+    let hosts = Scratch::new("exit1-hosts");
+    let hostfile = hosts.path("hosts");
+    std::fs::write(&hostfile, "gang-test-h1:1\ngang-test-h2:1\n").unwrap();
+    let s = Scratch::new("exit1-proxies");
+    let args =
+        ["run", "-n", "2", "--hostfile", hostfile.to_str().unwrap(), "--", fault.to_str().unwrap(), "exit", "1", "1"];
+    let out = common::gang_env(&args, &s.0, &[("HYDRA_LAUNCHER", "fork")]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "stderr:\n{stderr}");
+    assert_eq!(stdout.matches(" of 2 ready").count(), 2, "both ranks were up:\n{stdout}");
+    assert!(stderr.contains("gang: mpirun did not end the gang after the failure; gang stopped it"), "{stderr}");
+    assert!(stderr.contains("gang: rank 1 failed first: exited with code 1 (attempt 0"), "{stderr}");
+    assert_no_rank_alive(&s);
+}
+
 #[test]
 fn a_world_smaller_than_the_launcher_intended_is_refused_naming_the_variables() {
     // What a program built against another MPI sees under this MPI's launcher: MPI makes
@@ -192,4 +230,65 @@ fn a_world_smaller_than_the_launcher_intended_is_refused_naming_the_variables() 
     let (_, stderr) = text(&out);
     assert!(!out.status.success());
     assert!(stderr.contains("world of 1") && stderr.contains("GANG_WORLD_SIZE=4"), "{stderr}");
+    assert!(
+        stderr.contains("this program runs with ") && stderr.contains("but was started by Open MPI's mpirun"),
+        "{stderr}"
+    );
+}
+
+/// The real thing: this build's `gang-rank` under the other MPI's launcher (both are
+/// installed by `./dev test`). `gang run` refuses it before anything starts (the program's
+/// libraries name its MPI), and started by that launcher directly, every process stops
+/// with an error that names both MPIs instead of running as a world of one.
+#[test]
+fn a_program_under_the_other_mpi_s_launcher_is_refused_naming_both_mpis() {
+    let library = gang::mpi::environment::library_version().expect("MPI_Get_library_version");
+    let (this, other, other_launcher, other_flags): (&str, &str, &str, &[&str]) = if library.contains("MPICH") {
+        ("MPICH", "Open MPI", "mpirun.openmpi", &["--allow-run-as-root"])
+    } else {
+        ("Open MPI", "MPICH", "mpiexec.mpich", &[])
+    };
+    let Some(launcher) = std::env::var_os("PATH")
+        .and_then(|p| std::env::split_paths(&p).map(|d| d.join(other_launcher)).find(|p| p.is_file()))
+    else {
+        eprintln!(
+            "SKIPPED: {other_launcher} is not on PATH, so this {this} build cannot be tried under \
+             {other}'s launcher (install {other} beside {this}, as ./dev test does)"
+        );
+        return;
+    };
+    let s = Scratch::new("other-mpi");
+    let out = gang(
+        &["run", "-n", "2", "--mpirun", launcher.to_str().unwrap(), "--", rank_bin().to_str().unwrap(), "hello"],
+        &s,
+    );
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("is linked against {this} (")) && stderr.contains(&format!(" is {other} ")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("world of one") && stderr.contains("--mpirun"), "{stderr}");
+    assert!(std::fs::read_dir(&s.0).unwrap().next().is_none(), "no run directory for a gang that never started");
+
+    let gang_mpi = if other == "MPICH" { "mpich" } else { "openmpi" };
+    let child = Command::new(&launcher)
+        .args(other_flags)
+        .args(["-n", "2"])
+        .arg(rank_bin())
+        .arg("hello")
+        .env("GANG_WORLD_SIZE", "2")
+        .env("GANG_MPI", gang_mpi)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = wait_guarded(child, &format!("{other_launcher} -n 2 gang-rank hello"));
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("this program runs with {this}"))
+            && stderr.contains(&format!("but was started by gang's launcher for {other} (GANG_MPI={gang_mpi})")),
+        "{stderr}"
+    );
 }

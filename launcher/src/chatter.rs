@@ -5,14 +5,18 @@
 //! or Slurm print about a failure they have seen (Open MPI's dashed help blocks such as
 //! "Primary job terminated normally, but 1 process returned a non-zero exit code" or
 //! "MPI_ABORT was invoked on rank 0", its `[host:pid] ... ORTE_ERROR_LOG` lines, hydra's
-//! `=====` blocks, `srun: error: ... task 1: Exited with exit code 2`) only repeats, at
-//! length, what gang's last line says. The same holds for a failing rank's own
+//! `=====` blocks and `[mpiexec@host] ...` lines, MPICH's `Abort(1) on node 0 ...` line on
+//! the aborting rank's stderr, `srun: error: ... task 1: Exited with exit code 2`) only
+//! repeats, at length, what gang's last line says. The same holds for a failing rank's own
 //! announcement ("gang: rank 1 failed: ...; stopping the gang"), printed by every rank that
 //! meets the same error. Such lines are held back: every line goes to the run directory's
 //! `launcher.log`, and at the end of the attempt the held lines are printed only when no
 //! rank's failure explains the end (mpirun failed on its own, or succeeded with warnings),
 //! so a real mpirun error ("mpirun was unable to find the specified executable", "not
 //! enough slots") is never swallowed. `--verbose` shows everything as it comes.
+//!
+//! Hydra reports a failed rank on stdout, among the ranks' output: with MPICH, stdout goes
+//! through [`StdoutFilter`], which holds back that report only.
 
 /// Why a line was held back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +55,9 @@ impl Filter {
 
     fn classify(&mut self, line: &str) -> Option<Held> {
         if let Some(rest) = strip_rank_tag(line) {
+            if is_mpich_abort(rest) {
+                return Some(Held::Launcher);
+            }
             return is_announcement(rest).then_some(Held::Announcement);
         }
         let t = line.trim_end();
@@ -66,6 +73,9 @@ impl Filter {
             return Some(Held::Announcement);
         }
         let launcher_says = is_host_pid_line(t)
+            || is_hydra_line(t)
+            || is_mpich_abort(t)
+            || HYDRA_AFTERWORD.contains(&t)
             || t.starts_with("srun: ")
             || t.starts_with("slurmstepd: ")
             || t.starts_with("YOUR APPLICATION TERMINATED WITH THE EXIT STRING");
@@ -85,6 +95,103 @@ impl Filter {
             })
             .map(|(_, l)| l)
             .collect()
+    }
+}
+
+/// Sorts the lines of hydra's stdout, where MPICH's `mpiexec` reports a failed rank among
+/// the ranks' own output:
+///
+/// ```text
+///
+/// ===================================================================================
+/// =   BAD TERMINATION OF ONE OF YOUR APPLICATION PROCESSES
+/// =   PID 9847 RUNNING AT vm
+/// =   EXIT CODE: 9
+/// ...
+/// ===================================================================================
+/// YOUR APPLICATION TERMINATED WITH THE EXIT STRING: Killed (signal 9)
+/// This typically refers to a problem with your application.
+/// Please see the FAQ page for debugging suggestions
+/// ```
+///
+/// Only that report is held back. The ranks' stdout is their data (and under
+/// `--no-tag-output` a rank may print rules of its own), so a rule of `=` is held only
+/// while the next line may still show it to be hydra's (a line starting `=   `), and an
+/// empty line only while a rule may follow it; otherwise they are printed in order.
+#[derive(Debug, Default)]
+pub struct StdoutFilter {
+    /// An empty line and/or a rule not yet known to be hydra's.
+    pending: Vec<Vec<u8>>,
+    in_block: bool,
+    after_block: bool,
+    held: Vec<Vec<u8>>,
+}
+
+impl StdoutFilter {
+    /// A filter with nothing held.
+    pub fn new() -> StdoutFilter {
+        StdoutFilter::default()
+    }
+
+    /// Takes one line (without its newline; the ranks' data, so bytes rather than text);
+    /// returns the lines to print now, in order.
+    pub fn take(&mut self, line: &[u8]) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        let text = String::from_utf8_lossy(line);
+        let t = text.trim_end();
+        if self.in_block {
+            if is_rule(t, '=') {
+                self.in_block = false;
+                self.after_block = true;
+            }
+            self.held.push(line.to_vec());
+            return out;
+        }
+        if self.after_block {
+            if t.starts_with("YOUR APPLICATION TERMINATED WITH THE EXIT STRING") || HYDRA_AFTERWORD.contains(&t) {
+                self.held.push(line.to_vec());
+                return out;
+            }
+            self.after_block = false;
+        }
+        let rule_pending = self.pending.last().is_some_and(|p| is_rule(String::from_utf8_lossy(p).trim_end(), '='));
+        if rule_pending && t.starts_with("=   ") {
+            self.held.append(&mut self.pending);
+            self.held.push(line.to_vec());
+            self.in_block = true;
+            return out;
+        }
+        if !rule_pending && !self.pending.is_empty() && is_rule(t, '=') {
+            // The empty line before hydra's opening rule.
+            self.pending.push(line.to_vec());
+            return out;
+        }
+        out.append(&mut self.pending);
+        if t.is_empty() || is_rule(t, '=') {
+            self.pending.push(line.to_vec());
+        } else {
+            out.push(line.to_vec());
+        }
+        out
+    }
+
+    /// At the end of the stream: the lines still pending, to print.
+    pub fn finish(&mut self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut self.pending)
+    }
+
+    /// What was held back, in order.
+    pub fn held(&self) -> &[Vec<u8>] {
+        &self.held
+    }
+
+    /// The held lines to print at the end of the attempt: none when a rank's failure (or
+    /// the user's signal) explains the end, all of them otherwise (as [`Filter::release`]).
+    pub fn release(self, rank_failed: bool) -> Vec<String> {
+        if rank_failed {
+            return Vec::new();
+        }
+        self.held.iter().map(|l| String::from_utf8_lossy(l).into_owned()).collect()
     }
 }
 
@@ -111,6 +218,23 @@ fn is_announcement(s: &str) -> bool {
 fn is_rule(t: &str, c: char) -> bool {
     t.len() >= 20 && t.chars().all(|x| x == c)
 }
+
+/// MPICH's hydra: `[mpiexec@host] ...` and its proxies' `[proxy:0:0@host] ...`.
+fn is_hydra_line(t: &str) -> bool {
+    let Some(rest) = t.strip_prefix('[') else { return false };
+    let Some((inside, after)) = rest.split_once(']') else { return false };
+    (inside.starts_with("mpiexec@") || inside.starts_with("proxy:")) && after.starts_with(' ')
+}
+
+/// What MPICH's library prints on a rank's stderr when it calls `MPI_Abort`: `Abort(1) on
+/// node 0 (rank 0 in comm 496): application called MPI_Abort(comm=0x84000002, 1) - process 0`.
+fn is_mpich_abort(s: &str) -> bool {
+    s.starts_with("Abort(") && s.contains(") on node ") && s.contains("application called MPI_Abort(")
+}
+
+/// The lines hydra prints after its `BAD TERMINATION` block and exit string.
+const HYDRA_AFTERWORD: [&str; 2] =
+    ["This typically refers to a problem with your application.", "Please see the FAQ page for debugging suggestions"];
 
 /// Open MPI's `[host:pid] ...` prefix (its ORTE_ERROR_LOG lines, "1 more process has sent
 /// help message", "Set MCA parameter ...").
@@ -177,6 +301,68 @@ did not launch the job.
             assert!(!f.show(l));
         }
         assert_eq!(f.release(false, false), block.lines().collect::<Vec<_>>());
+    }
+
+    /// What hydra prints on stdout after a rank exited 3 and it killed the others.
+    const HYDRA_REPORT: &str = "
+===================================================================================
+=   BAD TERMINATION OF ONE OF YOUR APPLICATION PROCESSES
+=   PID 9847 RUNNING AT vm
+=   EXIT CODE: 9
+=   CLEANING UP REMAINING PROCESSES
+=   YOU CAN IGNORE THE BELOW CLEANUP MESSAGES
+===================================================================================
+YOUR APPLICATION TERMINATED WITH THE EXIT STRING: Killed (signal 9)
+This typically refers to a problem with your application.
+Please see the FAQ page for debugging suggestions";
+
+    fn stdout_through(f: &mut StdoutFilter, text: &str) -> Vec<String> {
+        let mut shown: Vec<Vec<u8>> = text.lines().flat_map(|l| f.take(l.as_bytes())).collect();
+        shown.extend(f.finish());
+        shown.into_iter().map(|l| String::from_utf8(l).unwrap()).collect()
+    }
+
+    #[test]
+    fn hydra_s_report_on_stdout_is_held_and_the_ranks_output_is_not() {
+        let mut f = StdoutFilter::new();
+        let text = format!("[rank 0] rank 0 of 4 ready\n[rank 1] done\n{HYDRA_REPORT}\n[rank 2] late line");
+        let shown = stdout_through(&mut f, &text);
+        assert_eq!(shown, ["[rank 0] rank 0 of 4 ready", "[rank 1] done", "[rank 2] late line"]);
+        assert_eq!(f.held().len(), HYDRA_REPORT.lines().count());
+        assert_eq!(f.release(false).len(), 11);
+    }
+
+    #[test]
+    fn a_rank_s_own_rules_and_empty_lines_on_stdout_pass_in_order() {
+        let mut f = StdoutFilter::new();
+        let rule = "=".repeat(30);
+        let text = format!("table\n\n{rule}\n= not hydra\n{rule}\n\n\nend\n{rule}");
+        let shown = stdout_through(&mut f, &text);
+        assert_eq!(shown, text.lines().collect::<Vec<_>>());
+        assert!(f.held().is_empty());
+        // The last empty line is printed once the stream ends.
+        let mut f = StdoutFilter::new();
+        assert!(f.take(b"").is_empty());
+        assert_eq!(f.finish(), [b""]);
+        // Bytes that are not UTF-8 pass unchanged.
+        assert_eq!(f.take(b"[rank 0] \xff\xfe"), [b"[rank 0] \xff\xfe"]);
+    }
+
+    #[test]
+    fn mpich_s_abort_line_and_hydra_s_messages_are_launcher_lines() {
+        let mut f = Filter::new();
+        for l in [
+            "[rank 0] Abort(1) on node 0 (rank 0 in comm 496): application called MPI_Abort(comm=0x84000002, 1) - process 0",
+            "Abort(101) on node 1 (rank 1 in comm 0): application called MPI_Abort(MPI_COMM_WORLD, 101) - process 1",
+            "[mpiexec@vm] HYDU_process_mfile_token (utils/args/args.c:295): token slots not supported at this time",
+            "[proxy:0:0@vm] HYD_pmcd_pmip_control_cmd_cb (pm/pmiserv/pmip_cb.c:480): assert (!closed) failed",
+            "This typically refers to a problem with your application.",
+        ] {
+            assert!(!f.show(l), "{l}");
+        }
+        assert!(f.show("[rank 0] Abort(3) is what my program prints"));
+        assert!(f.show("[mpiexec is not a host]"));
+        assert_eq!(f.release(false, false).len(), 5);
     }
 
     #[test]

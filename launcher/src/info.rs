@@ -17,6 +17,10 @@ pub struct InfoArgs {
     /// core].
     #[arg(short = 'n', long = "ranks", value_name = "N")]
     pub ranks: Option<usize>,
+    /// The mpirun (or mpiexec) to report on, a path or a name on PATH [default:
+    /// $GANG_MPIRUN, else mpirun on PATH].
+    #[arg(long, value_name = "PATH")]
+    pub mpirun: Option<std::path::PathBuf>,
 }
 
 /// Where one rank runs and which device it uses.
@@ -74,17 +78,24 @@ pub struct InfoReport {
     pub plan: Vec<RankPlacement>,
 }
 
-/// Gathers the report from this machine and process environment.
-pub fn gather(ranks: Option<usize>) -> InfoReport {
+/// Gathers the report from this machine and process environment; `mpirun` is the
+/// `--mpirun` option.
+pub fn gather(ranks: Option<usize>, mpirun: Option<&std::path::Path>) -> InfoReport {
     let slurm = SlurmAllocation::from_env();
-    let mpirun = detect::which("mpirun");
+    let mpirun = detect::resolve_mpirun(
+        mpirun.map(|p| p.as_os_str()),
+        std::env::var_os(detect::MPIRUN_VAR),
+        std::env::var_os("PATH").as_deref(),
+    );
     let (mpi, mpi_note) = match &mpirun {
-        None => (None, Some(format!("no MPI found: {}", detect::NO_MPIRUN))),
-        Some(m) => match detect::probe_mpi(m) {
+        Err(e) => (None, Some(format!("{e:#}"))),
+        Ok(None) => (None, Some(format!("no MPI found: {}", detect::NO_MPIRUN))),
+        Ok(Some(m)) => match detect::probe_mpi(m) {
             Ok(install) => (Some(install), None),
             Err(e) => (None, Some(format!("{e:#}"))),
         },
     };
+    let mpirun = mpirun.ok().flatten();
     let (launcher, launcher_note) =
         match detect::choose_launcher(LauncherChoice::Auto, slurm.is_some(), detect::which("srun"), mpirun) {
             Ok((kind, path)) => (Some(format!("{} ({})", kind.as_str(), path.display())), None),
@@ -151,7 +162,7 @@ pub fn render(r: &InfoReport) -> String {
 /// # Errors
 /// Only if the JSON cannot be produced.
 pub fn info(args: &InfoArgs) -> Result<i32> {
-    let report = gather(args.ranks);
+    let report = gather(args.ranks, args.mpirun.as_deref());
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

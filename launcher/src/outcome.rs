@@ -164,7 +164,10 @@ fn describe_failure(kind: FailureKind, message: &str) -> String {
 /// * `stopped_by`: the signal that made `gang` stop the gang, if any;
 /// * `stall`: the stall for which `gang` stopped the gang, if any;
 /// * `failures`, `exits`: the records of the attempt (any order);
-/// * `launcher`: how `mpirun`/`srun` itself ended, named `launcher_name`.
+/// * `launcher`: how `mpirun`/`srun` itself ended, named `launcher_name`;
+/// * `abort_code`: whether the launcher's exit code is that of a rank's `MPI_Abort` (Open
+///   MPI's mpirun), not only the status of the ranks it killed (hydra exits 9 when it
+///   SIGKILLed them).
 ///
 /// The message names the root cause and its class; [`final_line`] adds the run directory.
 ///
@@ -181,6 +184,7 @@ pub fn judge(
     exits: &[ExitRecord],
     launcher: ExitStatus,
     launcher_name: &str,
+    abort_code: bool,
 ) -> Outcome {
     let launcher_code = code_of(launcher);
     if let Some(sig) = stopped_by {
@@ -204,7 +208,7 @@ pub fn judge(
         // The failing rank's own exit code tells, when its supervisor recorded one. A rank
         // that recorded a failure may still be killed by a signal before it exits on its own
         // (peers abort at the same moment): that signal says nothing, so then mpirun's code
-        // (MPI_Abort's error code) or the code of the failure's kind.
+        // (MPI_Abort's error code, where it is that) or the code of the failure's kind.
         let own_exit = exits.iter().find(|e| e.rank == f.rank).and_then(|e| match e.status {
             ExitStatus::Code(c) if c != 0 => Some(c),
             _ => None,
@@ -214,7 +218,7 @@ pub fn judge(
             _ => 1,
         };
         return Outcome {
-            code: own_exit.or(launcher_code.filter(|&c| c != 0 && c < 128)).unwrap_or(of_kind),
+            code: own_exit.or(launcher_code.filter(|&c| abort_code && c != 0 && c < 128)).unwrap_or(of_kind),
             message: Some(format!(
                 "gang: rank {} failed first: {} (attempt {}, host {}; {} failure). The gang was stopped",
                 f.rank,
@@ -348,17 +352,17 @@ mod tests {
         let mut e = exit(3, ExitStatus::Signal(9), 5);
         e.host = "n2".into();
         let exits = [exit(0, ExitStatus::Code(0), 1), e];
-        let o = judge(true, None, None, &[], &exits, ExitStatus::Code(143), "srun");
+        let o = judge(true, None, None, &[], &exits, ExitStatus::Code(143), "srun", true);
         assert_eq!(o.cause.unwrap().to_string(), "rank 3 on n2 was killed by signal 9 (SIGKILL)");
-        let o = judge(false, None, None, &[], &exits, ExitStatus::Code(143), "srun");
+        let o = judge(false, None, None, &[], &exits, ExitStatus::Code(143), "srun", true);
         assert_eq!(o.cause.unwrap().to_string(), "rank 3 was killed by signal 9 (SIGKILL)");
         let f = failure(1, FailureKind::Error, "Input/output error", 2);
-        let o = judge(true, None, None, &[f], &exits, ExitStatus::Code(143), "srun");
+        let o = judge(true, None, None, &[f], &exits, ExitStatus::Code(143), "srun", true);
         assert_eq!(o.cause.unwrap().to_string(), "rank 1 on n1 returned an error: Input/output error");
     }
 
     fn judge_(failures: &[FailureRecord], exits: &[ExitRecord], launcher: ExitStatus) -> Outcome {
-        judge(false, None, None, failures, exits, launcher, "mpirun")
+        judge(false, None, None, failures, exits, launcher, "mpirun", true)
     }
 
     #[test]
@@ -432,6 +436,9 @@ mod tests {
         // signal is not the rank's code; mpirun's code (MPI_Abort's) is.
         let o = judge_(&errors, &[exit(1, ExitStatus::Signal(15), 3)], ExitStatus::Code(1));
         assert_eq!(o.code, 1);
+        // Hydra's 9 is the SIGKILL it sent the ranks, not MPI_Abort's code: the kind's code.
+        let o = judge(false, None, None, &failures, &[], ExitStatus::Code(9), "mpirun", false);
+        assert_eq!(o.code, 101);
     }
 
     #[test]
@@ -473,7 +480,8 @@ mod tests {
 
     #[test]
     fn a_stop_signal_wins() {
-        let o = judge(false, Some(15), None, &[], &[exit(0, ExitStatus::Signal(15), 1)], ExitStatus::Code(1), "srun");
+        let o =
+            judge(false, Some(15), None, &[], &[exit(0, ExitStatus::Signal(15), 1)], ExitStatus::Code(1), "srun", true);
         assert_eq!(o.code, 143);
         assert!(o.message.unwrap().contains("received SIGTERM"));
     }
@@ -576,12 +584,12 @@ mod tests {
         };
         // After a stall every rank was killed by the launcher: those exits are not the cause.
         let exits = [exit(0, ExitStatus::Signal(15), 1), exit(1, ExitStatus::Signal(15), 2)];
-        let o = judge(false, None, Some(&stall), &[], &exits, ExitStatus::Code(1), "mpirun");
+        let o = judge(false, None, Some(&stall), &[], &exits, ExitStatus::Code(1), "mpirun", true);
         assert_eq!(o.code, EXIT_STALLED);
         assert_eq!(o.cause, Some(Cause::Stalled(stall.clone())));
         assert!(o.message.unwrap().starts_with("gang: rank 1 stalled (no progress for 12 s"));
         let failures = [failure(2, FailureKind::Error, "disk full", 5)];
-        let o = judge(false, None, Some(&stall), &failures, &exits, ExitStatus::Code(1), "mpirun");
+        let o = judge(false, None, Some(&stall), &failures, &exits, ExitStatus::Code(1), "mpirun", true);
         assert_eq!(o.cause.unwrap().rank(), Some(2));
     }
 }

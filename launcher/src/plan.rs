@@ -141,6 +141,12 @@ pub struct LaunchPlan {
     pub args: Vec<OsString>,
     /// Variables to set in its environment (it passes them on to the ranks).
     pub env: Vec<(String, OsString)>,
+    /// The launcher prints its own words on stdout too, among the ranks' output (hydra's
+    /// report of a failed rank): stdout must pass through [`crate::chatter::StdoutFilter`].
+    pub chatter_on_stdout: bool,
+    /// The launcher's exit code after a rank's `MPI_Abort` is the abort's error code (Open
+    /// MPI); hydra's is the status of the ranks it then killed (9 for SIGKILL).
+    pub exit_is_abort_code: bool,
 }
 
 /// Builds the launch command.
@@ -164,6 +170,7 @@ pub fn build(input: &PlanInput) -> Result<LaunchPlan> {
             );
         }
     }
+    let (mut chatter_on_stdout, mut exit_is_abort_code) = (false, true);
     let oversubscribed = input.ranks > input.cpus;
     match (input.launcher, input.flavour) {
         (LauncherKind::Mpirun, MpiFlavour::OpenMpi) => {
@@ -207,7 +214,14 @@ pub fn build(input: &PlanInput) -> Result<LaunchPlan> {
             }
         }
         (LauncherKind::Mpirun, MpiFlavour::Mpich) => {
-            // Hydra forwards the whole environment and allows oversubscription by default.
+            // Hydra forwards the whole environment and allows oversubscription by default;
+            // it runs as root without a flag. It has nothing like Open MPI's
+            // odls_base_sigkill_timeout: it passes a SIGTERM straight on to the ranks and
+            // waits for them (gang's stop grace bounds that), and SIGKILLs the survivors of
+            // a failed rank at once, exiting with their status (9), not the abort's code. It
+            // reports a failed rank on stdout.
+            chatter_on_stdout = true;
+            exit_is_abort_code = false;
             args.push("-n".into());
             args.push(input.ranks.to_string().into());
             if let Some(h) = &input.hostfile {
@@ -253,7 +267,13 @@ pub fn build(input: &PlanInput) -> Result<LaunchPlan> {
     args.push("--".into());
     args.push(input.program.clone().into());
     args.extend(input.args.iter().cloned());
-    Ok(LaunchPlan { program: input.launcher_path.clone(), args, env: input.env.pairs() })
+    Ok(LaunchPlan {
+        program: input.launcher_path.clone(),
+        args,
+        env: input.env.pairs(),
+        chatter_on_stdout,
+        exit_is_abort_code,
+    })
 }
 
 #[cfg(test)]
@@ -377,7 +397,12 @@ mod tests {
         i.ranks = 4;
         let mut want = vec!["-n".to_string(), "4".into()];
         want.extend(TAIL.map(String::from));
-        assert_eq!(argv(&build(&i).unwrap()), want);
+        let plan = build(&i).unwrap();
+        assert_eq!(argv(&plan), want);
+        assert!(plan.chatter_on_stdout, "hydra's report of a failed rank is on stdout");
+        assert!(!plan.exit_is_abort_code, "hydra exits with the status of the ranks it killed");
+        let open_mpi = build(&input(LauncherKind::Mpirun, MpiFlavour::OpenMpi)).unwrap();
+        assert!(!open_mpi.chatter_on_stdout && open_mpi.exit_is_abort_code);
         i.hostfile = Some("/h".into());
         assert_eq!(&argv(&build(&i).unwrap())[..4], ["-n", "4", "-f", "/h"]);
     }

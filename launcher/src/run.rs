@@ -31,6 +31,12 @@ pub struct LaunchOptions {
     /// Which launcher starts the ranks.
     #[arg(long, value_enum, default_value_t = LauncherChoice::Auto)]
     pub launcher: LauncherChoice,
+    /// The mpirun (or mpiexec) of the MPI the program is built against, a path or a name
+    /// on PATH, e.g. `mpiexec.mpich` for MPICH beside a default Open MPI [default:
+    /// $GANG_MPIRUN, else mpirun on PATH]. Its `--version` tells Open MPI from MPICH; a
+    /// program linked against the other MPI is refused.
+    #[arg(long, value_name = "PATH")]
+    pub mpirun: Option<PathBuf>,
     /// Hostfile for mpirun (Open MPI `--hostfile`, MPICH `-f`).
     #[arg(long, value_name = "FILE")]
     pub hostfile: Option<PathBuf>,
@@ -73,7 +79,8 @@ pub struct LaunchOptions {
     /// (after a rank failed, or on SIGINT/SIGTERM to gang), and as long again before
     /// SIGKILL. 0, the default, stops them at once: gang's outputs and checkpoints are safe
     /// against SIGKILL at any point, and a restart begins sooner. Raise it for programs
-    /// that clean up on SIGTERM. (mpirun with Open MPI only.)
+    /// that clean up on SIGTERM. (Open MPI's mpirun; MPICH's hydra passes gang's SIGTERM
+    /// on at once, and gang waits 5 s plus twice this before its SIGKILL.)
     #[arg(long, value_name = "SECONDS", default_value_t = 0)]
     pub kill_grace: u32,
     /// The address of this host that ranks on other nodes send their heartbeats to (TCP).
@@ -178,15 +185,35 @@ pub fn run(opts: &LaunchOptions, command: &[OsString], uses_gpus: bool) -> Resul
     };
 
     let slurm = SlurmAllocation::from_env();
-    let (launcher, launcher_path) =
-        detect::choose_launcher(opts.launcher, slurm.is_some(), detect::which("srun"), detect::which("mpirun"))?;
-    let flavour = match (launcher, detect::which("mpirun")) {
-        (_, Some(mpirun)) => detect::probe_mpi(&mpirun)?.flavour,
-        (LauncherKind::Srun, None) => {
-            eprintln!("gang: no mpirun on PATH to tell the MPI flavour from; assuming Open MPI (srun --mpi=pmix)");
-            MpiFlavour::OpenMpi
+    let path_var = std::env::var_os("PATH");
+    let mpirun = detect::resolve_mpirun(
+        opts.mpirun.as_deref().map(Path::as_os_str),
+        std::env::var_os(detect::MPIRUN_VAR),
+        path_var.as_deref(),
+    )?;
+    let (launcher, mut launcher_path) =
+        detect::choose_launcher(opts.launcher, slurm.is_some(), detect::which("srun"), mpirun.clone())?;
+    let linked = detect::linked_mpi(&program);
+    let flavour = match (launcher, mpirun) {
+        (LauncherKind::Mpirun, Some(mpirun)) => {
+            let install = detect::probe_mpi(&mpirun)?;
+            detect::check_program_mpi(&program, linked.as_ref(), &install, path_var.as_deref())?;
+            launcher_path = install.mpirun;
+            install.flavour
         }
         (LauncherKind::Mpirun, None) => unreachable!("choose_launcher found mpirun"),
+        // srun's --mpi follows the program's MPI where its libraries tell it.
+        (LauncherKind::Srun, mpirun) => match (&linked, mpirun) {
+            (Some((flavour, _)), _) => *flavour,
+            (None, Some(mpirun)) => detect::probe_mpi(&mpirun)?.flavour,
+            (None, None) => {
+                eprintln!(
+                    "gang: neither the program's libraries nor an mpirun tell the MPI flavour; assuming \
+                     Open MPI (srun --mpi=pmix)"
+                );
+                MpiFlavour::OpenMpi
+            }
+        },
     };
     let cpus = match (&slurm, launcher) {
         (Some(alloc), LauncherKind::Srun) => alloc.cpus().unwrap_or_else(|| detect::cores(None)),
@@ -375,6 +402,46 @@ fn relay_stderr(src: impl Read, verbose: bool, log: Option<Log>) -> chatter::Fil
     }
 }
 
+/// Copies the launcher's stdout (the ranks' output, and hydra's report of a failed rank)
+/// line by line to our stdout, holding back what [`chatter::StdoutFilter`] recognises as
+/// the launcher's; the held lines go to the log at the end. Returns the filter.
+fn relay_stdout(src: impl Read, verbose: bool, log: Option<Log>) -> chatter::StdoutFilter {
+    let mut filter = chatter::StdoutFilter::new();
+    let mut reader = BufReader::new(src);
+    let mut line = Vec::with_capacity(256);
+    let mut out = std::io::BufWriter::new(std::io::stdout());
+    loop {
+        line.clear();
+        let end = matches!(reader.read_until(b'\n', &mut line), Ok(0) | Err(_));
+        let lines = match (end, verbose) {
+            (true, _) => filter.finish(),
+            (false, true) => vec![line.strip_suffix(b"\n").unwrap_or(&line).to_vec()],
+            (false, false) => filter.take(line.strip_suffix(b"\n").unwrap_or(&line)),
+        };
+        for l in lines {
+            let _ = out.write_all(&l);
+            let _ = out.write_all(b"\n");
+        }
+        if end {
+            let _ = out.flush();
+            break;
+        }
+        // Flush whenever the input has nothing more waiting: lines are never held up.
+        if reader.buffer().is_empty() {
+            let _ = out.flush();
+        }
+    }
+    if let Some(log) = &log {
+        if let Ok(mut f) = log.lock() {
+            for l in filter.held() {
+                let _ = f.write_all(l);
+                let _ = f.write_all(b"\n");
+            }
+        }
+    }
+    filter
+}
+
 /// Runs attempt after attempt until one succeeds, the user stops the gang, or the restart
 /// budget is used up; prints the restarts and the summary; returns the exit code.
 fn attempts(
@@ -503,6 +570,9 @@ fn execute(plan: &LaunchPlan, launcher: LauncherKind, run: &RunDir, run_id: &str
         cmd.stdin(Stdio::null());
     }
     cmd.stderr(Stdio::piped());
+    if plan.chatter_on_stdout {
+        cmd.stdout(Stdio::piped());
+    }
     let name = launcher.as_str();
     log_line(
         w.log.as_ref(),
@@ -522,6 +592,14 @@ fn execute(plan: &LaunchPlan, launcher: LauncherKind, run: &RunDir, run_id: &str
             let _ = relayed_tx.send(relay_stderr(stderr, verbose, log));
         });
     }
+    let relayed_out = child.stdout.take().map(|stdout| {
+        let (tx, rx) = mpsc::channel();
+        let (verbose, log) = (w.verbose, w.log.clone());
+        std::thread::spawn(move || {
+            let _ = tx.send(relay_stdout(stdout, verbose, log));
+        });
+        rx
+    });
 
     let (status, stop, stall) = watch(&mut child, pgid, w, run, &mut tracker)?;
 
@@ -571,16 +649,27 @@ fn execute(plan: &LaunchPlan, launcher: LauncherKind, run: &RunDir, run_id: &str
     if let (Some(s), false) = (stall.as_mut(), several_hosts) {
         s.host = None;
     }
-    let verdict = outcome::judge(several_hosts, stopped_by, stall.as_ref(), &failures, &exits, launcher_status, name);
-    // Everything is dead by now, so the pipe is closed unless a process we could not find
-    // still holds it.
+    let verdict = outcome::judge(
+        several_hosts,
+        stopped_by,
+        stall.as_ref(),
+        &failures,
+        &exits,
+        launcher_status,
+        name,
+        plan.exit_is_abort_code,
+    );
+    use outcome::Cause;
+    let rank_failed = stopped_by.is_some()
+        || matches!(verdict.cause, Some(Cause::Recorded { .. } | Cause::Exited { .. } | Cause::Stalled(_)));
+    let recorded = matches!(verdict.cause, Some(Cause::Recorded { .. }));
+    // Everything is dead by now, so the pipes are closed unless a process we could not find
+    // still holds them.
+    let stdout_held =
+        relayed_out.and_then(|rx| rx.recv_timeout(STDERR_DRAIN_LIMIT).ok()).map(|f| f.release(rank_failed));
     if let Ok(filter) = relayed.recv_timeout(STDERR_DRAIN_LIMIT) {
-        use outcome::Cause;
-        let rank_failed = stopped_by.is_some()
-            || matches!(verdict.cause, Some(Cause::Recorded { .. } | Cause::Exited { .. } | Cause::Stalled(_)));
-        let recorded = matches!(verdict.cause, Some(Cause::Recorded { .. }));
         let mut err = std::io::stderr().lock();
-        for line in filter.release(rank_failed, recorded) {
+        for line in filter.release(rank_failed, recorded).into_iter().chain(stdout_held.into_iter().flatten()) {
             let _ = writeln!(err, "{line}");
         }
     }

@@ -9,7 +9,8 @@ use std::process::Command;
 /// Runs gang with `args`, the given PATH, and no Slurm variables; returns (code, stderr).
 fn gang_with_path(args: &[&str], path: &str, dir: &TempDir) -> (Option<i32>, String) {
     let mut cmd = Command::new(gang());
-    cmd.args(args).env("PATH", path).env_remove("SLURM_JOB_ID").current_dir(dir.path());
+    // The launcher comes from PATH here, not from the MPICH pass's GANG_MPIRUN.
+    cmd.args(args).env("PATH", path).env_remove("SLURM_JOB_ID").env_remove("GANG_MPIRUN").current_dir(dir.path());
     let out = GangProcess::spawn(cmd, dir.path()).wait();
     (out.code, out.stderr)
 }

@@ -25,7 +25,8 @@ impl Client {
     fn from_env() -> Client {
         let get = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} is not set"));
         let addr = Address::parse(&get(vars::HEARTBEAT)).unwrap();
-        let rank = get("OMPI_COMM_WORLD_RANK").parse().unwrap();
+        // Open MPI's mpirun sets the one, MPICH's hydra the other.
+        let rank = std::env::var("OMPI_COMM_WORLD_RANK").unwrap_or_else(|_| get("PMI_RANK")).parse().unwrap();
         let attempt = get(vars::ATTEMPT).parse().unwrap();
         Client {
             sender: HeartbeatSender::connect(&addr).unwrap(),

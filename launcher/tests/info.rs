@@ -64,18 +64,25 @@ fn slurm_allocation_is_reported_and_spreads_ranks_over_nodes() {
 fn works_and_says_so_without_mpi() {
     let dir = TempDir::new("info-nompi");
     let empty = TempDir::new("info-empty-path");
-    let (_, out) = info(&[], &[("PATH", empty.path().to_str().unwrap())], &dir);
+    let (_, out) = info(&[], &[("PATH", empty.path().to_str().unwrap()), ("GANG_MPIRUN", "")], &dir);
     assert!(out.contains("no MPI found"), "{out}");
     assert!(out.contains("CUDA_VISIBLE_DEVICES is unset"), "{out}");
     assert!(out.contains("not inside a Slurm allocation"), "{out}");
 }
 
 #[test]
-fn reports_the_installed_open_mpi() {
+fn reports_the_installed_mpi() {
     common::require_mpirun();
     let dir = TempDir::new("info-mpi");
     let (_, out) = info(&["--json", "-n", "1"], &[], &dir);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert!(v["mpi"]["flavour"] == "openmpi" || v["mpi"]["flavour"] == "mpich", "{out}");
+    assert_eq!(v["mpi"]["flavour"], common::gang_mpi(), "{out}");
     assert!(v["launcher"].as_str().unwrap().starts_with("mpirun"), "{out}");
+    // The same MPI named with --mpirun rather than GANG_MPIRUN or PATH.
+    let mpirun = common::mpirun();
+    let (_, out) = info(&["--json", "--mpirun", mpirun.to_str().unwrap()], &[("GANG_MPIRUN", "")], &dir);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["mpi"]["flavour"], common::gang_mpi(), "{out}");
+    let (_, out) = info(&["--mpirun", "no-such-mpirun-for-gang-tests"], &[], &dir);
+    assert!(out.contains("--mpirun no-such-mpirun-for-gang-tests: not found on PATH"), "{out}");
 }

@@ -23,10 +23,10 @@ fn a_gang_that_fails_in_attempt_0_only_is_restarted_and_succeeds() {
     let root = dir.path().join("runs");
     let script = r#"
         if [ "$GANG_ATTEMPT" = 0 ]; then
-            if [ "$OMPI_COMM_WORLD_RANK" = 1 ]; then exit 3; fi
+            if [ "${OMPI_COMM_WORLD_RANK:-$PMI_RANK}" = 1 ]; then exit 3; fi
             sleep 30
         fi
-        echo "attempt $GANG_ATTEMPT rank $OMPI_COMM_WORLD_RANK done""#;
+        echo "attempt $GANG_ATTEMPT rank ${OMPI_COMM_WORLD_RANK:-$PMI_RANK} done""#;
     let root_s = root.to_str().unwrap();
     let out = run_gang(&run_args(root_s, &["--max-restarts", "2", "--restart-backoff", "0.2"], script), dir.path());
     assert_eq!(out.code, Some(0), "{}", out.stderr);
@@ -57,7 +57,7 @@ fn an_exhausted_budget_exits_non_zero_with_the_root_causes() {
     require_mpirun();
     let dir = TempDir::new("restart-exhausted");
     let root = dir.path().join("runs");
-    let script = r#"if [ "$OMPI_COMM_WORLD_RANK" = 1 ]; then exit 3; fi; sleep 30"#;
+    let script = r#"if [ "${OMPI_COMM_WORLD_RANK:-$PMI_RANK}" = 1 ]; then exit 3; fi; sleep 30"#;
     let root_s = root.to_str().unwrap();
     let out = run_gang(&run_args(root_s, &["--max-restarts", "2", "--restart-backoff", "0"], script), dir.path());
     assert_eq!(out.code, Some(3), "{}", out.stderr);
@@ -87,7 +87,7 @@ fn no_restart_without_a_budget() {
     require_mpirun();
     let dir = TempDir::new("restart-none");
     let root = dir.path().join("runs");
-    let script = r#"if [ "$OMPI_COMM_WORLD_RANK" = 0 ]; then exit 4; fi; sleep 30"#;
+    let script = r#"if [ "${OMPI_COMM_WORLD_RANK:-$PMI_RANK}" = 0 ]; then exit 4; fi; sleep 30"#;
     let out = run_gang(&run_args(root.to_str().unwrap(), &[], script), dir.path());
     assert_eq!(out.code, Some(4), "{}", out.stderr);
     assert!(out.stderr.contains("gang: rank 0 failed first: exited with code 4 (attempt 0"));
@@ -103,7 +103,7 @@ fn sigterm_during_the_backoff_stops_everything_and_does_not_restart() {
     require_mpirun();
     let dir = TempDir::new("restart-sigterm");
     let root = dir.path().join("runs");
-    let script = r#"if [ "$OMPI_COMM_WORLD_RANK" = 1 ]; then exit 3; fi; sleep 30"#;
+    let script = r#"if [ "${OMPI_COMM_WORLD_RANK:-$PMI_RANK}" = 1 ]; then exit 3; fi; sleep 30"#;
     let mut cmd = Command::new(gang());
     cmd.args(run_args(root.to_str().unwrap(), &["--max-restarts", "3", "--restart-backoff", "20"], script));
     let proc = GangProcess::spawn(cmd, dir.path());

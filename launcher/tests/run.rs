@@ -49,7 +49,11 @@ fn ranks_get_the_protocol_variables_and_their_arguments() {
     );
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     // The partial last line (no newline) is completed by the supervisor.
-    assert_eq!(sorted_lines(&out.stdout), ["[rank 0] 2 mpirun openmpi 0|a b|c|", "[rank 1] 2 mpirun openmpi 0|a b|c|"]);
+    let mpi = common::gang_mpi();
+    assert_eq!(
+        sorted_lines(&out.stdout),
+        [format!("[rank 0] 2 mpirun {mpi} 0|a b|c|"), format!("[rank 1] 2 mpirun {mpi} 0|a b|c|")]
+    );
     let run = run_dir_under(&root).unwrap();
     assert!(run.is_absolute());
 }
@@ -70,7 +74,7 @@ fn a_failing_rank_stops_the_gang_and_is_named() {
     require_mpirun();
     let dir = TempDir::new("fail");
     let root = dir.path().join("runs");
-    let script = r#"if [ "$OMPI_COMM_WORLD_RANK" = 1 ]; then exit 3; fi; sleep 30"#;
+    let script = r#"if [ "${OMPI_COMM_WORLD_RANK:-$PMI_RANK}" = 1 ]; then exit 3; fi; sleep 30"#;
     let out = run_gang(&["run", "-n", "2", "--run-dir", root.to_str().unwrap(), "--", "sh", "-c", script], dir.path());
     assert_eq!(out.code, Some(3), "{}", out.stderr);
     assert!(out.stderr.contains("gang: rank 1 failed first: exited with code 3 (attempt 0"), "{}", out.stderr);
@@ -84,7 +88,7 @@ fn a_rank_killed_by_a_signal_reports_128_plus_signal() {
     require_mpirun();
     let dir = TempDir::new("sigrank");
     let root = dir.path().join("runs");
-    let script = r#"if [ "$OMPI_COMM_WORLD_RANK" = 0 ]; then kill -KILL $$; fi; sleep 30"#;
+    let script = r#"if [ "${OMPI_COMM_WORLD_RANK:-$PMI_RANK}" = 0 ]; then kill -KILL $$; fi; sleep 30"#;
     let out = run_gang(&["run", "-n", "2", "--run-dir", root.to_str().unwrap(), "--", "sh", "-c", script], dir.path());
     assert_eq!(out.code, Some(137), "{}", out.stderr);
     assert!(out.stderr.contains("rank 0 failed first: was killed by signal 9 (SIGKILL)"), "{}", out.stderr);
@@ -97,7 +101,7 @@ fn a_failure_record_is_the_root_cause() {
     let dir = TempDir::new("failrec");
     let root = dir.path().join("runs");
     // Rank 1 writes a FailureRecord the way the rank library does, then exits 5.
-    let script = r#"if [ "$OMPI_COMM_WORLD_RANK" = 1 ]; then
+    let script = r#"if [ "${OMPI_COMM_WORLD_RANK:-$PMI_RANK}" = 1 ]; then
         mkdir -p "$GANG_RUN_DIR/attempt-0/failures"
         printf '{"rank":1,"attempt":0,"kind":"error","message":"input.parquet: bad magic","host":"h","pid":1,"time_unix_ns":1}' > "$GANG_RUN_DIR/attempt-0/failures/rank-1.json"
         exit 5
@@ -119,7 +123,7 @@ fn a_recorded_failure_stops_a_gang_the_launcher_leaves_running() {
     require_mpirun();
     let dir = TempDir::new("watchdog");
     let root = dir.path().join("runs");
-    let script = r#"if [ "$OMPI_COMM_WORLD_RANK" = 1 ]; then
+    let script = r#"if [ "${OMPI_COMM_WORLD_RANK:-$PMI_RANK}" = 1 ]; then
         mkdir -p "$GANG_RUN_DIR/attempt-0/failures"
         printf '{"rank":1,"attempt":0,"kind":"panic","message":"stuck after failing","host":"h","pid":1,"time_unix_ns":1}' > "$GANG_RUN_DIR/attempt-0/failures/rank-1.json"
     fi; sleep 300"#;

@@ -51,7 +51,8 @@ fn stop_with(signal: &str, signo: i32) {
         .filter(|pid| {
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
             let after = stat.rfind(')').map(|i| &stat[i + 1..]).unwrap_or("");
-            stat.contains("(mpirun)") && after.split_whitespace().nth(1) == Some(me.as_str())
+            let launcher = ["(mpirun)", "(mpiexec.hydra)", "(hydra_pmi_prox)"].iter().any(|n| stat.contains(n));
+            launcher && after.split_whitespace().nth(1) == Some(me.as_str())
         })
         .count();
     assert_eq!(stray, 0, "an mpirun child of the test is still running");
@@ -75,7 +76,7 @@ fn a_kill_grace_lets_the_ranks_clean_up_on_sigterm() {
     let ready = dir.path().join("ready");
     std::fs::create_dir_all(&ready).unwrap();
     let script = format!(
-        "trap 'kill $!; sleep 0.3; echo cleaned up; exit 0' TERM; touch {}/$OMPI_COMM_WORLD_RANK; sleep 300 & wait",
+        "trap 'kill $!; sleep 0.3; echo cleaned up; exit 0' TERM; touch {}/${{OMPI_COMM_WORLD_RANK:-$PMI_RANK}}; sleep 300 & wait",
         ready.display()
     );
     // Open MPI waits the grace before the SIGTERM and as long again before the SIGKILL.

@@ -104,11 +104,19 @@ fn provided_level() -> Result<crate::MpiThreading> {
     Ok(level)
 }
 
-/// Version string of the MPI library, without the trailing NUL some libraries include.
+/// The first line of the MPI library's version string (MPICH's goes on for lines: release
+/// date, ABI, configure options), its white space collapsed, without the trailing NUL some
+/// libraries include.
 pub(crate) fn library_version() -> String {
     ::mpi::environment::library_version()
-        .map(|s| s.trim_end_matches('\0').trim().to_string())
-        .unwrap_or_else(|_| "unknown MPI".to_string())
+        .ok()
+        .and_then(|s| {
+            s.trim_end_matches('\0')
+                .lines()
+                .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+                .find(|l| !l.is_empty())
+        })
+        .unwrap_or_else(|| "unknown MPI".to_string())
 }
 
 /// A duplicate of `MPI_COMM_WORLD` (or of an adopted communicator) with

@@ -35,12 +35,50 @@ pub fn example(name: &str) -> PathBuf {
     p
 }
 
-/// Fails loudly when there is no `mpirun`.
+/// The MPI launcher of the tests: `$GANG_MPIRUN` (as for `gang run`, a path or a name on
+/// PATH, e.g. `mpiexec.mpich` for the tests of an MPICH build), else `mpirun`.
+pub fn mpirun() -> PathBuf {
+    let name = std::env::var_os("GANG_MPIRUN").filter(|v| !v.is_empty()).unwrap_or_else(|| "mpirun".into());
+    let name = PathBuf::from(name);
+    if name.components().count() > 1 {
+        return name;
+    }
+    std::env::var_os("PATH")
+        .and_then(|p| std::env::split_paths(&p).map(|d| d.join(&name)).find(|p| p.is_file()))
+        .unwrap_or(name)
+}
+
+/// Fails loudly when there is no MPI launcher (see [`mpirun`]).
 pub fn require_mpirun() {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join("mpirun").is_file()))
-        .unwrap_or(false);
-    assert!(found, "mpirun is not on PATH: install Open MPI (apt-get install openmpi-bin libopenmpi-dev); these tests need a real MPI");
+    let m = mpirun();
+    assert!(
+        m.is_file(),
+        "{} is not there: install Open MPI (apt-get install openmpi-bin libopenmpi-dev), or set \
+         GANG_MPIRUN to MPICH's mpiexec for an MPICH build; these tests need a real MPI",
+        m.display()
+    );
+}
+
+/// The MPI behind [`mpirun`]: MPICH when its `--version` is hydra's, else Open MPI.
+pub fn mpi_is_mpich() -> bool {
+    static MPICH: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *MPICH.get_or_init(|| {
+        require_mpirun();
+        let out = Command::new(mpirun()).arg("--version").output().expect("mpirun --version");
+        String::from_utf8_lossy(&out.stdout).contains("HYDRA")
+    })
+}
+
+/// `mpirun -n N` with what each MPI needs here: Open MPI as root and with more ranks than
+/// cores (yielding when idle, or busy-polling ranks starve each other); hydra needs nothing.
+pub fn mpirun_n(n: usize) -> Command {
+    require_mpirun();
+    let mut cmd = Command::new(mpirun());
+    if !mpi_is_mpich() {
+        cmd.args(["--allow-run-as-root", "--oversubscribe"]).env("OMPI_MCA_mpi_yield_when_idle", "1");
+    }
+    cmd.arg("-n").arg(n.to_string());
+    cmd
 }
 
 /// A directory under the system temp dir, removed on drop.

@@ -17,12 +17,46 @@ pub fn gang() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_gang"))
 }
 
-/// Fails loudly when mpirun is missing: these tests exist to run the real thing.
+/// The MPI launcher `gang` uses in these tests: `$GANG_MPIRUN` (a path or a name on PATH,
+/// e.g. `mpiexec.mpich` for the MPICH pass of `./dev test`), else `mpirun`.
+pub fn mpirun() -> PathBuf {
+    let name = PathBuf::from(std::env::var_os("GANG_MPIRUN").filter(|v| !v.is_empty()).unwrap_or("mpirun".into()));
+    if name.components().count() > 1 {
+        return name;
+    }
+    std::env::var_os("PATH")
+        .and_then(|p| std::env::split_paths(&p).map(|d| d.join(&name)).find(|p| p.is_file()))
+        .unwrap_or(name)
+}
+
+/// Fails loudly when the MPI launcher is missing: these tests exist to run the real thing.
 pub fn require_mpirun() {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join("mpirun").is_file()))
-        .unwrap_or(false);
-    assert!(found, "these tests need mpirun on PATH (apt-get install openmpi-bin libopenmpi-dev)");
+    let m = mpirun();
+    assert!(
+        m.is_file(),
+        "these tests need mpirun on PATH (apt-get install openmpi-bin libopenmpi-dev) or GANG_MPIRUN \
+         naming an MPI launcher; {} is not there",
+        m.display()
+    );
+}
+
+/// Whether the MPI launcher is MPICH's hydra (its `--version` says so), not Open MPI's.
+pub fn mpi_is_mpich() -> bool {
+    static MPICH: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *MPICH.get_or_init(|| {
+        require_mpirun();
+        let out = Command::new(mpirun()).arg("--version").output().expect("mpirun --version");
+        String::from_utf8_lossy(&out.stdout).contains("HYDRA")
+    })
+}
+
+/// The `GANG_MPI` value the launcher sets for [`mpirun`]'s MPI.
+pub fn gang_mpi() -> &'static str {
+    if mpi_is_mpich() {
+        "mpich"
+    } else {
+        "openmpi"
+    }
 }
 
 /// A directory removed on drop.
