@@ -101,10 +101,15 @@ impl Cluster {
         wait_guarded(c.spawn().expect("salloc"), &format!("salloc gang {args:?}"))
     }
 
+    /// The cluster's hostfile in the format of the tests' MPI (Open MPI's or hydra's).
+    fn hostfile(&self) -> &str {
+        self.var(if common::mpi_is_mpich() { "GANG_CLUSTER_HOSTFILE_MPICH" } else { "GANG_CLUSTER_HOSTFILE" })
+    }
+
     /// `gang ARGS --hostfile <the cluster's>`: mpirun over both nodes from outside Slurm.
     fn hostfile_gang(&self, args: &[&str], runs: &Path, env: &[(&str, &str)]) -> Output {
         let mut c = self.command(gang_bin(), runs);
-        c.args(&args[..1]).args(["--hostfile", self.var("GANG_CLUSTER_HOSTFILE")]).args(&args[1..]);
+        c.args(&args[..1]).args(["--hostfile", self.hostfile()]).args(&args[1..]);
         c.envs(env.iter().copied());
         wait_guarded(c.spawn().expect("gang"), &format!("gang {args:?} over the hostfile"))
     }
@@ -271,7 +276,7 @@ fn a_rank_sigstopped_on_the_second_node_is_found_stalled_and_the_gang_restarted(
     args.extend(train_args(&data, &model, &ckpt));
     // Slow the steps down so that the stop lands in the middle of training.
     let mut cmd = c.command(gang_bin(), &runs);
-    cmd.args(&args[..1]).args(["--hostfile", c.var("GANG_CLUSTER_HOSTFILE")]).args(&args[1..]);
+    cmd.args(&args[..1]).args(["--hostfile", c.hostfile()]).args(&args[1..]);
     cmd.env("GANG_FAULT", "rank=0,step=1,kind=slow,ms=400");
     let child = cmd.spawn().unwrap();
     std::fs::create_dir_all(&runs).unwrap();
@@ -364,7 +369,11 @@ fn wait_job_gone(c: &Cluster, id: &str, runs: &Path) {
         if state.is_empty() {
             return;
         }
-        assert!(Instant::now() < deadline, "job {id} still {state}");
+        if Instant::now() >= deadline {
+            // Cancelled, so that it does not hold the nodes for the tests after this one.
+            let _ = c.command("scancel", runs).arg(id).status();
+            panic!("job {id} still {state} after {:?}: cancelled", common::HANG_GUARD);
+        }
         std::thread::sleep(Duration::from_millis(300));
     }
 }
@@ -423,7 +432,19 @@ fn the_mpirun_example_batch_script_runs_over_both_nodes_of_its_allocation() {
     let path = format!("{}:{}", common::target_dir().display(), std::env::var("PATH").unwrap_or_default());
     let mut cmd = c.command("sbatch", &runs);
     cmd.args(["--parsable", "--output", s(&log)]).arg(repo().join("examples/slurm/mpirun-in-allocation.sbatch"));
-    cmd.env("PATH", path);
+    // As on a real cluster: inside the allocation hydra launches through Slurm (the cluster's
+    // agent and control address are for launches from this host).
+    cmd.env("PATH", path)
+        .env_remove("HYDRA_LAUNCHER")
+        .env_remove("HYDRA_LAUNCHER_EXEC")
+        .env_remove("HYDRA_CONFIG_FILE");
+    if common::mpi_is_mpich() {
+        // The namespace nodes' names do not resolve (a real cluster's do): hydra's proxies
+        // are told the batch host's address instead (n1, the first node of the job).
+        let conf = sc.path("hydra.conf");
+        std::fs::write(&conf, "-localhost 10.77.0.11\n").unwrap();
+        cmd.env("HYDRA_CONFIG_FILE", conf);
+    }
     let out = wait_guarded(cmd.spawn().unwrap(), "sbatch");
     let id = assert_success(&out).trim().to_string();
     wait_job_gone(c, &id, &runs);
@@ -432,7 +453,9 @@ fn the_mpirun_example_batch_script_runs_over_both_nodes_of_its_allocation() {
     assert_eq!(hosts_of_hello(&text.replace("[rank 0] ", "")), two_nodes(), "{text}");
     let run = newest_run(&runs);
     let log = std::fs::read_to_string(run.join("launcher.log")).unwrap();
-    assert!(log.contains("mpirun") && log.contains("gang: heartbeats on tcp:"), "{log}");
+    let attempt = log.lines().find(|l| l.starts_with("== attempt 0: ")).unwrap_or_else(|| panic!("{log}"));
+    assert!(!attempt.contains("srun"), "launched with mpirun, not srun: {attempt}");
+    assert!(log.contains("gang: heartbeats on tcp:"), "{log}");
 }
 
 #[test]
@@ -496,4 +519,46 @@ fn sigint_to_gang_under_srun_stops_the_step_on_both_nodes() {
         assert!(Instant::now() < deadline, "left running after SIGINT: {:?}", processes_with(&marker));
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+#[test]
+fn a_rank_exiting_with_an_error_on_the_second_node_ends_the_gang_naming_it() {
+    // MPICH's hydra alone would leave the other ranks waiting forever here (more than one
+    // proxy); Open MPI's mpirun ends the job itself.
+    let (c, _g) = cluster();
+    let sc = Scratch::new("cluster-exit");
+    let data = dataset(&sc);
+    let (model, ckpt) = (sc.path("m.safetensors"), sc.path("ckpt"));
+    let mut args = vec!["train", "-n", "4"];
+    args.extend(train_args(&data, &model, &ckpt));
+    let out = c.hostfile_gang(&args, &sc.path("runs"), &[("GANG_FAULT", "rank=3,step=5,kind=exit")]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{stdout}\n{stderr}");
+    assert!(stderr.contains("rank 3 failed first: exited with code 3") && stderr.contains("host n2"), "{stderr}");
+    assert!(!model.exists());
+}
+
+#[test]
+fn ranks_that_never_start_stop_the_gang_at_the_start_timeout() {
+    // MPICH's hydra told a control address its proxies on the nodes cannot reach waits
+    // forever for them, before any rank starts: no rank records anything, no heartbeat
+    // comes. The start timeout ends it.
+    let (c, _g) = cluster();
+    let sc = Scratch::new("cluster-start");
+    let runs = sc.path("runs");
+    let conf = sc.path("hydra.conf");
+    std::fs::write(&conf, "-localhost 10.77.0.99\n").unwrap();
+    let mut cmd = c.command(gang_bin(), &runs);
+    cmd.args(["run", "-n", "4", "--mpirun", "mpiexec.mpich", "--hostfile", c.var("GANG_CLUSTER_HOSTFILE_MPICH")]);
+    cmd.args(["--start-timeout", "3", "--", "sleep", "600"]).env("HYDRA_CONFIG_FILE", &conf);
+    let started = Instant::now();
+    let out = wait_guarded(cmd.spawn().unwrap(), "gang run with proxies that cannot call back");
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(124), "{stderr}");
+    assert!(stderr.contains("gang: only 0 of 4 ranks started within 3 s"), "{stderr}");
+    assert!(stderr.contains("(attempt 0; transient failure). The gang was stopped"), "{stderr}");
+    eprintln!("ended {:?} after the start", started.elapsed());
+    let run = newest_run(&runs);
+    let marker = format!("GANG_RUN_ID={}", run.file_name().unwrap().to_string_lossy());
+    assert!(processes_with(&marker).is_empty(), "left running: {:?}", processes_with(&marker));
 }

@@ -175,6 +175,11 @@ impl Tracker {
         Received::Accepted
     }
 
+    /// Ranks of the gang.
+    pub fn world(&self) -> usize {
+        self.world
+    }
+
     /// Marks `rank` as ended (its exit is recorded): it is no longer checked.
     pub fn rank_finished(&mut self, rank: usize) {
         self.finished.insert(rank);

@@ -57,6 +57,17 @@ pub enum Cause {
         /// How it ended.
         status: ExitStatus,
     },
+    /// Not every rank had started when the start timeout ran out.
+    NotStarted {
+        /// `mpirun` or `srun`.
+        name: String,
+        /// Ranks that had started.
+        started: usize,
+        /// Ranks of the gang.
+        world: usize,
+        /// The timeout, in whole seconds.
+        secs: u64,
+    },
 }
 
 impl Cause {
@@ -65,7 +76,7 @@ impl Cause {
         match self {
             Cause::Recorded { rank, .. } | Cause::Exited { rank, .. } => Some(*rank),
             Cause::Stalled(s) => Some(s.rank),
-            Cause::Launcher { .. } => None,
+            Cause::Launcher { .. } | Cause::NotStarted { .. } => None,
         }
     }
 
@@ -109,6 +120,9 @@ impl std::fmt::Display for Cause {
             Cause::Stalled(s) => write!(f, "{s}"),
             Cause::Launcher { name, status } => {
                 write!(f, "{name} {status} before any rank reported a failure")
+            }
+            Cause::NotStarted { name, started, world, secs } => {
+                write!(f, "only {started} of {world} ranks started within {secs} s ({name} did not start the others)")
             }
         }
     }
@@ -266,6 +280,21 @@ pub fn judge(
     }
 }
 
+/// The outcome of an attempt stopped because only `started` of `world` ranks had started
+/// within the start timeout of `secs` seconds.
+pub fn not_started(name: &str, started: usize, world: usize, secs: u64, attempt: u32) -> Outcome {
+    let cause = Cause::NotStarted { name: name.to_string(), started, world, secs };
+    Outcome {
+        code: EXIT_STALLED,
+        message: Some(format!(
+            "gang: {cause}: a node it cannot reach, a proxy that cannot call back, or an allocation \
+             that does not give the CPUs (see launcher.log; --start-timeout) (attempt {attempt}; transient \
+             failure). The gang was stopped"
+        )),
+        cause: Some(cause),
+    }
+}
+
 /// Delay before restart number `restart` (1 for the first): `base`, doubling with each
 /// restart, capped at [`MAX_BACKOFF`] (or at `base` itself when that is larger).
 pub fn backoff(base: Duration, restart: u32) -> Duration {
@@ -345,6 +374,16 @@ mod tests {
         f.host = "n1".into();
         f.time_unix_ns = t;
         f
+    }
+
+    #[test]
+    fn ranks_that_never_start_are_a_transient_failure_naming_the_count() {
+        let o = not_started("mpirun", 2, 4, 300, 0);
+        assert_eq!(o.code, EXIT_STALLED);
+        let cause = o.cause.unwrap();
+        assert_eq!(cause.to_string(), "only 2 of 4 ranks started within 300 s (mpirun did not start the others)");
+        assert_eq!((cause.class(), cause.rank()), (FailureClass::Transient, None));
+        assert!(o.message.unwrap().ends_with("(attempt 0; transient failure). The gang was stopped"));
     }
 
     #[test]

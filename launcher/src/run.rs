@@ -75,6 +75,13 @@ pub struct LaunchOptions {
     /// `gang` with exit code 124.
     #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = parse_seconds)]
     pub stall_timeout: Duration,
+    /// Stop (and restart, if the budget allows) the gang when not every rank has started
+    /// this many seconds after mpirun/srun was started: a node the launcher cannot reach, a
+    /// proxy that cannot call back (MPICH's hydra then waits forever), an allocation that
+    /// never gives the CPUs. A rank has started when its supervisor is running. 0 waits
+    /// forever. Ends `gang` with exit code 124 when not restarted.
+    #[arg(long, value_name = "SECONDS", default_value = "300", value_parser = parse_seconds)]
+    pub start_timeout: Duration,
     /// Whole seconds Open MPI waits before it sends the ranks SIGTERM when it stops the gang
     /// (after a rank failed, or on SIGINT/SIGTERM to gang), and as long again before
     /// SIGKILL. 0, the default, stops them at once: gang's outputs and checkpoints are safe
@@ -122,7 +129,7 @@ pub struct RunArgs {
 const STOP_GRACE: Duration = Duration::from_secs(5);
 /// How long the launcher may keep running after a rank recorded a failure before gang
 /// stops it (mpirun normally ends the job itself within a second or two).
-const FAILURE_GRACE: Duration = Duration::from_secs(10);
+const FAILURE_GRACE: Duration = Duration::from_secs(3);
 /// How often the wait loop looks at the launcher and the heartbeat socket.
 const POLL: Duration = Duration::from_millis(100);
 /// How often the wait loop reads the run directory and checks for stalls.
@@ -331,6 +338,7 @@ pub fn run(opts: &LaunchOptions, command: &[OsString], uses_gpus: bool) -> Resul
         sig_rx: &sig_rx,
         listener: listener.as_ref(),
         stall_timeout: opts.stall_timeout,
+        start_timeout: opts.start_timeout,
         stop_grace,
         verbose: opts.verbose || log.is_none(),
         log,
@@ -346,6 +354,7 @@ struct Watch<'a> {
     sig_rx: &'a mpsc::Receiver<i32>,
     listener: Option<&'a heartbeat::Listener>,
     stall_timeout: Duration,
+    start_timeout: Duration,
     /// From SIGTERM to the launcher to its SIGKILL.
     stop_grace: Duration,
     /// Show all of the launcher's stderr as it comes (see [`chatter`]).
@@ -551,6 +560,8 @@ enum StopReason {
     RankFailed,
     /// A rank stalled.
     Stalled,
+    /// Only this many ranks had started when the start timeout ran out.
+    NotStarted(usize),
 }
 
 /// Spawns the plan, waits for it while handling signals and watching heartbeats, cleans
@@ -649,16 +660,22 @@ fn execute(plan: &LaunchPlan, launcher: LauncherKind, run: &RunDir, run_id: &str
     if let (Some(s), false) = (stall.as_mut(), several_hosts) {
         s.host = None;
     }
-    let verdict = outcome::judge(
-        several_hosts,
-        stopped_by,
-        stall.as_ref(),
-        &failures,
-        &exits,
-        launcher_status,
-        name,
-        plan.exit_is_abort_code,
-    );
+    let verdict = match stop {
+        // Ranks that never started record nothing; what mpirun said is in launcher.log.
+        Some(StopReason::NotStarted(started)) if failures.is_empty() => {
+            outcome::not_started(name, started, plan_world(plan), w.start_timeout.as_secs(), run.attempt())
+        }
+        _ => outcome::judge(
+            several_hosts,
+            stopped_by,
+            stall.as_ref(),
+            &failures,
+            &exits,
+            launcher_status,
+            name,
+            plan.exit_is_abort_code,
+        ),
+    };
     use outcome::Cause;
     let rank_failed = stopped_by.is_some()
         || matches!(verdict.cause, Some(Cause::Recorded { .. } | Cause::Exited { .. } | Cause::Stalled(_)));
@@ -702,6 +719,9 @@ fn watch(
     let mut kill_sent = false;
     let mut failure_seen: Option<Instant> = None;
     let mut last_scan = Instant::now();
+    let spawned = Instant::now();
+    let world = tracker.world();
+    let mut all_started = false;
     loop {
         if let Some(status) = child.try_wait().context("could not wait for the launcher")? {
             return Ok((status, stop, stall));
@@ -738,6 +758,20 @@ fn watch(
             }
             if failure_seen.is_none() && (failed_record || exits.iter().any(|e| !e.status.success())) {
                 failure_seen = Some(Instant::now());
+            }
+            if !all_started {
+                let started = run.starts().map(|s| s.len()).unwrap_or(0);
+                all_started = started >= world;
+                let late = !w.start_timeout.is_zero() && spawned.elapsed() >= w.start_timeout;
+                if !all_started && late && term_sent.is_none() && failure_seen.is_none() {
+                    eprintln!(
+                        "gang: only {started} of {world} ranks started within {} s; stopping the gang",
+                        w.start_timeout.as_secs()
+                    );
+                    stop = Some(StopReason::NotStarted(started));
+                    term_sent = Some(Instant::now());
+                    let _ = sys::signal_group(pgid, sys::SIGTERM);
+                }
             }
             if term_sent.is_none() {
                 if let Some(s) = tracker.check(Instant::now(), w.stall_timeout) {
