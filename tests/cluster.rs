@@ -280,14 +280,7 @@ fn a_rank_sigstopped_on_the_second_node_is_found_stalled_and_the_gang_restarted(
     cmd.env("GANG_FAULT", "rank=0,step=1,kind=slow,ms=400");
     let child = cmd.spawn().unwrap();
     std::fs::create_dir_all(&runs).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let run = loop {
-        if let Some(r) = std::fs::read_dir(&runs).ok().and_then(|mut d| d.next()) {
-            break r.unwrap().path();
-        }
-        assert!(Instant::now() < deadline, "no run directory");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let run = first_run_dir(&runs);
     let ranks = started_ranks(&run, 0, 4);
     let (rank, pid, _) = ranks.iter().find(|(_, _, h)| h == "n2").cloned().expect("a rank on n2");
     std::thread::sleep(Duration::from_secs(2));
@@ -336,14 +329,7 @@ fn a_batch_job_written_by_gang_sbatch_runs_and_scancel_leaves_no_rank_behind() {
     cmd.env("GANG_FAULT", "rank=0,step=1,kind=slow,ms=2000");
     let out = wait_guarded(cmd.spawn().unwrap(), "gang sbatch");
     let id = assert_success(&out).trim().to_string();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let run = loop {
-        if let Some(r) = std::fs::read_dir(&long_runs).ok().and_then(|mut d| d.next()) {
-            break r.unwrap().path();
-        }
-        assert!(Instant::now() < deadline, "the job's gang did not start");
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let run = first_run_dir(&long_runs);
     let ranks = started_ranks(&run, 0, 4);
     assert_eq!(ranks.iter().map(|r| r.2.clone()).collect::<BTreeSet<_>>(), two_nodes());
     let cancelled = Instant::now();
@@ -498,14 +484,7 @@ fn sigint_to_gang_under_srun_stops_the_step_on_both_nodes() {
     cmd.env("GANG_FAULT", "rank=0,step=1,kind=slow,ms=2000");
     let child = cmd.spawn().unwrap();
     std::fs::create_dir_all(&runs).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let run = loop {
-        if let Some(r) = std::fs::read_dir(&runs).ok().and_then(|mut d| d.next()) {
-            break r.unwrap().path();
-        }
-        assert!(Instant::now() < deadline, "no run directory");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let run = first_run_dir(&runs);
     started_ranks(&run, 0, 4);
     let pid = std::fs::read_to_string(&pidfile).unwrap().trim().to_string();
     assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
@@ -561,4 +540,16 @@ fn ranks_that_never_start_stop_the_gang_at_the_start_timeout() {
     let run = newest_run(&runs);
     let marker = format!("GANG_RUN_ID={}", run.file_name().unwrap().to_string_lossy());
     assert!(processes_with(&marker).is_empty(), "left running: {:?}", processes_with(&marker));
+}
+
+/// The run directory that appears under `runs` (waits up to a minute for it).
+fn first_run_dir(runs: &Path) -> PathBuf {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(r) = std::fs::read_dir(runs).ok().and_then(|mut d| d.next()) {
+            return r.unwrap().path();
+        }
+        assert!(Instant::now() < deadline, "no run directory under {}", runs.display());
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
