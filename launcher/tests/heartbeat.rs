@@ -232,7 +232,9 @@ fn with_a_hostfile_heartbeats_go_over_tcp_and_a_silent_rank_is_still_detected() 
     let dir = TempDir::new("hb-tcp");
     // A hostfile means ranks may run on other nodes: the launcher listens on TCP.
     let hostfile = dir.path().join("hosts");
-    std::fs::write(&hostfile, "localhost slots=2\n").unwrap();
+    // Each MPI reads its own hostfile format: Open MPI `host slots=N`, hydra `host:N`.
+    let line = if common::mpi_is_mpich() { "localhost:2\n" } else { "localhost slots=2\n" };
+    std::fs::write(&hostfile, line).unwrap();
     let (out, run) = run_mode(
         &dir,
         "silence",
