@@ -55,10 +55,12 @@ mod inspect;
 mod manifest;
 pub(crate) mod safetensors;
 mod store;
+mod view;
 
 pub use inspect::{list, verify, CheckpointInfo, CheckpointVerdict, VerifyReport};
 pub use manifest::{step_dir_name, FileEntry, Manifest, ShardEntry, LATEST, MANIFEST};
 pub use store::CheckpointStore;
+pub use view::{Dtype, Element, TensorMut, TensorRef};
 
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -212,6 +214,30 @@ impl Restored {
         self.replicated.iter().chain(&self.sharded).find(|t| t.name == name)
     }
 
+    /// Whether the world size differs from the one that saved the checkpoint.
+    pub fn resharded(&self, world: usize) -> bool {
+        self.saved_world_size != world
+    }
+}
+
+/// What [`CheckpointStore::restore_into`] gives each rank besides the data, which is in
+/// its targets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RestoredInPlace {
+    /// The step of the checkpoint.
+    pub step: u64,
+    /// The world size that saved it (may differ from the current one when only replicated
+    /// tensors were saved).
+    pub saved_world_size: usize,
+    /// Its step directory.
+    pub dir: PathBuf,
+    /// This rank's metadata as saved; rank 0's when the world size changed.
+    pub meta: Meta,
+    /// Newer checkpoints that were passed over, each with why (damaged, torn, ...).
+    pub skipped: Vec<String>,
+}
+
+impl RestoredInPlace {
     /// Whether the world size differs from the one that saved the checkpoint.
     pub fn resharded(&self, world: usize) -> bool {
         self.saved_world_size != world
