@@ -115,7 +115,7 @@ impl Destination for InPlace<'_, '_> {
                 return Err(Mismatch {
                     tensor: t.name().into(),
                     detail: format!(
-                        "saved as {} {:?}, but the target is {} {:?}: restore into a buffer of the saved dtype and                          shape",
+                        "saved as {} {:?}, but the target is {} {:?}: restore into a buffer of the saved dtype and shape",
                         s.dtype,
                         s.shape,
                         t.dtype(),
@@ -128,7 +128,7 @@ impl Destination for InPlace<'_, '_> {
             return Err(Mismatch {
                 tensor: s.name.clone(),
                 detail: format!(
-                    "saved ({} {:?}) but no target was given for it; restore_into fills every saved tensor (targets:                      {})",
+                    "saved ({} {:?}) but no target was given for it; restore_into fills every saved tensor (targets: {})",
                     s.dtype,
                     s.shape,
                     list(self.0.iter().map(|t| t.name()).collect())
@@ -159,7 +159,7 @@ impl Destination for Owned {
                 return Err(Mismatch {
                     tensor: s.name.clone(),
                     detail: format!(
-                        "is {} {:?}, but restore() returns f32 tensors only: restore it with                          CheckpointStore::restore_into into a buffer of that dtype",
+                        "is {} {:?}, but restore() returns f32 tensors only: restore it with CheckpointStore::restore_into into a buffer of that dtype",
                         s.dtype, s.shape
                     ),
                 });
