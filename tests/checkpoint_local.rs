@@ -688,3 +688,51 @@ fn targets_of_another_dtype_or_shape_or_name_are_a_clear_error_and_stay_untouche
         assert!(e.contains("tensor \"rho\"") && e.contains("F64") && e.contains("restore_into"), "{e}");
     }
 }
+
+#[test]
+fn an_f64_field_loads_in_python_as_float64() {
+    let s = Scratch::new("ckpt-refs-python");
+    let dir = s.path("ckpt");
+    save_fields(&dir, 2, &[5]);
+    let script = r#"
+import json, struct, sys
+import numpy as np
+try:
+    from safetensors.numpy import load_file
+    how = "safetensors"
+except ImportError:
+    how = "numpy"
+    dtypes = {"F32": "<f4", "F64": "<f8", "I32": "<i4", "I64": "<i8", "U8": "u1"}
+    def load_file(p):
+        raw = open(p, "rb").read()
+        n = struct.unpack("<Q", raw[:8])[0]
+        header = json.loads(raw[8:8 + n])
+        out = {}
+        for k, v in header.items():
+            if k == "__metadata__":
+                continue
+            b, e = v["data_offsets"]
+            out[k] = np.frombuffer(raw[8 + n + b:8 + n + e], dtype=dtypes[v["dtype"]]).reshape(v["shape"])
+        return out
+t = load_file(sys.argv[1])
+as_ints = lambda v: v.view("<u%d" % v.dtype.itemsize).ravel().tolist() if v.dtype.kind == "f" else v.ravel().tolist()
+print(how, json.dumps({k: [str(v.dtype), list(v.shape), as_ints(v)] for k, v in t.items()}))
+"#;
+    let out = python::python()
+        .args(["-c", script])
+        .arg(step_dir(&dir, 5).join("rank-1.safetensors"))
+        .output()
+        .expect("python3 is needed for this test (with numpy; the safetensors package is used when installed)");
+    assert!(out.status.success(), "python failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (how, json) = text.trim().split_once(' ').unwrap();
+    eprintln!("loaded with {how}");
+    let got: serde_json::Value = serde_json::from_str(json).unwrap();
+    let want = Fields::at(1, 5);
+    let u_bits: Vec<u64> = want.u.iter().map(|v| v.to_bits()).collect();
+    assert_eq!(got["u"], serde_json::json!(["float64", [3], u_bits]));
+    assert_eq!(got["cursor"], serde_json::json!(["int64", [], want.cursor]));
+    let m_bits: Vec<u32> = want.m.iter().map(|v| v.to_bits()).collect();
+    assert_eq!(got["m"], serde_json::json!(["float32", [3], m_bits]));
+    assert!(got.get("rho").is_none(), "replicated tensors are stored by rank 0 only");
+}
