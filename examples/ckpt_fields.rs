@@ -13,7 +13,7 @@ use gang::{execute, Config, Error};
 /// Rank `rank`'s part of `u` at `step`: rank + 2 values, some of them special.
 fn u(rank: usize, step: u64) -> Vec<f64> {
     let mut v: Vec<f64> = (0..rank + 2).map(|i| rank as f64 * 1e3 + i as f64 / 7.0 + step as f64).collect();
-    v[0] = if rank % 2 == 0 { -0.0 } else { f64::from_bits(0x7ff8_0000_0000_beef) };
+    v[0] = if rank.is_multiple_of(2) { -0.0 } else { f64::from_bits(0x7ff8_0000_0000_beef) };
     v
 }
 

@@ -377,6 +377,23 @@ mod tests {
     }
 
     #[test]
+    fn f32_files_are_the_format_they_always_were_and_other_dtypes_are_named() {
+        let a = Tensor::vector("w", vec![1.0, 2.0]);
+        let bytes = to_bytes(&[(&a).into()], &BTreeMap::new());
+        let header = br#"{"w":{"data_offsets":[0,8],"dtype":"F32","shape":[2]}}"#;
+        assert_eq!(&bytes[8..8 + header.len()], header);
+        assert_eq!(u64::from_le_bytes(bytes[..8].try_into().unwrap()), header.len().next_multiple_of(8) as u64);
+
+        let x = [1.5f64, -0.0];
+        let bytes = to_bytes(&[TensorRef::from_slice("x", vec![1, 2], &x).unwrap()], &BTreeMap::new());
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(text.contains(r#""dtype":"F64","shape":[1,2]"#), "{text}");
+        assert_eq!(&bytes[bytes.len() - 16..], [1.5f64.to_le_bytes(), (-0.0f64).to_le_bytes()].concat());
+        let e = decode(Path::new("x.safetensors"), &bytes).unwrap_err().to_string();
+        assert!(e.contains("tensor \"x\"") && e.contains("F64") && e.contains("restore_into"), "{e}");
+    }
+
+    #[test]
     fn damage_is_reported_with_the_file() {
         let a = Tensor::new("w", vec![4], vec![1.0; 4]).unwrap();
         let bytes = to_bytes(&[(&a).into()], &BTreeMap::new());
