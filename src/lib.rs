@@ -82,7 +82,8 @@ pub mod internal {
         metadata: &std::collections::BTreeMap<String, String>,
         sink: impl FnMut(&[u8]) -> std::result::Result<(), E>,
     ) -> std::result::Result<(), E> {
-        crate::checkpoint::safetensors::encode_blocks(tensors, metadata, sink)
+        let views: Vec<_> = tensors.iter().map(|t| crate::checkpoint::TensorRef::from(*t)).collect();
+        crate::checkpoint::safetensors::encode_blocks(&views, metadata, sink)
     }
 }
 

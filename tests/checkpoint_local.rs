@@ -1,12 +1,13 @@
 //! Checkpoints on the Local backend: round trip, retention, a failed vote, fallback from a
 //! damaged or torn newest checkpoint, restores onto other world sizes, permissions, the
-//! `ckpt ls` / `ckpt verify` logic, and files that Python's safetensors (or numpy) loads.
+//! `ckpt ls` / `ckpt verify` logic, and files that Python's safetensors (or numpy) loads;
+//! the same for tensors of every dtype saved from and restored into the caller's buffers.
 
 mod common;
 mod python;
 
 use common::Scratch;
-use gang::checkpoint::{self, CheckpointStore, Meta, State, Tensor};
+use gang::checkpoint::{self, CheckpointStore, Dtype, Meta, RestoredInPlace, State, Tensor, TensorMut, TensorRef};
 use gang::{execute, Config, Error};
 use std::path::{Path, PathBuf};
 
@@ -427,4 +428,311 @@ fn stores_and_stages_work_on_the_halves_of_a_split_communicator() {
             });
         }
     });
+}
+
+/// A simulation's own buffers of every dtype, as rank `rank` holds them at `step`:
+/// replicated `rho` (f64, 2x3), `ids` (i32), `blob` (raw bytes); sharded `u` (f64, rank + 2
+/// values), `cursor` (an i64 scalar), `m` (f32).
+#[derive(Debug, Clone, PartialEq)]
+struct Fields {
+    rho: Vec<f64>,
+    ids: Vec<i32>,
+    blob: Vec<u8>,
+    u: Vec<f64>,
+    cursor: Vec<i64>,
+    m: Vec<f32>,
+}
+
+impl Fields {
+    fn at(rank: usize, step: u64) -> Fields {
+        let s = step as f64;
+        let mut rho: Vec<f64> = (0..4).map(|i| s * 0.1 + i as f64 / 3.0).collect();
+        rho.extend([-0.0, f64::from_bits(0x7ff8_0000_dead_beef)]);
+        Fields {
+            rho,
+            ids: vec![-1, i32::MAX, step as i32, i32::MIN],
+            blob: vec![b'r', 0, 0xFF, step as u8, 0x80],
+            u: (0..rank + 2).map(|i| rank as f64 * 1e300 + i as f64 + s + f64::MIN_POSITIVE).collect(),
+            cursor: vec![-(step as i64) * 1_000_000_007 - rank as i64],
+            m: vec![rank as f32 + 0.5; 3],
+        }
+    }
+
+    /// Buffers of the same sizes as rank `rank`'s, filled with a byte pattern.
+    fn blank(rank: usize) -> Fields {
+        let f = Fields::at(rank, 0);
+        Fields {
+            rho: vec![f64::from_bits(0x7777_7777_7777_7777); f.rho.len()],
+            ids: vec![0x7777_7777; f.ids.len()],
+            blob: vec![0x77; f.blob.len()],
+            u: vec![f64::from_bits(0x7777_7777_7777_7777); f.u.len()],
+            cursor: vec![0x7777_7777_7777_7777; 1],
+            m: vec![f32::from_bits(0x7777_7777); f.m.len()],
+        }
+    }
+
+    fn meta(rank: usize, step: u64) -> Meta {
+        Meta { epoch: step, data_cursor: rank as u64, extra: serde_json::json!({ "rank": rank }), ..Meta::default() }
+    }
+
+    fn save(&self, store: &CheckpointStore, ctx: &gang::Context, step: u64) -> gang::Result<()> {
+        let replicated = [
+            TensorRef::from_slice("rho", vec![2, 3], &self.rho)?,
+            TensorRef::vector("ids", &self.ids)?,
+            TensorRef::vector("blob", &self.blob)?,
+        ];
+        let sharded = [
+            TensorRef::vector("u", &self.u)?,
+            TensorRef::from_slice("cursor", vec![], &self.cursor)?,
+            TensorRef::vector("m", &self.m)?,
+        ];
+        store.save_refs(ctx, step, &Fields::meta(ctx.rank(), step), &replicated, &sharded)
+    }
+
+    /// Restores into these buffers, the targets in another order than saved.
+    fn restore(&mut self, store: &CheckpointStore, ctx: &gang::Context) -> gang::Result<Option<RestoredInPlace>> {
+        let mut targets = [
+            TensorMut::vector("m", &mut self.m)?,
+            TensorMut::from_slice("cursor", vec![], &mut self.cursor)?,
+            TensorMut::vector("blob", &mut self.blob)?,
+            TensorMut::from_slice("rho", vec![2, 3], &mut self.rho)?,
+            TensorMut::vector("u", &mut self.u)?,
+            TensorMut::vector("ids", &mut self.ids)?,
+        ];
+        store.restore_into(ctx, &mut targets)
+    }
+
+    /// Every value as its bits, for comparisons that see NaN payloads and -0.0.
+    fn bits(&self) -> Vec<u64> {
+        let mut v: Vec<u64> = self.rho.iter().chain(&self.u).map(|x| x.to_bits()).collect();
+        v.extend(self.ids.iter().map(|&x| x as u32 as u64));
+        v.extend(self.blob.iter().map(|&x| x as u64));
+        v.extend(self.cursor.iter().map(|&x| x as u64));
+        v.extend(self.m.iter().map(|x| x.to_bits() as u64));
+        v
+    }
+}
+
+/// Saves `Fields::at(rank, step)` for each of `steps` on `world` ranks.
+fn save_fields(dir: &Path, world: usize, steps: &[u64]) {
+    let st = store(dir, 3);
+    execute(Config::local(world), |ctx| {
+        for &step in steps {
+            Fields::at(ctx.rank(), step).save(&st, ctx, step)?;
+        }
+        Ok(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn buffers_of_every_dtype_round_trip_bit_for_bit_at_1_and_3_ranks() {
+    let s = Scratch::new("ckpt-refs");
+    for world in [1, 3] {
+        let dir = s.path(&format!("ckpt-{world}"));
+        save_fields(&dir, world, &[4, 8]);
+        let st = store(&dir, 3);
+        execute(Config::local(world), |ctx| {
+            let rank = ctx.rank();
+            let mut f = Fields::blank(rank);
+            let r = f.restore(&st, ctx)?.expect("a checkpoint");
+            assert_eq!((r.step, r.saved_world_size, r.resharded(world)), (8, world, false));
+            assert!(r.skipped.is_empty(), "{:?}", r.skipped);
+            assert_eq!(r.meta, Fields::meta(rank, 8), "this rank's own metadata");
+            assert_eq!(r.dir, step_dir(&dir, 8));
+            assert_eq!(f.bits(), Fields::at(rank, 8).bits(), "world {world} rank {rank}");
+            Ok(())
+        })
+        .unwrap();
+        let report = checkpoint::verify(&dir).unwrap();
+        assert!(report.is_ok(), "{report}");
+    }
+}
+
+#[test]
+fn a_damaged_newest_checkpoint_of_buffers_falls_back_and_all_damaged_says_the_buffers_were_overwritten() {
+    let s = Scratch::new("ckpt-refs-damaged");
+    let dir = s.path("ckpt");
+    save_fields(&dir, 2, &[1, 2]);
+    // In the data section of rank 1's shard: found only by the checksum, after the read.
+    flip_bytes(&step_dir(&dir, 2).join("rank-1.safetensors"));
+    let st = store(&dir, 3);
+    execute(Config::local(2), |ctx| {
+        let mut f = Fields::blank(ctx.rank());
+        let r = f.restore(&st, ctx)?.unwrap();
+        assert_eq!(r.step, 1);
+        let why = r.skipped.join("\n");
+        assert!(why.contains("step-00000002") && why.contains("rank-1.safetensors") && why.contains("CRC-32"), "{why}");
+        assert_eq!(f.bits(), Fields::at(ctx.rank(), 1).bits(), "every byte from the older checkpoint");
+        Ok(())
+    })
+    .unwrap();
+
+    flip_bytes(&step_dir(&dir, 1).join("rank-0.safetensors"));
+    let errs = std::sync::Mutex::new(Vec::new());
+    let _ = execute(Config::local(2), |ctx| {
+        let e = Fields::blank(ctx.rank()).restore(&st, ctx).unwrap_err();
+        assert!(matches!(e, Error::Input { .. }), "{e}");
+        errs.lock().unwrap().push(e.to_string());
+        Ok(())
+    });
+    let errs = errs.into_inner().unwrap();
+    assert_eq!(errs.len(), 2);
+    assert_eq!(errs[0], errs[1]);
+    assert!(
+        errs[0].contains("no usable checkpoint")
+            && errs[0].contains("partly overwritten")
+            && errs[0].contains("no consistent state"),
+        "{}",
+        errs[0]
+    );
+}
+
+/// Runs `restore_into` on 2 ranks with the targets `targets(rank, fields, scratch)` makes
+/// (`scratch`: 48 spare bytes); returns each rank's error and whether its buffers were left
+/// untouched.
+fn restore_mismatched(
+    dir: &Path,
+    targets: impl for<'b> Fn(usize, &'b mut Fields, &'b mut [u8]) -> Vec<TensorMut<'b>> + Sync,
+) -> Vec<(Error, bool)> {
+    let st = store(dir, 3);
+    let out = std::sync::Mutex::new(Vec::new());
+    let _ = execute(Config::local(2), |ctx| {
+        let (mut f, mut scratch) = (Fields::blank(ctx.rank()), vec![0x77u8; 48]);
+        let e = st.restore_into(ctx, &mut targets(ctx.rank(), &mut f, &mut scratch)).unwrap_err();
+        let untouched = f.bits().iter().all(|&b| [0x77, 0x7777_7777, 0x7777_7777_7777_7777].contains(&b))
+            && scratch.iter().all(|&b| b == 0x77);
+        out.lock().unwrap().push((ctx.rank(), e, untouched));
+        Ok(())
+    });
+    let mut out = out.into_inner().unwrap();
+    out.sort_by_key(|(r, _, _)| *r);
+    out.into_iter().map(|(_, e, untouched)| (e, untouched)).collect()
+}
+
+/// Targets for every tensor `Fields` saves.
+fn all_targets(f: &mut Fields) -> Vec<TensorMut<'_>> {
+    vec![
+        TensorMut::from_slice("rho", vec![2, 3], &mut f.rho).unwrap(),
+        TensorMut::vector("ids", &mut f.ids).unwrap(),
+        TensorMut::vector("blob", &mut f.blob).unwrap(),
+        TensorMut::vector("u", &mut f.u).unwrap(),
+        TensorMut::from_slice("cursor", vec![], &mut f.cursor).unwrap(),
+        TensorMut::vector("m", &mut f.m).unwrap(),
+    ]
+}
+
+#[test]
+fn targets_of_another_dtype_or_shape_or_name_are_a_clear_error_and_stay_untouched() {
+    let s = Scratch::new("ckpt-refs-mismatch");
+    let dir = s.path("ckpt");
+    save_fields(&dir, 2, &[3]);
+    let check = |errs: Vec<(Error, bool)>, wants: &[&str]| {
+        assert_eq!(errs.len(), 2);
+        assert_eq!(errs[0].0.to_string(), errs[1].0.to_string(), "every rank gets the same error");
+        for (e, untouched) in &errs {
+            assert!(matches!(e, Error::Input { .. }), "{e}");
+            let msg = e.to_string();
+            for w in wants {
+                assert!(msg.contains(w), "{w:?} not in: {msg}");
+            }
+            assert!(untouched, "the buffers were written before the mismatch was found: {msg}");
+        }
+    };
+
+    // Rank 1 takes the replicated f64 field for f32, in as many bytes (2x3 f64 = 3x4 f32):
+    // only the dtype tells them apart.
+    let errs = restore_mismatched(&dir, |rank, f, scratch| {
+        let mut t = all_targets(f);
+        if rank == 1 {
+            t[0] = TensorMut::new("rho", Dtype::F32, vec![3, 4], scratch).unwrap();
+        }
+        t
+    });
+    check(errs, &["step-00000003", "tensor \"rho\"", "rank 1", "saved as F64 [2, 3]", "target is F32 [3, 4]"]);
+
+    // Rank 0 has one value too many in its sharded f64 field.
+    let errs = restore_mismatched(&dir, |rank, f, _| {
+        if rank == 0 {
+            f.u.push(f64::from_bits(0x7777_7777_7777_7777));
+        }
+        all_targets(f)
+    });
+    check(errs, &["step-00000003", "tensor \"u\"", "rank 0", "saved as F64 [2]", "target is F64 [3]"]);
+
+    // A target that was never saved, and a saved tensor without a target.
+    let errs = restore_mismatched(&dir, |_, f, scratch| {
+        let mut t = all_targets(f);
+        t.push(TensorMut::vector("extra", scratch).unwrap());
+        t
+    });
+    check(errs, &["tensor \"extra\"", "rank 0", "no tensor of this name was saved"]);
+    let errs = restore_mismatched(&dir, |_, f, _| {
+        let mut t = all_targets(f);
+        t.remove(2);
+        t
+    });
+    check(errs, &["tensor \"blob\"", "rank 0", "no target was given"]);
+
+    // The f32 restore() of a checkpoint of other dtypes says what to use instead.
+    let st = store(&dir, 3);
+    let errs = std::sync::Mutex::new(Vec::new());
+    let _ = execute(Config::local(2), |ctx| {
+        let e = st.restore(ctx).unwrap_err();
+        errs.lock().unwrap().push(e.to_string());
+        Ok(())
+    });
+    let errs = errs.into_inner().unwrap();
+    assert_eq!(errs.len(), 2);
+    for e in errs {
+        assert!(e.contains("tensor \"rho\"") && e.contains("F64") && e.contains("restore_into"), "{e}");
+    }
+}
+
+#[test]
+fn an_f64_field_loads_in_python_as_float64() {
+    let s = Scratch::new("ckpt-refs-python");
+    let dir = s.path("ckpt");
+    save_fields(&dir, 2, &[5]);
+    let script = r#"
+import json, struct, sys
+import numpy as np
+try:
+    from safetensors.numpy import load_file
+    how = "safetensors"
+except ImportError:
+    how = "numpy"
+    dtypes = {"F32": "<f4", "F64": "<f8", "I32": "<i4", "I64": "<i8", "U8": "u1"}
+    def load_file(p):
+        raw = open(p, "rb").read()
+        n = struct.unpack("<Q", raw[:8])[0]
+        header = json.loads(raw[8:8 + n])
+        out = {}
+        for k, v in header.items():
+            if k == "__metadata__":
+                continue
+            b, e = v["data_offsets"]
+            out[k] = np.frombuffer(raw[8 + n + b:8 + n + e], dtype=dtypes[v["dtype"]]).reshape(v["shape"])
+        return out
+t = load_file(sys.argv[1])
+as_ints = lambda v: v.view("<u%d" % v.dtype.itemsize).ravel().tolist() if v.dtype.kind == "f" else v.ravel().tolist()
+print(how, json.dumps({k: [str(v.dtype), list(v.shape), as_ints(v)] for k, v in t.items()}))
+"#;
+    let out = python::python()
+        .args(["-c", script])
+        .arg(step_dir(&dir, 5).join("rank-1.safetensors"))
+        .output()
+        .expect("python3 is needed for this test (with numpy; the safetensors package is used when installed)");
+    assert!(out.status.success(), "python failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (how, json) = text.trim().split_once(' ').unwrap();
+    eprintln!("loaded with {how}");
+    let got: serde_json::Value = serde_json::from_str(json).unwrap();
+    let want = Fields::at(1, 5);
+    let u_bits: Vec<u64> = want.u.iter().map(|v| v.to_bits()).collect();
+    assert_eq!(got["u"], serde_json::json!(["float64", [3], u_bits]));
+    assert_eq!(got["cursor"], serde_json::json!(["int64", [], want.cursor]));
+    let m_bits: Vec<u32> = want.m.iter().map(|v| v.to_bits()).collect();
+    assert_eq!(got["m"], serde_json::json!(["float32", [3], m_bits]));
+    assert!(got.get("rho").is_none(), "replicated tensors are stored by rank 0 only");
 }

@@ -1,6 +1,7 @@
 //! Checkpoints and barrier sections under real `mpirun` (through `gang run`): a clean run,
 //! a rank that dies between writing its shard and the vote, a damaged newest checkpoint,
-//! a restore onto another world size, and an error or a panic inside a section.
+//! a restore onto another world size, an error or a panic inside a section, and a
+//! simulation's own f64 buffers saved and restored in place.
 //!
 //! Needs the `gang` launcher (`cargo test --workspace` builds it) and Open MPI's `mpirun`;
 //! without either these tests fail and say so.
@@ -15,10 +16,15 @@ use std::process::{Command, Output, Stdio};
 
 /// `gang run -n N -- ckpt_demo ARGS` with `GANG_FAULT` set to `fault` (or unset).
 fn demo(n: usize, args: &[&str], fault: Option<&str>, runs: &Path) -> Output {
+    launch("ckpt_demo", n, args, fault, runs)
+}
+
+/// `gang run -n N -- PROGRAM ARGS` (an example) with `GANG_FAULT` set to `fault` (or unset).
+fn launch(program: &str, n: usize, args: &[&str], fault: Option<&str>, runs: &Path) -> Output {
     common::require_mpirun();
     let mut cmd = Command::new(common::gang_bin());
     cmd.args(["run", "-n", &n.to_string(), "--"])
-        .arg(example("ckpt_demo"))
+        .arg(example(program))
         .args(args)
         .env("GANG_RUN_ROOT", runs)
         .env_remove("GANG_FAULT")
@@ -27,7 +33,7 @@ fn demo(n: usize, args: &[&str], fault: Option<&str>, runs: &Path) -> Output {
     if let Some(f) = fault {
         cmd.env("GANG_FAULT", f);
     }
-    wait_guarded(cmd.spawn().expect("start gang"), &format!("gang run -n {n} ckpt_demo {args:?}"))
+    wait_guarded(cmd.spawn().expect("start gang"), &format!("gang run -n {n} {program} {args:?}"))
 }
 
 fn final_bits(stdout: &str) -> String {
@@ -146,4 +152,31 @@ fn an_error_or_a_panic_inside_a_section_is_recorded_with_its_section_and_step() 
         };
         assert!(f.message.starts_with(&want), "{:?}", f.message);
     }
+}
+
+#[test]
+fn a_sharded_f64_field_is_saved_from_and_restored_into_its_buffers_on_2_ranks() {
+    let s = Scratch::new("ckpt-mpi-fields");
+    let dir = s.path("ckpt");
+    let d = dir.to_str().unwrap();
+    for (i, step) in ["3", "6"].into_iter().enumerate() {
+        assert_success(&launch("ckpt_fields", 2, &[d, "save", step], None, &s.path(&format!("runs-save-{i}"))));
+    }
+    assert_eq!(latest(&dir), "step-00000006");
+    assert!(checkpoint::verify(&dir).unwrap().is_ok());
+    let stdout = assert_success(&launch("ckpt_fields", 2, &[d, "restore", "6"], None, &s.path("runs-restore")));
+    for r in 0..2 {
+        assert!(stdout.contains(&format!("rank {r} restored step 6: {} values ok", 6 + r + 2)), "{stdout}");
+    }
+    // A damaged shard of rank 1 in step 6: both ranks fall back to step 3 in place.
+    let shard = dir.join("step-00000006").join("rank-1.safetensors");
+    let mut bytes = std::fs::read(&shard).unwrap();
+    let n = bytes.len();
+    bytes[n - 5] ^= 0x10;
+    std::fs::write(&shard, bytes).unwrap();
+    let out = launch("ckpt_fields", 2, &[d, "restore", "3"], None, &s.path("runs-fallback"));
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("rank 1 restored step 3: 9 values ok"), "{stdout}");
+    assert!(stderr.contains("step-00000006 is damaged") && stderr.contains("rank-1.safetensors"), "{stderr}");
 }

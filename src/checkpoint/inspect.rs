@@ -2,7 +2,7 @@
 //! it would restore. Read-only, for one process (no gang needed).
 
 use super::manifest::{entries, read_latest, Entry, Manifest};
-use super::store::load;
+use super::store::verify_shard;
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
 
@@ -185,7 +185,7 @@ fn verify_step(path: &Path) -> (Vec<String>, Option<usize>) {
         Ok(m) => m,
         Err(e) => return (vec![manifest_problem(e)], None),
     };
-    let problems = (0..m.world_size).filter_map(|r| load(path, &m, r).err().map(|e| e.to_string())).collect();
+    let problems = (0..m.world_size).filter_map(|r| verify_shard(path, &m, r).err().map(|e| e.to_string())).collect();
     (problems, Some(m.world_size))
 }
 

@@ -28,6 +28,69 @@
 //! rank 0's shard, and restore onto any world size; sharded tensors (one part per rank)
 //! restore only onto the world size that saved them.
 //!
+//! # Tensors in the caller's memory
+//!
+//! [`CheckpointStore::save`] and [`CheckpointStore::restore`] deal in owned `f32`
+//! [`Tensor`]s. A program that keeps its state in its own buffers (a simulation's f64
+//! fields, integer arrays, raw bytes) saves and restores them in place, without copies:
+//!
+//! - [`TensorRef`] and [`TensorMut`] are views of the caller's memory: a name, a
+//!   [`Dtype`] (`F32`, `F64`, `I32`, `I64`, `U8`), a shape, and the little-endian element
+//!   bytes, checked to hold exactly the shape's elements. `from_slice`/`vector` make them
+//!   from slices of any [`Element`] (`f32`, `f64`, `i32`, `i64`, `u8`); `new` from bytes.
+//!   (Every target gang builds for is little-endian; on a big-endian one gang does not
+//!   compile rather than write files other readers would misread.)
+//! - [`CheckpointStore::save_refs`]`(ctx, step, &meta, &replicated, &sharded)` saves with
+//!   exactly the discipline of `save` (which is a thin layer over it): the encoder hands
+//!   the caller's bytes to the checksum and the file, and the header records each dtype,
+//!   so Python's `safetensors.numpy.load_file` gives `float64` for an `F64` field.
+//! - [`CheckpointStore::restore_into`]`(ctx, &mut targets)` finds the newest usable
+//!   checkpoint as `restore` does (which shares its code), checks that the targets are
+//!   exactly what was saved (names, dtypes, shapes; an [`Error::Input`] naming the
+//!   checkpoint, the tensor, the rank and both dtypes and shapes otherwise, before any
+//!   byte is written), reads each shard file straight into them, checksummed, and
+//!   broadcasts rank 0's replicated tensors into the other ranks' targets. It returns a
+//!   [`RestoredInPlace`] (step, metadata, saved world size, checkpoints passed over).
+//!   When a checkpoint's damage shows only in its checksum, its data has reached the
+//!   targets already; the restore then falls back to the previous checkpoint, which
+//!   overwrites every byte of them, and if none is usable the error says the targets were
+//!   partly overwritten.
+//!
+//! `restore` refuses a checkpoint holding a tensor that is not `F32`, saying to use
+//! `restore_into`; checkpoints of `f32` tensors are the same files either way.
+//!
+//! ```
+//! use gang::checkpoint::{CheckpointStore, Meta, TensorMut, TensorRef};
+//! use gang::{execute, Config};
+//!
+//! let dir = std::env::temp_dir().join(format!("gang-ckpt-refs-doc-{}", std::process::id()));
+//! let store = CheckpointStore::new(&dir, 2).unwrap();
+//! execute(Config::local(2), |ctx| {
+//!     // The simulation's own buffers: a replicated f64 grid, this rank's i32 ids.
+//!     let mut grid = vec![0.25f64, -1.5, 3.0, 1e-300];
+//!     let mut ids = vec![ctx.rank() as i32; 3];
+//!     let meta = Meta { data_cursor: 7, ..Meta::default() };
+//!     store.save_refs(
+//!         ctx,
+//!         7,
+//!         &meta,
+//!         &[TensorRef::from_slice("grid", vec![2, 2], &grid)?],
+//!         &[TensorRef::vector("ids", &ids)?],
+//!     )?;
+//!     grid.fill(0.0);
+//!     ids.fill(-1);
+//!     let mut targets =
+//!         [TensorMut::vector("ids", &mut ids)?, TensorMut::from_slice("grid", vec![2, 2], &mut grid)?];
+//!     let back = store.restore_into(ctx, &mut targets)?.expect("a checkpoint");
+//!     assert_eq!((back.step, back.meta.data_cursor), (7, 7));
+//!     assert_eq!(grid, [0.25, -1.5, 3.0, 1e-300]);
+//!     assert_eq!(ids, [ctx.rank() as i32; 3]);
+//!     Ok(())
+//! })
+//! .unwrap();
+//! # std::fs::remove_dir_all(&dir).unwrap();
+//! ```
+//!
 //! # Examples
 //! ```
 //! use gang::checkpoint::{CheckpointStore, Meta, State, Tensor};
@@ -55,10 +118,12 @@ mod inspect;
 mod manifest;
 pub(crate) mod safetensors;
 mod store;
+mod view;
 
 pub use inspect::{list, verify, CheckpointInfo, CheckpointVerdict, VerifyReport};
 pub use manifest::{step_dir_name, FileEntry, Manifest, ShardEntry, LATEST, MANIFEST};
 pub use store::CheckpointStore;
+pub use view::{Dtype, Element, TensorMut, TensorRef};
 
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -212,6 +277,30 @@ impl Restored {
         self.replicated.iter().chain(&self.sharded).find(|t| t.name == name)
     }
 
+    /// Whether the world size differs from the one that saved the checkpoint.
+    pub fn resharded(&self, world: usize) -> bool {
+        self.saved_world_size != world
+    }
+}
+
+/// What [`CheckpointStore::restore_into`] gives each rank besides the data, which is in
+/// its targets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RestoredInPlace {
+    /// The step of the checkpoint.
+    pub step: u64,
+    /// The world size that saved it (may differ from the current one when only replicated
+    /// tensors were saved).
+    pub saved_world_size: usize,
+    /// Its step directory.
+    pub dir: PathBuf,
+    /// This rank's metadata as saved; rank 0's when the world size changed.
+    pub meta: Meta,
+    /// Newer checkpoints that were passed over, each with why (damaged, torn, ...).
+    pub skipped: Vec<String>,
+}
+
+impl RestoredInPlace {
     /// Whether the world size differs from the one that saved the checkpoint.
     pub fn resharded(&self, world: usize) -> bool {
         self.saved_world_size != world

@@ -5,8 +5,9 @@ use super::manifest::{
     self, create_private_dir, create_private_file, entries, meta_file, read_checked, read_latest, step_dir_name,
     sync_dir, temp_dir_name, tensor_file, write_atomically, Entry, FileEntry, Manifest, ShardEntry, ShardMeta,
 };
-use super::safetensors;
-use super::{Meta, Restored, State, Tensor, FORMAT};
+use super::safetensors::{self, ShardFile};
+use super::view::{Dtype, TensorMut, TensorRef};
+use super::{Meta, Restored, RestoredInPlace, State, Tensor, FORMAT};
 use crate::comm::ReduceOp;
 use crate::context::Participant;
 use crate::error::{Error, Result};
@@ -52,11 +53,144 @@ enum Rejection {
     Incompatible(PathBuf, String),
 }
 
-/// What one rank read from its files.
-pub(crate) struct Loaded {
+/// A tensor as a shard file's header describes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Saved {
+    name: String,
+    dtype: Dtype,
+    shape: Vec<usize>,
+}
+
+/// One rank's shard of a checkpoint, opened: metadata read and checked, header parsed,
+/// data not yet read.
+pub(crate) struct Opened {
+    file: ShardFile,
+    /// Rank 0's replicated tensors, in file order (empty on other ranks).
+    replicated: Vec<Saved>,
+    /// This rank's sharded tensors, in file order.
+    sharded: Vec<Saved>,
+    meta: Meta,
+}
+
+/// Why a rank's restore targets do not fit the checkpoint.
+#[derive(Debug, Serialize, Deserialize)]
+struct Mismatch {
+    tensor: String,
+    detail: String,
+}
+
+/// Where a restore puts the tensors' data: the caller's buffers ([`InPlace`]) or new
+/// `f32` tensors ([`Owned`]).
+trait Destination {
+    /// Whether the buffers are the caller's (and so damaged data read into them before a
+    /// fallback is worth saying).
+    const IN_PLACE: bool;
+    /// Makes ready to receive `replicated` (on every rank) and `sharded` (this rank's
+    /// own), or says why it cannot.
+    fn prepare(&mut self, replicated: &[Saved], sharded: &[Saved]) -> std::result::Result<(), Mismatch>;
+    /// One buffer for each tensor prepared for.
+    fn targets(&mut self) -> Vec<TensorMut<'_>>;
+}
+
+/// The caller's buffers, which must be exactly the tensors saved.
+struct InPlace<'t, 'a>(&'t mut [TensorMut<'a>]);
+
+impl Destination for InPlace<'_, '_> {
+    const IN_PLACE: bool = true;
+
+    fn prepare(&mut self, replicated: &[Saved], sharded: &[Saved]) -> std::result::Result<(), Mismatch> {
+        let saved = || replicated.iter().chain(sharded);
+        let list = |names: Vec<&str>| if names.is_empty() { "none".to_string() } else { names.join(", ") };
+        for t in self.0.iter() {
+            let Some(s) = saved().find(|s| s.name == t.name()) else {
+                return Err(Mismatch {
+                    tensor: t.name().into(),
+                    detail: format!(
+                        "no tensor of this name was saved on this rank (saved: {})",
+                        list(saved().map(|s| s.name.as_str()).collect())
+                    ),
+                });
+            };
+            if s.dtype != t.dtype() || s.shape != t.shape() {
+                return Err(Mismatch {
+                    tensor: t.name().into(),
+                    detail: format!(
+                        "saved as {} {:?}, but the target is {} {:?}: restore into a buffer of the saved dtype and shape",
+                        s.dtype,
+                        s.shape,
+                        t.dtype(),
+                        t.shape()
+                    ),
+                });
+            }
+        }
+        if let Some(s) = saved().find(|s| !self.0.iter().any(|t| t.name() == s.name)) {
+            return Err(Mismatch {
+                tensor: s.name.clone(),
+                detail: format!(
+                    "saved ({} {:?}) but no target was given for it; restore_into fills every saved tensor (targets: {})",
+                    s.dtype,
+                    s.shape,
+                    list(self.0.iter().map(|t| t.name()).collect())
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    fn targets(&mut self) -> Vec<TensorMut<'_>> {
+        self.0.iter_mut().map(TensorMut::reborrow).collect()
+    }
+}
+
+/// New `f32` tensors of the saved shapes, for [`CheckpointStore::restore`].
+#[derive(Default)]
+struct Owned {
     replicated: Vec<Tensor>,
     sharded: Vec<Tensor>,
+}
+
+impl Destination for Owned {
+    const IN_PLACE: bool = false;
+
+    fn prepare(&mut self, replicated: &[Saved], sharded: &[Saved]) -> std::result::Result<(), Mismatch> {
+        let make = |s: &Saved| {
+            if s.dtype != Dtype::F32 {
+                return Err(Mismatch {
+                    tensor: s.name.clone(),
+                    detail: format!(
+                        "is {} {:?}, but restore() returns f32 tensors only: restore it with CheckpointStore::restore_into into a buffer of that dtype",
+                        s.dtype, s.shape
+                    ),
+                });
+            }
+            let data = vec![0f32; s.shape.iter().product()];
+            Ok(Tensor { name: s.name.clone(), shape: s.shape.clone(), data })
+        };
+        self.replicated = replicated.iter().map(make).collect::<std::result::Result<_, _>>()?;
+        self.sharded = sharded.iter().map(make).collect::<std::result::Result<_, _>>()?;
+        Ok(())
+    }
+
+    fn targets(&mut self) -> Vec<TensorMut<'_>> {
+        self.replicated.iter_mut().chain(&mut self.sharded).map(TensorMut::of).collect()
+    }
+}
+
+/// The checkpoint a restore found, besides its data.
+struct Found {
+    step: u64,
+    saved_world_size: usize,
+    dir: PathBuf,
     meta: Meta,
+    skipped: Vec<String>,
+}
+
+/// What one rank saves: its metadata and tensors.
+struct Shard<'s, 'a> {
+    meta: &'s Meta,
+    replicated: &'s [TensorRef<'a>],
+    sharded: &'s [TensorRef<'a>],
 }
 
 impl CheckpointStore {
@@ -96,7 +230,8 @@ impl CheckpointStore {
     }
 
     /// Saves `state` as the checkpoint of `step`. Collective: every rank calls it with the
-    /// same `step` and its own `state`.
+    /// same `step` and its own `state`. The `f32` tensors are saved as `F32` views
+    /// ([`CheckpointStore::save_refs`]).
     ///
     /// Every rank writes and fsyncs its shard in a new directory under a temporary name;
     /// the ranks vote; only after a unanimous vote rank 0 writes the manifest, renames the
@@ -105,15 +240,39 @@ impl CheckpointStore {
     /// is committed, or every rank has an error.
     ///
     /// # Errors
-    /// This rank's own error ([`Error::Io`], [`Error::InvalidArgument`] for a malformed
-    /// state) if it could not write its shard; on the other ranks an [`Error::Output`]
-    /// naming the ranks that failed (the vote failed, `LATEST` is unchanged). If rank 0
-    /// cannot commit: its error on rank 0, [`Error::GangFailed`] naming rank 0 elsewhere.
-    /// Communication errors.
+    /// As [`CheckpointStore::save_refs`].
     pub fn save(&self, ctx: &impl Participant, step: u64, state: &State) -> Result<()> {
+        fn views(ts: &[Tensor]) -> Vec<TensorRef<'_>> {
+            ts.iter().map(TensorRef::of).collect()
+        }
+        self.save_refs(ctx, step, &state.meta, &views(&state.replicated), &views(&state.sharded))
+    }
+
+    /// Saves tensors that live in the caller's memory as the checkpoint of `step`:
+    /// `replicated` (the same on every rank; rank 0's are stored, the other ranks' are not
+    /// read) and this rank's `sharded` part, with `meta`. Collective, with the discipline
+    /// of [`CheckpointStore::save`]. Each tensor's bytes go from the caller's memory
+    /// through the checksum into the shard file, with no copy; its dtype is written in the
+    /// safetensors header.
+    ///
+    /// # Errors
+    /// This rank's own error ([`Error::Io`], [`Error::InvalidArgument`] for a tensor that
+    /// does not fit its shape or a name used twice) if it could not write its shard; on the
+    /// other ranks an [`Error::Output`] naming the ranks that failed (the vote failed,
+    /// `LATEST` is unchanged). If rank 0 cannot commit: its error on rank 0,
+    /// [`Error::GangFailed`] naming rank 0 elsewhere. Communication errors.
+    pub fn save_refs(
+        &self,
+        ctx: &impl Participant,
+        step: u64,
+        meta: &Meta,
+        replicated: &[TensorRef<'_>],
+        sharded: &[TensorRef<'_>],
+    ) -> Result<()> {
         let (rank, attempt) = (ctx.comm().rank(), ctx.run_info().attempt);
         let tmp = self.dir.join(temp_dir_name(step, attempt));
-        let written = self.write_shard(&tmp, rank, ctx.comm().size(), step, attempt, state);
+        let shard = Shard { meta, replicated, sharded };
+        let written = self.write_shard(&tmp, rank, ctx.comm().size(), step, attempt, &shard);
         if written.is_ok() && self.faults.due(rank, step, attempt) == Some(FaultKind::CrashDuringCheckpoint) {
             eprintln!("gang: GANG_FAULT: rank {rank} dies after writing its shard of step {step}, before the vote");
             crate::fault::fire(FaultKind::Kill, rank, step);
@@ -168,16 +327,16 @@ impl CheckpointStore {
         world: usize,
         step: u64,
         attempt: u32,
-        state: &State,
+        shard: &Shard<'_, '_>,
     ) -> Result<Written> {
-        state.check()?;
+        check_unique(shard.replicated.iter().chain(shard.sharded).cloned())?;
         create_private_dir(&self.dir, false)?;
         create_private_dir(tmp, true)?;
         // Replicated tensors are stored once, by rank 0.
-        let replicated: Vec<&Tensor> = if rank == 0 { state.replicated.iter().collect() } else { Vec::new() };
-        let replicated_names: Vec<String> = replicated.iter().map(|t| t.name.clone()).collect();
-        let sharded_names: Vec<String> = state.sharded.iter().map(|t| t.name.clone()).collect();
-        let tensors: Vec<&Tensor> = replicated.iter().copied().chain(&state.sharded).collect();
+        let replicated = if rank == 0 { shard.replicated } else { &[] };
+        let replicated_names: Vec<String> = replicated.iter().map(|t| t.name().to_string()).collect();
+        let sharded_names: Vec<String> = shard.sharded.iter().map(|t| t.name().to_string()).collect();
+        let tensors: Vec<TensorRef<'_>> = replicated.iter().chain(shard.sharded).cloned().collect();
         let json = |v: &[String]| serde_json::to_string(v).expect("strings serialize");
         let metadata = BTreeMap::from([
             ("format".to_string(), FORMAT.to_string()),
@@ -202,7 +361,7 @@ impl CheckpointStore {
             attempt,
             replicated: replicated_names.clone(),
             sharded: sharded_names.clone(),
-            meta: state.meta.clone(),
+            meta: shard.meta.clone(),
         };
         let meta_bytes = serde_json::to_vec_pretty(&meta).map_err(Error::external)?;
         let meta_name = meta_file(rank);
@@ -324,89 +483,227 @@ impl CheckpointStore {
     ///
     /// # Errors
     /// [`Error::Input`] naming the checkpoint if it holds sharded tensors saved by another
-    /// world size, or if checkpoints exist but none is usable (every rank gets the same
-    /// error). I/O and communication errors.
+    /// world size, if it holds a tensor that is not `F32` (saved with
+    /// [`CheckpointStore::save_refs`]: restore it with [`CheckpointStore::restore_into`]),
+    /// or if checkpoints exist but none is usable (every rank gets the same error). I/O and
+    /// communication errors.
     pub fn restore(&self, ctx: &impl Participant) -> Result<Option<Restored>> {
+        let mut owned = Owned::default();
+        let found = self.restore_to(ctx, &mut owned)?;
+        Ok(found.map(|f| Restored {
+            step: f.step,
+            saved_world_size: f.saved_world_size,
+            dir: f.dir,
+            meta: f.meta,
+            replicated: owned.replicated,
+            sharded: owned.sharded,
+            skipped: f.skipped,
+        }))
+    }
+
+    /// Restores the newest usable checkpoint into the caller's buffers `targets`, which
+    /// must be exactly the tensors the checkpoint holds for this rank: every replicated
+    /// tensor, and this rank's sharded ones, each with the saved name, dtype and shape (in
+    /// any order). Collective; the checkpoint is chosen, verified and passed over when
+    /// damaged as by [`CheckpointStore::restore`]. Each rank reads its shard file straight
+    /// into its sharded targets; rank 0 reads the replicated tensors into its targets and,
+    /// once their checksum matched, broadcasts them into the other ranks' targets. Sharded
+    /// tensors restore only onto the world size that saved them.
+    ///
+    /// What the targets hold afterwards:
+    /// - `Ok(Some(_))`: the data of the checkpoint returned, every byte of every target.
+    /// - `Ok(None)` (the store holds no checkpoint), an [`Error::InvalidArgument`] (two
+    ///   targets with one name) or an [`Error::Input`] saying a target does not fit:
+    ///   untouched.
+    /// - An [`Error::Input`] saying no checkpoint is usable: untouched, unless the error
+    ///   says the targets were partly overwritten (a checkpoint whose damage showed only
+    ///   in its checksum, after its data was read into them): then they hold no
+    ///   consistent state.
+    /// - Any other error (I/O, communication): unspecified.
+    ///
+    /// `Ok(None)` when the store holds no checkpoint at all.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if two targets of a rank have the same name.
+    /// [`Error::Input`] naming the checkpoint directory, the tensor and the rank, with both
+    /// dtypes and shapes, when a target is not in the checkpoint or differs from what was
+    /// saved, or a saved tensor has no target (every rank gets the same error); as
+    /// [`CheckpointStore::restore`] otherwise.
+    ///
+    /// # Examples
+    /// See the [module documentation](super).
+    pub fn restore_into(
+        &self,
+        ctx: &impl Participant,
+        targets: &mut [TensorMut<'_>],
+    ) -> Result<Option<RestoredInPlace>> {
+        let unique = check_unique(targets.iter().map(TensorMut::as_ref));
+        if !ctx.comm().allreduce_scalar(unique.is_ok(), ReduceOp::And)? {
+            return Err(unique.err().unwrap_or_else(|| {
+                Error::InvalidArgument("another rank passed two restore targets with one name".into())
+            }));
+        }
+        let found = self.restore_to(ctx, &mut InPlace(targets))?;
+        Ok(found.map(|f| RestoredInPlace {
+            step: f.step,
+            saved_world_size: f.saved_world_size,
+            dir: f.dir,
+            meta: f.meta,
+            skipped: f.skipped,
+        }))
+    }
+
+    /// The restore, into `dest`: choose, open and check every shard, agree that `dest`
+    /// fits, read the data into it, broadcast the replicated tensors; fall back to the
+    /// previous checkpoint on damage.
+    fn restore_to<D: Destination>(&self, ctx: &impl Participant, dest: &mut D) -> Result<Option<Found>> {
         let (rank, world) = (ctx.comm().rank(), ctx.comm().size());
         let mut chooser = if rank == 0 { Some(Chooser::new(self, world)) } else { None };
+        // A damaged checkpoint whose data reached the caller's buffers before its damage
+        // showed.
+        let mut overwritten: Option<String> = None;
         loop {
             let decision: Decision =
                 ctx.comm().agree("checkpoint restore", || Ok(chooser.as_mut().expect("rank 0 chooses").next()))?;
             let (name, manifest, skipped) = match decision {
                 Decision::Nothing => return Ok(None),
-                Decision::Fail { path, detail } => return Err(Error::input(path, None, detail)),
+                Decision::Fail { path, mut detail } => {
+                    if let Some(o) = &overwritten {
+                        detail.push_str(&format!(
+                            "; the restore targets were partly overwritten with data of {o} before its damage \
+                             showed: they hold no consistent state"
+                        ));
+                    }
+                    return Err(Error::input(path, None, detail));
+                }
                 Decision::Try { name, manifest, skipped } => (name, manifest, skipped),
             };
             let step_dir = self.dir.join(&name);
             let same_world = manifest.world_size == world;
-            let loaded = if same_world || rank == 0 { load(&step_dir, &manifest, rank).map(Some) } else { Ok(None) };
-            let ok = ctx.comm().allreduce_scalar(loaded.is_ok(), ReduceOp::And)?;
-            let loaded = match loaded {
-                Ok(l) if ok => l,
-                _ => {
-                    let mine = loaded.err().map(|e| e.to_string()).unwrap_or_default();
-                    let reasons = ctx.comm().allgather_bytes(mine.as_bytes())?;
-                    if let Some(c) = chooser.as_mut() {
-                        let why: Vec<String> = reasons
-                            .iter()
-                            .filter(|r| !r.is_empty())
-                            .map(|r| String::from_utf8_lossy(r).into_owned())
-                            .collect();
-                        c.reject(&name, &why.join("; "));
-                    }
-                    continue;
+            let mut reject = |why: Vec<String>| {
+                if let Some(c) = chooser.as_mut() {
+                    c.reject(&name, &why.join("; "));
                 }
             };
-            // Rank 0's replicated tensors and metadata reach every rank: names, shapes and
-            // metadata first, then each tensor's values broadcast straight into place.
-            let (replicated, meta0, mine) = if world > 1 {
+
+            // 1. Every rank that reads a shard opens it: metadata, sizes, header.
+            let opened =
+                if same_world || rank == 0 { open_shard(&step_dir, &manifest, rank).map(Some) } else { Ok(None) };
+            if let Some(why) = any_damage(ctx, opened.as_ref().err())? {
+                reject(why);
+                continue;
+            }
+            let opened = opened.expect("no rank found damage");
+
+            // 2. Rank 0's replicated tensors (names, dtypes, shapes) and metadata reach
+            // every rank.
+            let (replicated, meta0) = if world > 1 {
                 let mut head = Vec::new();
-                if let (0, Some(l)) = (rank, &loaded) {
-                    let shapes: Vec<(&str, &[usize])> =
-                        l.replicated.iter().map(|t| (t.name.as_str(), t.shape.as_slice())).collect();
-                    head = serde_json::to_vec(&(shapes, &l.meta)).map_err(Error::external)?;
+                if let (0, Some(o)) = (rank, &opened) {
+                    head = serde_json::to_vec(&(&o.replicated, &o.meta)).map_err(Error::external)?;
                 }
                 ctx.comm().broadcast_bytes(0, &mut head)?;
-                if rank == 0 {
-                    let mut l = loaded.expect("rank 0 loaded");
-                    for t in &mut l.replicated {
-                        ctx.comm().broadcast(0, &mut t.data)?;
-                    }
-                    (l.replicated, l.meta.clone(), Some((l.sharded, l.meta)))
-                } else {
-                    let (shapes, meta0): (Vec<(String, Vec<usize>)>, Meta) =
-                        serde_json::from_slice(&head).map_err(|e| Error::GangFailed {
-                            rank: 0,
-                            stage: "checkpoint restore".into(),
-                            message: format!("unreadable list of replicated tensors from rank 0: {e}"),
-                        })?;
-                    let mut tensors = Vec::with_capacity(shapes.len());
-                    for (name, shape) in shapes {
-                        let mut data = vec![0f32; shape.iter().product()];
-                        ctx.comm().broadcast(0, &mut data)?;
-                        tensors.push(Tensor { name, shape, data });
-                    }
-                    (tensors, meta0, loaded.map(|l| (l.sharded, l.meta)))
-                }
+                serde_json::from_slice::<(Vec<Saved>, Meta)>(&head).map_err(|e| Error::GangFailed {
+                    rank: 0,
+                    stage: "checkpoint restore".into(),
+                    message: format!("unreadable list of replicated tensors from rank 0: {e}"),
+                })?
             } else {
-                let l = loaded.expect("a single rank loads its shard");
-                (l.replicated, l.meta.clone(), Some((l.sharded, l.meta)))
+                let o = opened.as_ref().expect("a single rank opens its shard");
+                (o.replicated.clone(), o.meta.clone())
             };
-            let (sharded, meta) = match mine {
-                Some((sharded, meta)) if same_world => (sharded, meta),
+            let (sharded, meta) = match &opened {
+                Some(o) if same_world => (o.sharded.clone(), o.meta.clone()),
                 _ => (Vec::new(), meta0),
             };
-            return Ok(Some(Restored {
+
+            // 3. Every rank's destination fits what was saved. A header that says otherwise
+            // may be damaged: the files are checked whole before the mismatch is believed.
+            let fit = dest.prepare(&replicated, &sharded);
+            if !ctx.comm().allreduce_scalar(fit.is_ok(), ReduceOp::And)? {
+                let intact = opened.map_or(Ok(()), |o| o.file.verify());
+                if let Some(why) = any_damage(ctx, intact.as_ref().err())? {
+                    reject(why);
+                    continue;
+                }
+                let mine = match &fit {
+                    Err(m) => serde_json::to_vec(m).map_err(Error::external)?,
+                    Ok(()) => Vec::new(),
+                };
+                let all = ctx.comm().allgather_bytes(&mine)?;
+                let (r, m) = all
+                    .iter()
+                    .enumerate()
+                    .find(|(_, b)| !b.is_empty())
+                    .map(|(r, b)| serde_json::from_slice::<Mismatch>(b).map(|m| (r, m)))
+                    .expect("a rank did not fit")
+                    .map_err(|e| Error::GangFailed {
+                        rank,
+                        stage: "checkpoint restore".into(),
+                        message: format!("unreadable restore mismatch report: {e}"),
+                    })?;
+                return Err(Error::Input {
+                    path: step_dir,
+                    location: Some(format!("tensor {:?}", m.tensor)),
+                    rank: Some(r),
+                    detail: m.detail,
+                });
+            }
+
+            // 4. The data, from each shard file straight into place, checksummed.
+            let mut targets = dest.targets();
+            let read = opened.map_or(Ok(()), |o| read_shard(o, &mut targets));
+            if let Some(why) = any_damage(ctx, read.as_ref().err())? {
+                if D::IN_PLACE {
+                    overwritten.get_or_insert(name.clone());
+                }
+                reject(why);
+                continue;
+            }
+
+            // 5. Rank 0's replicated tensors into every rank's targets.
+            if world > 1 {
+                for s in &replicated {
+                    let t = targets.iter_mut().find(|t| t.name() == s.name).expect("prepared for every tensor");
+                    ctx.comm().broadcast(0, t.bytes_mut())?;
+                }
+            }
+            return Ok(Some(Found {
                 step: manifest.step,
                 saved_world_size: manifest.world_size,
                 dir: step_dir,
                 meta,
-                replicated,
-                sharded,
                 skipped,
             }));
         }
     }
+}
+
+/// Whether any rank found damage (`mine` on this rank): `None` when none did, else every
+/// rank's reason. Collective.
+fn any_damage(ctx: &impl Participant, mine: Option<&Error>) -> Result<Option<Vec<String>>> {
+    if ctx.comm().allreduce_scalar(mine.is_none(), ReduceOp::And)? {
+        return Ok(None);
+    }
+    let mine = mine.map(ToString::to_string).unwrap_or_default();
+    let reasons = ctx.comm().allgather_bytes(mine.as_bytes())?;
+    Ok(Some(reasons.iter().filter(|r| !r.is_empty()).map(|r| String::from_utf8_lossy(r).into_owned()).collect()))
+}
+
+/// Checks each tensor and that no name is used twice.
+fn check_unique<'a>(tensors: impl Iterator<Item = TensorRef<'a>>) -> Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    for t in tensors {
+        t.check()?;
+        if !seen.insert(t.name()) {
+            return Err(Error::InvalidArgument(format!(
+                "tensor name {:?} appears twice in the checkpoint state; names must be unique over replicated and \
+                 sharded tensors",
+                t.name()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Rank 0's walk through the candidates of a restore: `LATEST`, then older complete
@@ -546,17 +843,15 @@ impl Chooser {
     }
 }
 
-/// Reads and verifies the files of `rank`'s shard in `dir`.
-pub(crate) fn load(dir: &Path, m: &Manifest, rank: usize) -> Result<Loaded> {
+/// Opens `rank`'s shard in `dir`: reads and checks its metadata file, checks its tensor
+/// file's size and parses its header, and checks that it holds the tensors the manifest
+/// lists.
+pub(crate) fn open_shard(dir: &Path, m: &Manifest, rank: usize) -> Result<Opened> {
     let file = |name: &str| {
         m.file(rank, name).ok_or_else(|| {
             Error::input(dir.join(manifest::MANIFEST), None, format!("lists no file {name} for rank {rank}"))
         })
     };
-    let tensor_name = tensor_file(rank);
-    let tensor_path = dir.join(&tensor_name);
-    let entry = file(&tensor_name)?;
-    let (tensors, _) = safetensors::read_verified(&tensor_path, entry.bytes, entry.crc32)?;
     let meta_name = meta_file(rank);
     let meta_path = dir.join(&meta_name);
     let meta_bytes = read_checked(&meta_path, file(&meta_name)?)?;
@@ -569,9 +864,14 @@ pub(crate) fn load(dir: &Path, m: &Manifest, rank: usize) -> Result<Loaded> {
             format!("says step {} rank {}, the manifest says step {} rank {rank}", meta.step, meta.rank, m.step),
         ));
     }
+    let tensor_name = tensor_file(rank);
+    let tensor_path = dir.join(&tensor_name);
+    let entry = file(&tensor_name)?;
+    let shard_file = ShardFile::open(&tensor_path, entry.bytes, entry.crc32)?;
     let shard = &m.shards[rank];
     let (mut replicated, mut sharded) = (Vec::new(), Vec::new());
-    for t in tensors {
+    for e in shard_file.entries() {
+        let t = Saved { name: e.name.clone(), dtype: e.dtype, shape: e.shape.clone() };
         if rank == 0 && m.replicated.contains(&t.name) {
             replicated.push(t);
         } else if shard.sharded.contains(&t.name) {
@@ -588,7 +888,26 @@ pub(crate) fn load(dir: &Path, m: &Manifest, rank: usize) -> Result<Loaded> {
             format!("holds {} of the {expected} tensors the manifest lists", replicated.len() + sharded.len()),
         ));
     }
-    Ok(Loaded { replicated, sharded, meta: meta.meta })
+    Ok(Opened { file: shard_file, replicated, sharded, meta: meta.meta })
+}
+
+/// Verifies every byte of `rank`'s shard in `dir` (`gang ckpt verify`).
+pub(crate) fn verify_shard(dir: &Path, m: &Manifest, rank: usize) -> Result<()> {
+    open_shard(dir, m, rank)?.file.verify()
+}
+
+/// Reads the data of the opened shard into the targets of the same names, checksummed.
+fn read_shard(opened: Opened, targets: &mut [TensorMut<'_>]) -> Result<()> {
+    let names: Vec<&str> = targets.iter().map(|t| t.name()).collect();
+    let mut slots: Vec<Option<&mut [u8]>> = targets.iter_mut().map(|t| Some(t.bytes_mut())).collect();
+    let mut dests = Vec::with_capacity(opened.file.entries().len());
+    for e in opened.file.entries() {
+        let slot = names.iter().position(|n| *n == e.name).and_then(|i| slots[i].take());
+        dests.push(slot.ok_or_else(|| {
+            Error::InvalidArgument(format!("no restore target for tensor {:?} (a bug in gang)", e.name))
+        })?);
+    }
+    opened.file.read_into(dests)
 }
 
 /// Bytes written between the starts of write-back of a shard file.
@@ -600,7 +919,7 @@ const WRITEBACK_EVERY: u64 = 32 << 20;
 /// disk works while the rest is encoded and written rather than all at the fsync.
 fn write_durably(
     mut file: std::fs::File,
-    tensors: &[&Tensor],
+    tensors: &[TensorRef<'_>],
     metadata: &BTreeMap<String, String>,
 ) -> std::io::Result<(u64, u32)> {
     let mut crc = crc32fast::Hasher::new();
@@ -645,10 +964,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("gang-write-durably-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("rank-0.safetensors");
-        let (bytes, crc32) = write_durably(create_private_file(&path).unwrap(), &[&small, &big], &meta).unwrap();
+        let (bytes, crc32) =
+            write_durably(create_private_file(&path).unwrap(), &[(&small).into(), (&big).into()], &meta).unwrap();
         let on_disk = std::fs::read(&path).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
-        let expected = safetensors::to_bytes(&[&small, &big], &meta);
+        let expected = safetensors::to_bytes(&[(&small).into(), (&big).into()], &meta);
         assert_eq!(bytes, expected.len() as u64);
         assert!(on_disk == expected, "the file differs from the encoded bytes");
         assert_eq!(crc32, crc32fast::hash(&expected));

@@ -48,7 +48,7 @@ pub fn save(path: &Path, model: &Model, info: &ModelInfo) -> Result<()> {
     meta.insert("classes".into(), info.classes.to_string());
     meta.insert("features".into(), serde_json::to_string(&info.features).map_err(Error::external)?);
     meta.insert("label".into(), info.label.clone());
-    let bytes = safetensors::to_bytes(&tensors.iter().collect::<Vec<_>>(), &meta);
+    let bytes = safetensors::to_bytes(&tensors.iter().map(Into::into).collect::<Vec<_>>(), &meta);
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(path, e))?;
     }
