@@ -332,6 +332,27 @@ fn a_retention_of_zero_is_refused() {
     assert!(e.contains("retention must be at least 1"), "{e}");
 }
 
+/// Python: `load_file(path)` of safetensors, or the same read with numpy alone where the
+/// safetensors package is missing (`how` says which); needs `json`, `struct`, `numpy as np`.
+const LOAD_FILE: &str = r#"try:
+    from safetensors.numpy import load_file
+    how = "safetensors"
+except ImportError:
+    how = "numpy"
+    dtypes = {"F32": "<f4", "F64": "<f8", "I32": "<i4", "I64": "<i8", "U8": "u1"}
+    def load_file(p):
+        raw = open(p, "rb").read()
+        n = struct.unpack("<Q", raw[:8])[0]
+        header = json.loads(raw[8:8 + n])
+        out = {}
+        for k, v in header.items():
+            if k == "__metadata__":
+                continue
+            b, e = v["data_offsets"]
+            out[k] = np.frombuffer(raw[8 + n + b:8 + n + e], dtype=dtypes[v["dtype"]]).reshape(v["shape"])
+        return out
+"#;
+
 #[test]
 fn shards_load_in_python() {
     let s = Scratch::new("ckpt-python");
@@ -342,28 +363,14 @@ fn shards_load_in_python() {
 import json, struct, sys
 import numpy as np
 path0, path1 = sys.argv[1], sys.argv[2]
-try:
-    from safetensors.numpy import load_file
-    how = "safetensors"
-except ImportError:
-    how = "numpy"
-    def load_file(p):
-        raw = open(p, "rb").read()
-        n = struct.unpack("<Q", raw[:8])[0]
-        header = json.loads(raw[8:8 + n])
-        out = {}
-        for k, v in header.items():
-            if k == "__metadata__":
-                continue
-            assert v["dtype"] == "F32"
-            b, e = v["data_offsets"]
-            out[k] = np.frombuffer(raw[8 + n + b:8 + n + e], dtype="<f4").reshape(v["shape"])
-        return out
-r0, r1 = load_file(path0), load_file(path1)
+"#
+    .to_owned()
+        + LOAD_FILE
+        + r#"r0, r1 = load_file(path0), load_file(path1)
 print(how, json.dumps({k: [list(v.shape), v.astype("<f4").view("<u4").ravel().tolist()] for k, v in sorted({**r0, **{"r1." + k: v for k, v in r1.items()}}.items())}))
 "#;
     let out = python::python()
-        .args(["-c", script])
+        .args(["-c", &script])
         .arg(d.join("rank-0.safetensors"))
         .arg(d.join("rank-1.safetensors"))
         .output()
@@ -697,29 +704,15 @@ fn an_f64_field_loads_in_python_as_float64() {
     let script = r#"
 import json, struct, sys
 import numpy as np
-try:
-    from safetensors.numpy import load_file
-    how = "safetensors"
-except ImportError:
-    how = "numpy"
-    dtypes = {"F32": "<f4", "F64": "<f8", "I32": "<i4", "I64": "<i8", "U8": "u1"}
-    def load_file(p):
-        raw = open(p, "rb").read()
-        n = struct.unpack("<Q", raw[:8])[0]
-        header = json.loads(raw[8:8 + n])
-        out = {}
-        for k, v in header.items():
-            if k == "__metadata__":
-                continue
-            b, e = v["data_offsets"]
-            out[k] = np.frombuffer(raw[8 + n + b:8 + n + e], dtype=dtypes[v["dtype"]]).reshape(v["shape"])
-        return out
-t = load_file(sys.argv[1])
+"#
+    .to_owned()
+        + LOAD_FILE
+        + r#"t = load_file(sys.argv[1])
 as_ints = lambda v: v.view("<u%d" % v.dtype.itemsize).ravel().tolist() if v.dtype.kind == "f" else v.ravel().tolist()
 print(how, json.dumps({k: [str(v.dtype), list(v.shape), as_ints(v)] for k, v in t.items()}))
 "#;
     let out = python::python()
-        .args(["-c", script])
+        .args(["-c", &script])
         .arg(step_dir(&dir, 5).join("rank-1.safetensors"))
         .output()
         .expect("python3 is needed for this test (with numpy; the safetensors package is used when installed)");
