@@ -61,6 +61,17 @@ pub mod internal {
     }
     pub use crate::sys::start_writeback;
 
+    /// Runs `f`, returning a panic's message instead of failing the rank (the C API's entry
+    /// points: a panic never crosses into C).
+    pub fn catch_panic<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+        crate::failure::catch_panic(f)
+    }
+
+    /// The fault plan of `GANG_FAULT` (the C API checks it at each simulation step).
+    pub fn fault_plan() -> crate::Result<crate::fault::FaultPlan> {
+        crate::fault::FaultPlan::from_env()
+    }
+
     /// `_gang_`: the prefix of what a job adds beside its committed output.
     pub const SIDECAR_PREFIX: &str = crate::stage::committer::SIDECAR_PREFIX;
 

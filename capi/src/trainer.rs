@@ -1,0 +1,416 @@
+//! In-situ training: a model trained on the simulation's arrays, its gradients allreduced
+//! over the gang, fed through plain pointers or the Arrow C Data Interface.
+
+use std::ffi::{c_char, c_int};
+use std::ops::Range;
+
+use gang::train::model_file::{self, ModelInfo};
+use gang::ReduceOp;
+use gang_kernels::{BatchStats, Model, Targets};
+use gang_kernels::{Optimizer, OptimizerState};
+
+use crate::arrow::{self, ArrowArray, ArrowSchema, Features, Labels};
+use crate::{c_str, entry, on_gang, out_ptr, slice, slice_mut, Fail, R};
+use crate::{gang_t, GANG_OK};
+
+/// Rows one after the other: `x[row * cols + col]` (C arrays `x[rows][cols]`).
+pub const GANG_ROW_MAJOR: c_int = 0;
+/// Columns one after the other: `x[col * rows + row]` (Fortran arrays `x(rows, cols)`).
+pub const GANG_COLUMN_MAJOR: c_int = 1;
+
+/// A model being trained on the gang, with its optimizer.
+pub struct gang_trainer_t {
+    gang: *const gang_t,
+    model: Model,
+    opt: OptimizerState,
+    spec: String,
+    classes: usize,
+    batch: usize,
+    grad: Vec<f32>,
+    /// Row-major copy of column-major features.
+    rows_scratch: Vec<f32>,
+    /// int32 classes widened to int64.
+    class_scratch: Vec<i64>,
+}
+
+fn on_trainer(t: *mut gang_trainer_t, f: impl FnOnce(&gang_t, &mut gang_trainer_t) -> R) -> c_int {
+    // SAFETY: a non-NULL handle comes from gang_trainer_new and was not freed (the caller's
+    // contract).
+    let Some(tr) = (unsafe { t.as_mut() }) else {
+        return entry(|| Err(Fail::arg("the trainer handle is NULL: call gang_trainer_new first")));
+    };
+    let g = tr.gang;
+    on_gang(g, |gang| f(gang, tr))
+}
+
+/// The trainer's settings, from `key=value` words.
+struct Settings {
+    model: String,
+    classes: usize,
+    optimizer: Optimizer,
+    batch: usize,
+    seed: u64,
+}
+
+fn parse_settings(config: &str) -> R<Settings> {
+    let mut model = "linear".to_string();
+    let (mut classes, mut batch, mut seed) = (0usize, 256usize, 0u64);
+    let (mut opt_name, mut lr, mut momentum, mut weight_decay) = ("adam".to_string(), None, 0.0f32, 0.0f32);
+    for word in config.split_whitespace() {
+        let (k, v) = word.split_once('=').ok_or_else(|| {
+            Fail::arg(format!("config word {word:?} is not key=value (e.g. \"model=mlp:32 optimizer=adam lr=0.01\")"))
+        })?;
+        let num = |what: &str| Fail::arg(format!("config {k}={v}: {what}"));
+        match k {
+            "model" => model = v.to_string(),
+            "classes" => classes = v.parse().map_err(|_| num("not a count"))?,
+            "batch" => batch = v.parse().ok().filter(|&b| b > 0).ok_or_else(|| num("not a positive count"))?,
+            "seed" => seed = v.parse().map_err(|_| num("not an integer"))?,
+            "optimizer" => opt_name = v.to_string(),
+            "lr" => lr = Some(v.parse::<f32>().map_err(|_| num("not a number"))?),
+            "momentum" => momentum = v.parse().map_err(|_| num("not a number"))?,
+            "weight_decay" => weight_decay = v.parse().map_err(|_| num("not a number"))?,
+            other => {
+                return Err(Fail::arg(format!(
+                    "unknown config key {other:?}: the keys are model, classes, optimizer, lr, momentum, \
+                     weight_decay, batch, seed"
+                )))
+            }
+        }
+    }
+    let optimizer = match opt_name.as_str() {
+        "adam" => match Optimizer::adam(lr.unwrap_or(1e-3)) {
+            Optimizer::Adam { lr, beta1, beta2, eps, .. } => Optimizer::Adam { lr, beta1, beta2, eps, weight_decay },
+            o => o,
+        },
+        "sgd" => Optimizer::Sgd { lr: lr.unwrap_or(0.01), momentum, weight_decay },
+        other => return Err(Fail::arg(format!("unknown optimizer {other:?}: use sgd or adam"))),
+    };
+    optimizer.validate()?;
+    Ok(Settings { model, classes, optimizer, batch, seed })
+}
+
+/// Creates a trainer of rows of `features` floats and stores it in `*out`. Collective:
+/// every rank passes the same arguments and starts from the same parameters.
+///
+/// `config` is `key=value` words separated by spaces, e.g.
+/// `"model=mlp:32,16 optimizer=adam lr=0.001 batch=256"`:
+/// - `model`: `linear` (default), `logistic`, `softmax` or `mlp:H` / `mlp:H1,H2` (ReLU
+///   layers of those widths);
+/// - `classes`: 0 (default) for real-valued targets, 2 for binary, k for k classes;
+/// - `optimizer`: `adam` (default; lr 0.001) or `sgd` (lr 0.01), with `lr`, `momentum`
+///   (sgd) and `weight_decay`;
+/// - `batch`: the gang-wide batch of one optimizer step (default 256), split evenly over
+///   the ranks; `seed`: of the initial parameters (default 0).
+#[no_mangle]
+pub unsafe extern "C" fn gang_trainer_new(
+    g: *mut gang_t,
+    features: i64,
+    config: *const c_char,
+    out: *mut *mut gang_trainer_t,
+) -> c_int {
+    on_gang(g, |gang| {
+        let out = out_ptr(out, "out (where the handle goes)")?;
+        *out = std::ptr::null_mut();
+        let features = usize::try_from(features)
+            .ok()
+            .filter(|&f| f > 0)
+            .ok_or_else(|| Fail::arg(format!("features is {features}: a row needs at least one feature")))?;
+        let config = if config.is_null() { "" } else { c_str(config, "config")? };
+        let s = parse_settings(config)?;
+        let kind = gang::train::parse_model(&s.model, s.classes)?;
+        let mut model = Model::new(kind, features, s.seed)?;
+        gang.ctx().comm().broadcast(0, model.params_mut())?;
+        let opt = OptimizerState::new(s.optimizer, model.num_params())?;
+        let grad = model.grad_buffer();
+        gang.adopt_child();
+        *out = Box::into_raw(Box::new(gang_trainer_t {
+            gang,
+            model,
+            opt,
+            spec: s.model,
+            classes: s.classes,
+            batch: s.batch,
+            grad,
+            rows_scratch: Vec::new(),
+            class_scratch: Vec::new(),
+        }));
+        Ok(())
+    })
+}
+
+/// Targets of a call, before slicing.
+#[derive(Clone, Copy)]
+enum Y<'a> {
+    Value(&'a [f32]),
+    Class(&'a [i64]),
+}
+
+impl<'a> Y<'a> {
+    fn len(&self) -> usize {
+        match self {
+            Y::Value(y) => y.len(),
+            Y::Class(y) => y.len(),
+        }
+    }
+
+    fn rows(&self, r: Range<usize>) -> Targets<'a> {
+        match *self {
+            Y::Value(y) => Targets::Value(&y[r]),
+            Y::Class(y) => Targets::Class(&y[r]),
+        }
+    }
+}
+
+impl gang_trainer_t {
+    /// One pass over this rank's `rows` (row-major `x`): optimizer steps of `batch` rows
+    /// gang-wide, each gradient summed over the ranks. Ranks with fewer rows take part in
+    /// every step (with no rows in the last ones). Returns the mean loss over every row of
+    /// the gang.
+    fn fit(&mut self, gang: &gang_t, x: &[f32], rows: usize, y: Y<'_>) -> R<f64> {
+        let comm = gang.ctx().comm();
+        let world = comm.size();
+        let local = self.batch.div_ceil(world).max(1);
+        let steps = comm.allreduce_scalar(rows.div_ceil(local) as u64, ReduceOp::Max)?;
+        let f = self.model.features();
+        let mut total = BatchStats::default();
+        for s in 0..steps as usize {
+            let r = (s * local).min(rows)..((s + 1) * local).min(rows);
+            self.grad.iter_mut().for_each(|g| *g = 0.0);
+            let stats = if r.is_empty() {
+                BatchStats::default()
+            } else {
+                self.model.loss_and_grad(&x[r.start * f..r.end * f], y.rows(r.clone()), &mut self.grad)?
+            };
+            comm.allreduce(&mut self.grad, ReduceOp::Sum)?;
+            let mut sums = [stats.n as f64, stats.loss_sum];
+            comm.allreduce(&mut sums, ReduceOp::Sum)?;
+            if sums[0] > 0.0 {
+                self.opt.step_scaled(self.model.params_mut(), &self.grad, 1.0 / sums[0] as f32)?;
+            }
+            total.n += sums[0] as u64;
+            total.loss_sum += sums[1];
+        }
+        Ok(total.mean_loss())
+    }
+
+    fn check_cols(&self, cols: usize) -> R<()> {
+        if cols != self.model.features() {
+            return Err(Fail::arg(format!(
+                "the rows have {cols} features but the trainer was created for {}",
+                self.model.features()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Row-major features from the caller's `x` of `layout` (column-major copied into `scratch`).
+fn row_major<'a>(x: &'a [f32], rows: usize, cols: usize, layout: c_int, scratch: &'a mut Vec<f32>) -> R<&'a [f32]> {
+    match layout {
+        GANG_ROW_MAJOR => Ok(x),
+        GANG_COLUMN_MAJOR => {
+            scratch.clear();
+            scratch.reserve(rows * cols);
+            for r in 0..rows {
+                scratch.extend((0..cols).map(|c| x[c * rows + r]));
+            }
+            Ok(scratch)
+        }
+        other => Err(Fail::arg(format!("unknown layout {other}: use GANG_ROW_MAJOR or GANG_COLUMN_MAJOR"))),
+    }
+}
+
+fn counts(rows: i64, cols: i64) -> R<(usize, usize)> {
+    let r = usize::try_from(rows).map_err(|_| Fail::arg(format!("rows is {rows}")))?;
+    let c = usize::try_from(cols).map_err(|_| Fail::arg(format!("cols is {cols}")))?;
+    r.checked_mul(c).ok_or_else(|| Fail::arg("rows * cols overflows"))?;
+    Ok((r, c))
+}
+
+/// Trains on this rank's `rows` rows of `cols` features at `x` (of `layout`:
+/// GANG_ROW_MAJOR or GANG_COLUMN_MAJOR) with one target per row: `y` (floats: regression,
+/// soft binary labels) or `classes` (int64 classes); pass exactly one, the other NULL. One
+/// pass over the rows in optimizer steps of the trainer's batch; gradients are summed over
+/// the gang. Collective (ranks may pass different numbers of rows). `*loss`, if not NULL,
+/// receives the mean loss over every row of the gang before each step.
+///
+/// Row-major `x` is read in place; column-major `x` is copied into row order first (one
+/// copy of the features per call).
+#[no_mangle]
+pub unsafe extern "C" fn gang_trainer_step(
+    t: *mut gang_trainer_t,
+    x: *const f32,
+    rows: i64,
+    cols: i64,
+    layout: c_int,
+    y: *const f32,
+    classes: *const i64,
+    loss: *mut f64,
+) -> c_int {
+    on_trainer(t, |gang, tr| {
+        let (r, c) = counts(rows, cols)?;
+        tr.check_cols(c)?;
+        let x = slice(x, (r * c) as i64, "x")?;
+        let targets = match (y.is_null(), classes.is_null()) {
+            (false, true) => Y::Value(slice(y, rows, "y")?),
+            (true, false) => Y::Class(slice(classes, rows, "classes")?),
+            (true, true) if r == 0 => Y::Value(&[]),
+            _ => return Err(Fail::arg("pass the targets as exactly one of y (floats) and classes (int64)")),
+        };
+        if targets.len() != r {
+            return Err(Fail::arg(format!("{} targets for {r} rows", targets.len())));
+        }
+        let mut scratch = std::mem::take(&mut tr.rows_scratch);
+        let mean = {
+            let x = row_major(x, r, c, layout, &mut scratch)?;
+            tr.fit(gang, x, r, targets)?
+        };
+        tr.rows_scratch = scratch;
+        if let Some(l) = unsafe_out(loss) {
+            *l = mean;
+        }
+        Ok(())
+    })
+}
+
+/// An optional out-parameter.
+fn unsafe_out<'a, T>(p: *mut T) -> Option<&'a mut T> {
+    // SAFETY: a non-NULL out-pointer points to a writable T (the caller's contract).
+    unsafe { p.as_mut() }
+}
+
+/// `gang_trainer_step` fed through the Arrow C Data Interface: `x` is a
+/// `FixedSizeList<float32>` of the feature count (format `"+w:N"`, one list per row; read
+/// in place, no copy) or a struct of `float32` columns (`"+s"`; gathered into row order, one
+/// copy); `y` is `float32` targets or `int64`/`int32` classes (int32 widened, one copy of
+/// the labels). No nulls. The arrays and schemas are borrowed for the call: gang neither
+/// moves nor releases them, and their buffers must not change until it returns.
+#[no_mangle]
+pub unsafe extern "C" fn gang_trainer_step_arrow(
+    t: *mut gang_trainer_t,
+    x: *const ArrowArray,
+    x_schema: *const ArrowSchema,
+    y: *const ArrowArray,
+    y_schema: *const ArrowSchema,
+    loss: *mut f64,
+) -> c_int {
+    on_trainer(t, |gang, tr| {
+        let (rows, cols, features) = arrow::features(x, x_schema)?;
+        tr.check_cols(cols)?;
+        let labels = arrow::labels(y, y_schema)?;
+        let mut classes = std::mem::take(&mut tr.class_scratch);
+        let mut scratch = std::mem::take(&mut tr.rows_scratch);
+        let mean = {
+            let targets = match labels {
+                Labels::F32(v) => Y::Value(v),
+                Labels::I64(v) => Y::Class(v),
+                Labels::I32(v) => {
+                    classes.clear();
+                    classes.extend(v.iter().map(|&c| i64::from(c)));
+                    Y::Class(&classes)
+                }
+            };
+            if targets.len() != rows {
+                return Err(Fail::arg(format!("{} labels for {rows} rows of features", targets.len())));
+            }
+            let x: &[f32] = match features {
+                Features::RowMajor(v) => v,
+                Features::Columns(columns) => {
+                    scratch.clear();
+                    scratch.reserve(rows * cols);
+                    for r in 0..rows {
+                        scratch.extend(columns.iter().map(|c| c[r]));
+                    }
+                    &scratch
+                }
+            };
+            tr.fit(gang, x, rows, targets)?
+        };
+        tr.class_scratch = classes;
+        tr.rows_scratch = scratch;
+        if let Some(l) = unsafe_out(loss) {
+            *l = mean;
+        }
+        Ok(())
+    })
+}
+
+/// The number of outputs per row of `gang_trainer_predict`: 1 for regression and binary
+/// models (the value, the probability of class 1), k for k classes (the probabilities).
+#[no_mangle]
+pub unsafe extern "C" fn gang_trainer_outputs(t: *mut gang_trainer_t, outputs: *mut i64) -> c_int {
+    on_trainer(t, |_, tr| {
+        *out_ptr(outputs, "outputs")? = tr.model.outputs() as i64;
+        Ok(())
+    })
+}
+
+/// Predicts `rows` rows of `cols` features at `x` (of `layout`) into `out`, which holds
+/// `out_len` floats: at least rows * gang_trainer_outputs. Row-major results. Local: no
+/// communication (every rank holds the same model).
+#[no_mangle]
+pub unsafe extern "C" fn gang_trainer_predict(
+    t: *mut gang_trainer_t,
+    x: *const f32,
+    rows: i64,
+    cols: i64,
+    layout: c_int,
+    out: *mut f32,
+    out_len: i64,
+) -> c_int {
+    on_trainer(t, |_, tr| {
+        let (r, c) = counts(rows, cols)?;
+        tr.check_cols(c)?;
+        let x = slice(x, (r * c) as i64, "x")?;
+        let need = r * tr.model.outputs();
+        if out_len < need as i64 {
+            return Err(Fail::arg(format!("out holds {out_len} floats; {r} rows need {need}")));
+        }
+        let out = slice_mut(out, need as i64, "out")?;
+        let mut scratch = std::mem::take(&mut tr.rows_scratch);
+        let p = {
+            let x = row_major(x, r, c, layout, &mut scratch)?;
+            tr.model.predict(x)?
+        };
+        tr.rows_scratch = scratch;
+        out.copy_from_slice(&p);
+        Ok(())
+    })
+}
+
+/// Writes the model to `path` as safetensors (PyTorch `nn.Linear` layout: `layer0.weight`,
+/// `layer0.bias`, ...; `gang predict` and numpy read it), durably (temporary file, fsync,
+/// rename). Collective: rank 0 writes; every rank returns its result.
+#[no_mangle]
+pub unsafe extern "C" fn gang_trainer_save(t: *mut gang_trainer_t, path: *const c_char) -> c_int {
+    on_trainer(t, |gang, tr| {
+        let path = std::path::PathBuf::from(c_str(path, "path")?);
+        let info = ModelInfo {
+            spec: tr.spec.clone(),
+            classes: tr.classes,
+            features: (0..tr.model.features()).map(|i| format!("f{i}")).collect(),
+            label: "y".into(),
+            metadata: [("writer".to_string(), "libgang".to_string())].into_iter().collect(),
+        };
+        gang.ctx().comm().agree("trainer save", || model_file::save(&path, &tr.model, &info).map(|()| true))?;
+        Ok(())
+    })
+}
+
+/// Frees the trainer. NULL is accepted.
+#[no_mangle]
+pub unsafe extern "C" fn gang_trainer_free(t: *mut gang_trainer_t) -> c_int {
+    if t.is_null() {
+        return GANG_OK;
+    }
+    entry(|| {
+        // SAFETY: `t` came from gang_trainer_new (Box::into_raw) and is freed once.
+        let tr = unsafe { Box::from_raw(t) };
+        // SAFETY: the gang outlives its children (gang_finalize refuses while they live).
+        if let Some(g) = unsafe { tr.gang.as_ref() } {
+            g.release_child();
+        }
+        Ok(())
+    })
+}
