@@ -165,6 +165,7 @@ fn every_bad_argument_and_wrong_order_returns_its_code_and_a_message() {
     assert!(o.contains(", 0 failures"), "{o}\n{e}");
     let checks: usize = o.split("bad_args: ").nth(1).and_then(|t| t.split(' ').next()).unwrap().parse().unwrap();
     assert!(checks > 90, "only {checks} checks ran:\n{o}");
+    assert!(e.contains("passed over a checkpoint") && e.contains("step-00000004"), "no word of the damaged checkpoint:\n{e}");
     // The model file it saved loads with the safetensors layout numpy reads.
     let shapes = py(
         "import json,struct,sys\nb=open(sys.argv[1],'rb').read()\nn=struct.unpack('<Q',b[:8])[0]\n\
