@@ -25,7 +25,7 @@ module gang
     public :: gang_init, gang_finalize, gang_rank, gang_size, gang_attempt, gang_barrier, gang_allreduce, &
         gang_step, gang_fail, gang_last_error, gang_checkpoint_new, gang_checkpoint_region, gang_checkpoint, &
         gang_restart, gang_checkpoint_free, gang_trainer_new, gang_trainer_step, gang_trainer_predict, &
-        gang_trainer_save, gang_trainer_free, gang_write_parquet
+        gang_trainer_save, gang_trainer_free, gang_trainer_checkpoint, gang_write_parquet
 
     interface gang_init
         module procedure gang_init_int, gang_init_f08
@@ -151,6 +151,10 @@ module gang
             import :: c_int, c_ptr, c_char
             type(c_ptr), value :: tr
             character(kind=c_char) :: path(*)
+        end function
+        integer(c_int) function c_trainer_checkpoint(tr, ck) bind(c, name='gang_trainer_checkpoint')
+            import :: c_int, c_ptr
+            type(c_ptr), value :: tr, ck
         end function
         integer(c_int) function c_trainer_free(tr) bind(c, name='gang_trainer_free')
             import :: c_int, c_ptr
@@ -366,6 +370,12 @@ contains
         type(c_ptr), intent(in) :: tr
         character(len=*), intent(in) :: path
         rc = c_trainer_save(tr, cstr(path))
+    end function
+
+    ! The trainer's state into the checkpoints of ck (free ck before the trainer).
+    integer(c_int) function gang_trainer_checkpoint(tr, ck) result(rc)
+        type(c_ptr), intent(in) :: tr, ck
+        rc = c_trainer_checkpoint(tr, ck)
     end function
 
     integer(c_int) function gang_trainer_free(tr) result(rc)

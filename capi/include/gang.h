@@ -326,7 +326,17 @@ int gang_trainer_predict(gang_trainer_t *t,
 // rename). Collective: rank 0 writes; every rank returns its result.
 int gang_trainer_save(gang_trainer_t *t, const char *path);
 
-// Frees the trainer. NULL is accepted.
+// Registers the trainer's state with the checkpoint handle `ck` of the same gang, as
+// replicated regions: `trainer.params` (the model), the optimizer's state
+// (`trainer.exp_avg`, `trainer.exp_avg_sq` for Adam; `trainer.momentum_buffer` for SGD
+// with momentum) and `trainer.steps`. gang_checkpoint then saves the surrogate with the
+// simulation's fields and gang_restart restores it in place, so that training goes on
+// where it stopped and ends with the model of an uninterrupted run. Register before
+// gang_restart. The trainer cannot be freed while `ck` lives (gang_trainer_free refuses).
+int gang_trainer_checkpoint(gang_trainer_t *t, gang_checkpoint_t *ck);
+
+// Frees the trainer. NULL is accepted. Refused (GANG_ERR_STATE) while a checkpoint
+// handle holds its state (gang_trainer_checkpoint): free that first.
 int gang_trainer_free(gang_trainer_t *t);
 
 #ifdef __cplusplus

@@ -46,16 +46,19 @@ struct Region {
     data: *mut u8,
     bytes: usize,
     sharded: bool,
+    /// For a trainer's regions: the trainer's token, which keeps it from being freed
+    /// while this handle points into it.
+    _owner: Option<std::rc::Rc<()>>,
 }
 
 /// Checkpoints of named memory regions of the simulation, in one directory.
 pub struct gang_checkpoint_t {
-    gang: *const gang_t,
+    pub(crate) gang: *const gang_t,
     store: CheckpointStore,
     regions: Vec<Region>,
 }
 
-fn on_checkpoint(ck: *mut gang_checkpoint_t, f: impl FnOnce(&gang_t, &mut gang_checkpoint_t) -> R) -> c_int {
+pub(crate) fn on_checkpoint(ck: *mut gang_checkpoint_t, f: impl FnOnce(&gang_t, &mut gang_checkpoint_t) -> R) -> c_int {
     // SAFETY: a non-NULL handle comes from gang_checkpoint_new and was not freed (the
     // caller's contract).
     let Some(c) = (unsafe { ck.as_mut() }) else {
@@ -134,14 +137,47 @@ pub unsafe extern "C" fn gang_checkpoint_region(
         if !(data as usize).is_multiple_of(dtype.size()) {
             return Err(Fail::arg(format!("region {name}: data is not aligned for {}", dtype.name())));
         }
-        let region =
-            Region { name: name.to_string(), dtype, shape: dims, data: data.cast(), bytes, sharded: sharded != 0 };
-        match c.regions.iter_mut().find(|r| r.name == region.name) {
-            Some(r) => *r = region,
-            None => c.regions.push(region),
-        }
+        c.register(Region {
+            name: name.to_string(),
+            dtype,
+            shape: dims,
+            data: data.cast(),
+            bytes,
+            sharded: sharded != 0,
+            _owner: None,
+        });
         Ok(())
     })
+}
+
+impl gang_checkpoint_t {
+    fn register(&mut self, region: Region) {
+        match self.regions.iter_mut().find(|r| r.name == region.name) {
+            Some(r) => *r = region,
+            None => self.regions.push(region),
+        }
+    }
+
+    /// Registers `data` (replicated, `F32` or `I64` elements) as the region `name` of a
+    /// trainer whose `owner` token it keeps.
+    pub(crate) fn register_owned(
+        &mut self,
+        name: String,
+        dtype: Dtype,
+        data: *mut u8,
+        elements: usize,
+        owner: &std::rc::Rc<()>,
+    ) {
+        self.register(Region {
+            name,
+            dtype,
+            shape: vec![elements],
+            data,
+            bytes: elements * dtype.size(),
+            sharded: false,
+            _owner: Some(owner.clone()),
+        });
+    }
 }
 
 impl Region {

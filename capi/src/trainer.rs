@@ -4,6 +4,7 @@
 use std::ffi::{c_char, c_int};
 use std::ops::Range;
 
+use gang::checkpoint::Dtype;
 use gang::train::model_file::{self, ModelInfo};
 use gang::ReduceOp;
 use gang_kernels::{BatchStats, Model, Targets};
@@ -31,6 +32,8 @@ pub struct gang_trainer_t {
     rows_scratch: Vec<f32>,
     /// int32 classes widened to int64.
     class_scratch: Vec<i64>,
+    /// Held by every checkpoint handle this trainer's state is registered with.
+    token: std::rc::Rc<()>,
 }
 
 fn on_trainer(t: *mut gang_trainer_t, f: impl FnOnce(&gang_t, &mut gang_trainer_t) -> R) -> c_int {
@@ -134,6 +137,7 @@ pub unsafe extern "C" fn gang_trainer_new(
             grad,
             rows_scratch: Vec::new(),
             class_scratch: Vec::new(),
+            token: std::rc::Rc::new(()),
         }));
         Ok(())
     })
@@ -398,11 +402,50 @@ pub unsafe extern "C" fn gang_trainer_save(t: *mut gang_trainer_t, path: *const 
     })
 }
 
-/// Frees the trainer. NULL is accepted.
+/// Registers the trainer's state with the checkpoint handle `ck` of the same gang, as
+/// replicated regions: `trainer.params` (the model), the optimizer's state
+/// (`trainer.exp_avg`, `trainer.exp_avg_sq` for Adam; `trainer.momentum_buffer` for SGD
+/// with momentum) and `trainer.steps`. gang_checkpoint then saves the surrogate with the
+/// simulation's fields and gang_restart restores it in place, so that training goes on
+/// where it stopped and ends with the model of an uninterrupted run. Register before
+/// gang_restart. The trainer cannot be freed while `ck` lives (gang_trainer_free refuses).
+#[no_mangle]
+pub unsafe extern "C" fn gang_trainer_checkpoint(t: *mut gang_trainer_t, ck: *mut crate::gang_checkpoint_t) -> c_int {
+    on_trainer(t, |_, tr| {
+        // SAFETY: a non-NULL checkpoint handle comes from gang_checkpoint_new and was not
+        // freed (the caller's contract).
+        let c = unsafe { ck.as_mut() }.ok_or_else(|| Fail::arg("the checkpoint handle is NULL"))?;
+        if c.gang != tr.gang {
+            return Err(Fail::arg("the checkpoint handle belongs to another gang than the trainer"));
+        }
+        let token = tr.token.clone();
+        let params = tr.model.params_mut();
+        c.register_owned("trainer.params".into(), Dtype::F32, params.as_mut_ptr().cast(), params.len(), &token);
+        let (steps, tensors) = tr.opt.state_mut();
+        for (name, data) in tensors {
+            c.register_owned(format!("trainer.{name}"), Dtype::F32, data.as_mut_ptr().cast(), data.len(), &token);
+        }
+        c.register_owned("trainer.steps".into(), Dtype::I64, std::ptr::from_mut(steps).cast(), 1, &token);
+        Ok(())
+    })
+}
+
+/// Frees the trainer. NULL is accepted. Refused (GANG_ERR_STATE) while a checkpoint
+/// handle holds its state (gang_trainer_checkpoint): free that first.
 #[no_mangle]
 pub unsafe extern "C" fn gang_trainer_free(t: *mut gang_trainer_t) -> c_int {
     if t.is_null() {
         return GANG_OK;
+    }
+    let held = on_trainer(t, |_, tr| match std::rc::Rc::strong_count(&tr.token) {
+        1 => Ok(()),
+        _ => Err(Fail::state(
+            "a checkpoint handle holds this trainer's state (gang_trainer_checkpoint): free it first \
+             (gang_checkpoint_free)",
+        )),
+    });
+    if held != GANG_OK {
+        return held;
     }
     entry(|| {
         // SAFETY: `t` came from gang_trainer_new (Box::into_raw) and is freed once.

@@ -165,7 +165,10 @@ fn every_bad_argument_and_wrong_order_returns_its_code_and_a_message() {
     assert!(o.contains(", 0 failures"), "{o}\n{e}");
     let checks: usize = o.split("bad_args: ").nth(1).and_then(|t| t.split(' ').next()).unwrap().parse().unwrap();
     assert!(checks > 90, "only {checks} checks ran:\n{o}");
-    assert!(e.contains("passed over a checkpoint") && e.contains("step-00000004"), "no word of the damaged checkpoint:\n{e}");
+    assert!(
+        e.contains("passed over a checkpoint") && e.contains("step-00000004"),
+        "no word of the damaged checkpoint:\n{e}"
+    );
     // The model file it saved loads with the safetensors layout numpy reads.
     let shapes = py(
         "import json,struct,sys\nb=open(sys.argv[1],'rb').read()\nn=struct.unpack('<Q',b[:8])[0]\n\
@@ -209,7 +212,7 @@ fn heat2d_trains_its_surrogate_and_writes_snapshots_at_2_and_4_ranks() {
 }
 
 #[test]
-fn heat2d_killed_part_way_restarts_from_its_checkpoint_and_ends_bitwise_identical() {
+fn heat2d_killed_part_way_restarts_from_its_checkpoint_and_ends_with_a_bitwise_identical_field_and_surrogate() {
     let s = Scratch::new("capi-heat2d-kill");
     let exe = heat2d(&s.0);
     let exe = exe.to_str().unwrap();
@@ -240,6 +243,11 @@ fn heat2d_killed_part_way_restarts_from_its_checkpoint_and_ends_bitwise_identica
     assert!(e.contains("rank 2 was killed by signal 9"), "{e}");
     assert!(o.contains("restarted from the checkpoint of step 150"), "{o}");
     assert_eq!(digest(&o), digest(&clean), "the field after the restart differs from an uninterrupted run");
+    let model = |d: &Path| std::fs::read(d.join("surrogate.safetensors")).unwrap();
+    assert!(
+        model(&killed_dir) == model(&clean_dir),
+        "the surrogate after the restart differs from an uninterrupted run's (its state is in the checkpoints)"
+    );
     // Every snapshot holds its step exactly once, and the same rows as the clean run's.
     let compare = "import glob,sys,pyarrow.parquet as pq\n\
         a=sorted(glob.glob(sys.argv[1]+'/snapshots/*'));b=sorted(glob.glob(sys.argv[2]+'/snapshots/*'))\n\

@@ -4,7 +4,8 @@
  *   - train a surrogate of its field in situ (an MLP from (x, y) to u) every K steps, fed
  *     through the Arrow C Data Interface without copying,
  *   - write the field as a Parquet snapshot every P steps, committed exactly once,
- *   - checkpoint the field every C steps and restart from the newest checkpoint.
+ *   - checkpoint the field (and the surrogate's state) every C steps and restart from the
+ *     newest checkpoint.
  *
  *   mpicc -std=c99 -O2 heat2d.c $(pkg-config --cflags --libs gang) -o heat2d
  *   gang run -n 4 --max-restarts 1 -- ./heat2d --out heat2d-out
@@ -102,6 +103,10 @@ int main(int argc, char **argv) {
         /* The field without its halo rows: this rank's shard of the checkpoint. */
         int64_t shape[2] = {nloc, n};
         CHECK(gang_checkpoint_region(ck, "u", u + n, GANG_F64, 2, shape, 1));
+        /* The surrogate's state (model, Adam's moments, step count) goes into the same
+         * checkpoints, so a restarted run trains on from where it stopped. */
+        CHECK(gang_trainer_new(g, 2, "model=mlp:32 optimizer=adam lr=0.01 batch=512 seed=7", &tr));
+        CHECK(gang_trainer_checkpoint(tr, ck));
         int64_t step = 0;
         int found = 0;
         CHECK(gang_restart(ck, &step, &found));
@@ -109,7 +114,6 @@ int main(int argc, char **argv) {
             first = step + 1;
             if (rank == 0) printf("heat2d: restarted from the checkpoint of step %lld\n", (long long)step);
         }
-        CHECK(gang_trainer_new(g, 2, "model=mlp:32 optimizer=adam lr=0.01 batch=512 seed=7", &tr));
     }
     for (long i = 0; i < nloc; i++)
         for (long j = 0; j < n; j++) {
@@ -188,8 +192,8 @@ int main(int argc, char **argv) {
     if (use_gang) {
         snprintf(path, sizeof path, "%s/surrogate.safetensors", out);
         CHECK(gang_trainer_save(tr, path));
-        CHECK(gang_trainer_free(tr));
         CHECK(gang_checkpoint_free(ck));
+        CHECK(gang_trainer_free(tr));
         CHECK(gang_finalize(g));
     }
     free(u);

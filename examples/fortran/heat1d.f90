@@ -44,6 +44,8 @@ program heat1d
     call check(gang_init(MPI_COMM_WORLD, g))
     call check(gang_checkpoint_new(g, trim(out) // '/checkpoints', 2, ck))
     call check(gang_checkpoint_region(ck, 'u', u, .true.))
+    call check(gang_trainer_new(g, 1, 'model=mlp:16 optimizer=adam lr=0.01 batch=256 seed=3', tr))
+    call check(gang_trainer_checkpoint(tr, ck))
     first = 1
     step = 0
     call check(gang_restart(ck, step, found))
@@ -51,7 +53,6 @@ program heat1d
         first = step + 1
         if (rank == 0) print '(a, i0)', 'heat1d: restarted from the checkpoint of step ', step
     end if
-    call check(gang_trainer_new(g, 1, 'model=mlp:16 optimizer=adam lr=0.01 batch=256 seed=3', tr))
 
     first_loss = -1
     loss = 0
@@ -93,8 +94,8 @@ program heat1d
         print '(a, es12.5, a, es12.5)', 'heat1d: surrogate loss first ', first_loss, ' last ', loss
     end if
     call check(gang_trainer_save(tr, trim(out) // '/surrogate.safetensors'))
-    call check(gang_trainer_free(tr))
     call check(gang_checkpoint_free(ck))
+    call check(gang_trainer_free(tr))
     call check(gang_finalize(g))
     call MPI_Finalize()
 

@@ -261,6 +261,22 @@ impl OptimizerState {
             .collect()
     }
 
+    /// The step count and the state tensors (as [`state_tensors`](Self::state_tensors)),
+    /// writable: for a caller that checkpoints and restores the state in place (the C
+    /// API's trainer). The buffers keep their addresses for the life of the state.
+    pub fn state_mut(&mut self) -> (&mut u64, Vec<(&'static str, &mut [f32])>) {
+        let names = self.optimizer.state_names();
+        let mut tensors = Vec::with_capacity(names.len());
+        let (m, v) = (&mut self.m, &mut self.v);
+        if let Some(&n) = names.first() {
+            tensors.push((n, &mut m[..]));
+        }
+        if let Some(&n) = names.get(1) {
+            tensors.push((n, &mut v[..]));
+        }
+        (&mut self.steps, tensors)
+    }
+
     /// One step with the gradient `grad` as it is (already a mean).
     ///
     /// # Errors

@@ -228,11 +228,24 @@ int main(int argc, char **argv) {
     EXPECT2(gang_write_parquet(g, "/proc/gang-cannot-write-here", 4, 2, names, types, cols, &written), GANG_ERR_IO,
             GANG_ERR_PEER, g);
 
-    /* Order: the gang outlives its checkpoints and trainers. */
+    /* The trainer's state in a checkpoint: saved and restored in place. */
+    EXPECT(gang_trainer_checkpoint(tr, NULL), GANG_ERR_ARGUMENT, g);
+    EXPECT(gang_trainer_checkpoint(NULL, ck), GANG_ERR_ARGUMENT, NULL);
+    EXPECT(gang_trainer_checkpoint(tr, ck), GANG_OK, g);
+    EXPECT(gang_checkpoint(ck, 5), GANG_OK, g);
+    float before[4], after[4];
+    EXPECT(gang_trainer_predict(tr, x, 4, 2, GANG_ROW_MAJOR, before, 4), GANG_OK, g);
+    EXPECT(gang_trainer_step(tr, x, 4, 2, GANG_ROW_MAJOR, y, NULL, &loss), GANG_OK, g);
+    EXPECT(gang_restart(ck, &step, &found), GANG_OK, g);
+    EXPECT(gang_trainer_predict(tr, x, 4, 2, GANG_ROW_MAJOR, after, 4), GANG_OK, g);
+    TRUE(found == 1 && step == 5 && memcmp(before, after, sizeof before) == 0);
+
+    /* Order: the gang outlives its checkpoints and trainers; a checkpoint holding a
+     * trainer's state goes first. */
     EXPECT(gang_finalize(g), GANG_ERR_STATE, g);
-    EXPECT(gang_trainer_free(tr), GANG_OK, g);
-    EXPECT(gang_finalize(g), GANG_ERR_STATE, g);
+    EXPECT(gang_trainer_free(tr), GANG_ERR_STATE, g);
     EXPECT(gang_checkpoint_free(ck), GANG_OK, g);
+    EXPECT(gang_trainer_free(tr), GANG_OK, g);
     EXPECT(gang_checkpoint_free(NULL), GANG_OK, NULL);
     EXPECT(gang_trainer_free(NULL), GANG_OK, NULL);
     EXPECT(gang_finalize(g), GANG_OK, NULL);
