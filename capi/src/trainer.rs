@@ -214,14 +214,29 @@ fn row_major<'a>(x: &'a [f32], rows: usize, cols: usize, layout: c_int, scratch:
     match layout {
         GANG_ROW_MAJOR => Ok(x),
         GANG_COLUMN_MAJOR => {
-            scratch.clear();
-            scratch.reserve(rows * cols);
-            for r in 0..rows {
-                scratch.extend((0..cols).map(|c| x[c * rows + r]));
-            }
+            let columns: Vec<&[f32]> = if rows == 0 { vec![&[]; cols] } else { x.chunks(rows).collect() };
+            gather_rows(&columns, rows, scratch);
             Ok(scratch)
         }
         other => Err(Fail::arg(format!("unknown layout {other}: use GANG_ROW_MAJOR or GANG_COLUMN_MAJOR"))),
+    }
+}
+
+/// `columns` (each `rows` long) into row order in `scratch`, a block of rows at a time so
+/// that the block's rows stay in the cache while every column is written into them.
+fn gather_rows(columns: &[&[f32]], rows: usize, scratch: &mut Vec<f32>) {
+    const BLOCK: usize = 256;
+    let cols = columns.len();
+    scratch.clear();
+    scratch.resize(rows * cols, 0.0);
+    for start in (0..rows).step_by(BLOCK) {
+        let end = (start + BLOCK).min(rows);
+        let out = &mut scratch[start * cols..end * cols];
+        for (c, col) in columns.iter().enumerate() {
+            for (row, &v) in out.chunks_exact_mut(cols).zip(&col[start..end]) {
+                row[c] = v;
+            }
+        }
     }
 }
 
@@ -321,11 +336,7 @@ pub unsafe extern "C" fn gang_trainer_step_arrow(
             let x: &[f32] = match features {
                 Features::RowMajor(v) => v,
                 Features::Columns(columns) => {
-                    scratch.clear();
-                    scratch.reserve(rows * cols);
-                    for r in 0..rows {
-                        scratch.extend(columns.iter().map(|c| c[r]));
-                    }
+                    gather_rows(&columns, rows, &mut scratch);
                     &scratch
                 }
             };
@@ -456,4 +467,22 @@ pub unsafe extern "C" fn gang_trainer_free(t: *mut gang_trainer_t) -> c_int {
         }
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::gather_rows;
+
+    #[test]
+    fn columns_gather_into_rows_across_block_edges() {
+        for rows in [0, 1, 255, 256, 257, 1000] {
+            let cols = 3;
+            let data: Vec<Vec<f32>> = (0..cols).map(|c| (0..rows).map(|r| (r * 10 + c) as f32).collect()).collect();
+            let columns: Vec<&[f32]> = data.iter().map(Vec::as_slice).collect();
+            let mut out = vec![7.0; 5];
+            gather_rows(&columns, rows, &mut out);
+            let want: Vec<f32> = (0..rows).flat_map(|r| (0..cols).map(move |c| (r * 10 + c) as f32)).collect();
+            assert_eq!(out, want, "{rows} rows");
+        }
+    }
 }
