@@ -14,7 +14,10 @@
 //! - memory passed in is borrowed for the duration of the call, unless the function says
 //!   it keeps the pointer (checkpoint regions do, until their handle is freed);
 //! - a handle is used from one thread at a time; child handles (checkpoints, trainers) are
-//!   freed before the gang handle (`gang_finalize` refuses otherwise).
+//!   freed before the gang handle (`gang_finalize` refuses otherwise);
+//! - a collective call checks its arguments before it communicates, so a rank that gets an
+//!   error from one has left its peers waiting in it: on any error of a collective call,
+//!   stop the gang (`gang_fail`) rather than carry on.
 #![allow(unsafe_code)] // The C boundary: every entry point takes raw pointers.
 #![allow(non_camel_case_types)] // C names: gang_t, gang_trainer_t.
 #![allow(clippy::missing_safety_doc)] // The header documents each call's contract.
