@@ -8,7 +8,7 @@ use std::ffi::{c_char, c_int, c_void};
 use gang::checkpoint::{Dtype, Meta, TensorMut, TensorRef};
 use gang::CheckpointStore;
 
-use crate::{c_str, entry, on_gang, out_ptr, slice, Fail, R};
+use crate::{agree_args, c_str, entry, on_gang, out_ptr, slice, Fail, R};
 use crate::{gang_t, GANG_OK};
 
 /// 32-bit float (`float`, `real(4)`).
@@ -197,10 +197,13 @@ impl Region {
 #[no_mangle]
 pub unsafe extern "C" fn gang_checkpoint(ck: *mut gang_checkpoint_t, step: i64) -> c_int {
     on_checkpoint(ck, |gang, c| {
-        let step = u64::try_from(step).map_err(|_| Fail::arg(format!("step {step} is negative")))?;
-        if c.regions.is_empty() {
-            return Err(Fail::state("no region is registered: call gang_checkpoint_region before gang_checkpoint"));
-        }
+        let checked = u64::try_from(step).map_err(|_| Fail::arg(format!("step {step} is negative"))).and_then(|s| {
+            if c.regions.is_empty() {
+                return Err(Fail::state("no region is registered: call gang_checkpoint_region before gang_checkpoint"));
+            }
+            Ok(s)
+        });
+        let step = agree_args(gang, "gang_checkpoint", checked)?;
         let refs = |sharded: bool| -> R<Vec<TensorRef<'_>>> {
             c.regions
                 .iter()
@@ -222,12 +225,15 @@ pub unsafe extern "C" fn gang_checkpoint(ck: *mut gang_checkpoint_t, step: i64) 
 #[no_mangle]
 pub unsafe extern "C" fn gang_restart(ck: *mut gang_checkpoint_t, step: *mut i64, found: *mut c_int) -> c_int {
     on_checkpoint(ck, |gang, c| {
-        let step = out_ptr(step, "step")?;
-        let found = out_ptr(found, "found")?;
+        let checked = (|| {
+            let outs = (out_ptr(step, "step")?, out_ptr(found, "found")?);
+            if c.regions.is_empty() {
+                return Err(Fail::state("no region is registered: call gang_checkpoint_region before gang_restart"));
+            }
+            Ok(outs)
+        })();
+        let (step, found) = agree_args(gang, "gang_restart", checked)?;
         *found = 0;
-        if c.regions.is_empty() {
-            return Err(Fail::state("no region is registered: call gang_checkpoint_region before gang_restart"));
-        }
         let mut targets: Vec<TensorMut<'_>> = Vec::with_capacity(c.regions.len());
         for Region { name, dtype, shape, data, bytes, .. } in c.regions.iter_mut() {
             let buf: &mut [u8] = if *bytes == 0 {

@@ -15,9 +15,11 @@
 //!   it keeps the pointer (checkpoint regions do, until their handle is freed);
 //! - a handle is used from one thread at a time; child handles (checkpoints, trainers) are
 //!   freed before the gang handle (`gang_finalize` refuses otherwise);
-//! - a collective call checks its arguments before it communicates, so a rank that gets an
-//!   error from one has left its peers waiting in it: on any error of a collective call,
-//!   stop the gang (`gang_fail`) rather than carry on.
+//! - the coarse collective calls (checkpoint, restart, trainer, Parquet output) agree on
+//!   their arguments first (one small allreduce): one rank's bad argument is an error on
+//!   every rank (GANG_ERR_PEER on the others), not a hang. `gang_allreduce_*` and
+//!   `gang_barrier` do not (their cost is the message itself), nor can a call whose handle
+//!   is NULL take part: on an error of those, stop the gang (`gang_fail`).
 #![allow(unsafe_code)] // The C boundary: every entry point takes raw pointers.
 #![allow(non_camel_case_types)] // C names: gang_t, gang_trainer_t.
 #![allow(clippy::missing_safety_doc)] // The header documents each call's contract.
@@ -172,6 +174,21 @@ pub(crate) fn on_gang(g: *const gang_t, f: impl FnOnce(&gang_t) -> R) -> c_int {
             *gang.error.borrow_mut() = CString::new(message.replace('\0', " ")).unwrap_or_default();
             e.code
         }
+    }
+}
+
+/// For a collective call: every rank learns whether every rank's arguments were valid
+/// (one small allreduce), so that one rank's bad argument does not leave the others
+/// waiting in the call's communication. This rank's own error, or GANG_ERR_PEER naming
+/// the call when only another rank's arguments were bad; nothing was done either way.
+pub(crate) fn agree_args<T>(gang: &gang_t, call: &str, local: R<T>) -> R<T> {
+    let all = gang.ctx.comm().allreduce_scalar(local.is_ok(), ReduceOp::And)?;
+    match local {
+        Ok(_) if !all => Err(Fail {
+            code: GANG_ERR_PEER,
+            message: format!("{call}: another rank's arguments cannot work (its error says which); nothing was done"),
+        }),
+        other => other,
     }
 }
 

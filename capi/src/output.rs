@@ -11,7 +11,7 @@ use gang::stage::{OutputCommitter, OutputFormat, ParquetCompression};
 
 use crate::checkpoint::dtype;
 use crate::gang_t;
-use crate::{c_str, on_gang, slice, Fail, R};
+use crate::{agree_args, c_str, on_gang, slice, Fail, R};
 
 /// Column `i` of this rank's rows, copied into an Arrow array.
 ///
@@ -58,27 +58,31 @@ pub unsafe extern "C" fn gang_write_parquet(
     written: *mut c_int,
 ) -> c_int {
     on_gang(g, |gang| {
-        let dir = c_str(dir, "dir")?;
-        if ncols < 1 {
-            return Err(Fail::arg(format!("ncols is {ncols}: write at least one column")));
-        }
-        let names = slice(names, i64::from(ncols), "names")?;
-        let dtypes = slice(dtypes, i64::from(ncols), "dtypes")?;
-        let columns = slice(columns, i64::from(ncols), "columns")?;
-        let mut fields = Vec::with_capacity(names.len());
-        let mut arrays = Vec::with_capacity(names.len());
-        for i in 0..names.len() {
-            let name = c_str(names[i], &format!("names[{i}]"))?;
-            if fields.iter().any(|f: &Field| f.name() == name) {
-                return Err(Fail::arg(format!("column name {name:?} is given twice")));
+        let checked = (|| {
+            let dir = c_str(dir, "dir")?;
+            if ncols < 1 {
+                return Err(Fail::arg(format!("ncols is {ncols}: write at least one column")));
             }
-            // SAFETY: columns[i] holds `rows` elements of dtypes[i] (the caller's contract).
-            let (f, a) = unsafe { column(name, dtype(dtypes[i])?, columns[i], rows) }?;
-            fields.push(f);
-            arrays.push(a);
-        }
-        let schema = Arc::new(Schema::new(fields));
-        let batch = RecordBatch::try_new(schema.clone(), arrays).map_err(|e| Fail::arg(e.to_string()))?;
+            let names = slice(names, i64::from(ncols), "names")?;
+            let dtypes = slice(dtypes, i64::from(ncols), "dtypes")?;
+            let columns = slice(columns, i64::from(ncols), "columns")?;
+            let mut fields = Vec::with_capacity(names.len());
+            let mut arrays = Vec::with_capacity(names.len());
+            for i in 0..names.len() {
+                let name = c_str(names[i], &format!("names[{i}]"))?;
+                if fields.iter().any(|f: &Field| f.name() == name) {
+                    return Err(Fail::arg(format!("column name {name:?} is given twice")));
+                }
+                // SAFETY: columns[i] holds `rows` elements of dtypes[i] (the caller's contract).
+                let (f, a) = unsafe { column(name, dtype(dtypes[i])?, columns[i], rows) }?;
+                fields.push(f);
+                arrays.push(a);
+            }
+            let schema = Arc::new(Schema::new(fields));
+            let batch = RecordBatch::try_new(schema.clone(), arrays).map_err(|e| Fail::arg(e.to_string()))?;
+            Ok((dir, schema, batch))
+        })();
+        let (dir, schema, batch) = agree_args(gang, "gang_write_parquet", checked)?;
         let ctx = gang.ctx();
         let (rank, world) = (ctx.rank(), ctx.world());
         // The same output is the same columns from the same number of ranks.

@@ -11,7 +11,7 @@ use gang_kernels::{BatchStats, Model, Targets};
 use gang_kernels::{Optimizer, OptimizerState};
 
 use crate::arrow::{self, ArrowArray, ArrowSchema, Features, Labels};
-use crate::{c_str, entry, on_gang, out_ptr, slice, slice_mut, Fail, R};
+use crate::{agree_args, c_str, entry, on_gang, out_ptr, slice, slice_mut, Fail, R};
 use crate::{gang_t, GANG_OK};
 
 /// Rows one after the other: `x[row * cols + col]` (C arrays `x[rows][cols]`).
@@ -119,12 +119,16 @@ pub unsafe extern "C" fn gang_trainer_new(
             .ok()
             .filter(|&f| f > 0)
             .ok_or_else(|| Fail::arg(format!("features is {features}: a row needs at least one feature")))?;
-        let config = if config.is_null() { "" } else { c_str(config, "config")? };
-        let s = parse_settings(config)?;
-        let kind = gang::train::parse_model(&s.model, s.classes)?;
-        let mut model = Model::new(kind, features, s.seed)?;
+        let checked = (|| {
+            let config = if config.is_null() { "" } else { c_str(config, "config")? };
+            let s = parse_settings(config)?;
+            let kind = gang::train::parse_model(&s.model, s.classes)?;
+            let model = Model::new(kind, features, s.seed)?;
+            let opt = OptimizerState::new(s.optimizer, model.num_params())?;
+            Ok((s, model, opt))
+        })();
+        let (s, mut model, opt) = agree_args(gang, "gang_trainer_new", checked)?;
         gang.ctx().comm().broadcast(0, model.params_mut())?;
-        let opt = OptimizerState::new(s.optimizer, model.num_params())?;
         let grad = model.grad_buffer();
         gang.adopt_child();
         *out = Box::into_raw(Box::new(gang_trainer_t {
@@ -151,13 +155,6 @@ enum Y<'a> {
 }
 
 impl<'a> Y<'a> {
-    fn len(&self) -> usize {
-        match self {
-            Y::Value(y) => y.len(),
-            Y::Class(y) => y.len(),
-        }
-    }
-
     fn rows(&self, r: Range<usize>) -> Targets<'a> {
         match *self {
             Y::Value(y) => Targets::Value(&y[r]),
@@ -240,6 +237,13 @@ fn gather_rows(columns: &[&[f32]], rows: usize, scratch: &mut Vec<f32>) {
     }
 }
 
+fn check_layout(layout: c_int) -> R<()> {
+    match layout {
+        GANG_ROW_MAJOR | GANG_COLUMN_MAJOR => Ok(()),
+        other => Err(Fail::arg(format!("unknown layout {other}: use GANG_ROW_MAJOR or GANG_COLUMN_MAJOR"))),
+    }
+}
+
 fn counts(rows: i64, cols: i64) -> R<(usize, usize)> {
     let r = usize::try_from(rows).map_err(|_| Fail::arg(format!("rows is {rows}")))?;
     let c = usize::try_from(cols).map_err(|_| Fail::arg(format!("cols is {cols}")))?;
@@ -268,18 +272,20 @@ pub unsafe extern "C" fn gang_trainer_step(
     loss: *mut f64,
 ) -> c_int {
     on_trainer(t, |gang, tr| {
-        let (r, c) = counts(rows, cols)?;
-        tr.check_cols(c)?;
-        let x = slice(x, (r * c) as i64, "x")?;
-        let targets = match (y.is_null(), classes.is_null()) {
-            (false, true) => Y::Value(slice(y, rows, "y")?),
-            (true, false) => Y::Class(slice(classes, rows, "classes")?),
-            (true, true) if r == 0 => Y::Value(&[]),
-            _ => return Err(Fail::arg("pass the targets as exactly one of y (floats) and classes (int64)")),
-        };
-        if targets.len() != r {
-            return Err(Fail::arg(format!("{} targets for {r} rows", targets.len())));
-        }
+        let checked = (|| {
+            let (r, c) = counts(rows, cols)?;
+            tr.check_cols(c)?;
+            check_layout(layout)?;
+            let x = slice(x, (r * c) as i64, "x")?;
+            let targets = match (y.is_null(), classes.is_null()) {
+                (false, true) => Y::Value(slice(y, rows, "y")?),
+                (true, false) => Y::Class(slice(classes, rows, "classes")?),
+                (true, true) if r == 0 => Y::Value(&[]),
+                _ => return Err(Fail::arg("pass the targets as exactly one of y (floats) and classes (int64)")),
+            };
+            Ok((r, c, x, targets))
+        })();
+        let (r, c, x, targets) = agree_args(gang, "gang_trainer_step", checked)?;
         let mut scratch = std::mem::take(&mut tr.rows_scratch);
         let mean = {
             let x = row_major(x, r, c, layout, &mut scratch)?;
@@ -315,9 +321,21 @@ pub unsafe extern "C" fn gang_trainer_step_arrow(
     loss: *mut f64,
 ) -> c_int {
     on_trainer(t, |gang, tr| {
-        let (rows, cols, features) = arrow::features(x, x_schema)?;
-        tr.check_cols(cols)?;
-        let labels = arrow::labels(y, y_schema)?;
+        let checked = (|| {
+            let (rows, cols, features) = arrow::features(x, x_schema)?;
+            tr.check_cols(cols)?;
+            let labels = arrow::labels(y, y_schema)?;
+            let n = match &labels {
+                Labels::F32(v) => v.len(),
+                Labels::I64(v) => v.len(),
+                Labels::I32(v) => v.len(),
+            };
+            if n != rows {
+                return Err(Fail::arg(format!("{n} labels for {rows} rows of features")));
+            }
+            Ok((rows, cols, features, labels))
+        })();
+        let (rows, _, features, labels) = agree_args(gang, "gang_trainer_step_arrow", checked)?;
         let mut classes = std::mem::take(&mut tr.class_scratch);
         let mut scratch = std::mem::take(&mut tr.rows_scratch);
         let mean = {
@@ -330,9 +348,6 @@ pub unsafe extern "C" fn gang_trainer_step_arrow(
                     Y::Class(&classes)
                 }
             };
-            if targets.len() != rows {
-                return Err(Fail::arg(format!("{} labels for {rows} rows of features", targets.len())));
-            }
             let x: &[f32] = match features {
                 Features::RowMajor(v) => v,
                 Features::Columns(columns) => {
@@ -400,7 +415,7 @@ pub unsafe extern "C" fn gang_trainer_predict(
 #[no_mangle]
 pub unsafe extern "C" fn gang_trainer_save(t: *mut gang_trainer_t, path: *const c_char) -> c_int {
     on_trainer(t, |gang, tr| {
-        let path = std::path::PathBuf::from(c_str(path, "path")?);
+        let path = std::path::PathBuf::from(agree_args(gang, "gang_trainer_save", c_str(path, "path"))?);
         let info = ModelInfo {
             spec: tr.spec.clone(),
             classes: tr.classes,

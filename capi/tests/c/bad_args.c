@@ -240,6 +240,24 @@ int main(int argc, char **argv) {
     EXPECT(gang_trainer_predict(tr, x, 4, 2, GANG_ROW_MAJOR, after, 4), GANG_OK, g);
     TRUE(found == 1 && step == 5 && memcmp(before, after, sizeof before) == 0);
 
+    /* One rank's bad argument to a collective call is an error on every rank (the others
+     * get GANG_ERR_PEER), not a hang. */
+    if (size > 1) {
+        int mine = rank == 1 ? GANG_ERR_ARGUMENT : GANG_ERR_PEER;
+        EXPECT(gang_checkpoint(ck, rank == 1 ? -1 : 6), mine, g);
+        EXPECT(gang_trainer_step(tr, x, 4, rank == 1 ? 3 : 2, GANG_ROW_MAJOR, y, NULL, &loss), mine, g);
+        EXPECT(gang_trainer_step_arrow(tr, &xa, rank == 1 ? &wide : &xs, &ya, &ys, &loss), mine, g);
+        int peer_types[2] = {GANG_F64, rank == 1 ? 99 : GANG_I64};
+        snprintf(path, sizeof path, "%s/out-peer", dir);
+        EXPECT(gang_write_parquet(g, path, 4, 2, names, peer_types, cols, &written), mine, g);
+        gang_trainer_t *tr2 = (gang_trainer_t *)0x1;
+        EXPECT(gang_trainer_new(g, 2, rank == 1 ? "model=nonsense" : "model=linear", &tr2), mine, g);
+        TRUE(tr2 == NULL);
+        EXPECT(gang_trainer_save(tr, rank == 1 ? NULL : path), mine, g);
+        EXPECT(gang_restart(ck, rank == 1 ? NULL : &step, &found), mine, g);
+        EXPECT(gang_barrier(g), GANG_OK, g); /* still in step */
+    }
+
     /* Order: the gang outlives its checkpoints and trainers; a checkpoint holding a
      * trainer's state goes first. */
     EXPECT(gang_finalize(g), GANG_ERR_STATE, g);
