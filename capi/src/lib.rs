@@ -222,38 +222,37 @@ pub(crate) fn c_str<'a>(p: *const c_char, name: &str) -> R<&'a str> {
     unsafe { CStr::from_ptr(p) }.to_str().map_err(|_| Fail::arg(format!("{name} is not UTF-8")))
 }
 
-/// `count` elements at `p` (NULL allowed only when `count` is 0).
-pub(crate) fn slice<'a, T>(p: *const T, count: i64, name: &str) -> R<&'a [T]> {
+/// The element count of a buffer argument at `p`, checked: not negative, and `p` neither
+/// NULL (unless the count is 0) nor misaligned for `T`.
+fn checked_len<T>(p: *const T, count: i64, name: &str) -> R<usize> {
     let n = usize::try_from(count).map_err(|_| Fail::arg(format!("{name}: negative count {count}")))?;
-    if n == 0 {
-        return Ok(&[]);
-    }
-    if p.is_null() {
+    if n > 0 && p.is_null() {
         return Err(Fail::arg(format!("{name} is NULL but its count is {n}")));
     }
-    if !(p as usize).is_multiple_of(std::mem::align_of::<T>()) {
+    if n > 0 && !(p as usize).is_multiple_of(std::mem::align_of::<T>()) {
         return Err(Fail::arg(format!("{name} is not aligned for its element type")));
     }
-    // SAFETY: `p` points to `n` initialized elements (the caller's contract), checked for
-    // NULL and alignment above.
-    Ok(unsafe { std::slice::from_raw_parts(p, n) })
+    Ok(n)
+}
+
+/// `count` elements at `p` (NULL allowed only when `count` is 0).
+pub(crate) fn slice<'a, T>(p: *const T, count: i64, name: &str) -> R<&'a [T]> {
+    match checked_len(p, count, name)? {
+        0 => Ok(&[]),
+        // SAFETY: `p` points to `n` initialized elements (the caller's contract), checked
+        // for NULL and alignment.
+        n => Ok(unsafe { std::slice::from_raw_parts(p, n) }),
+    }
 }
 
 /// `count` writable elements at `p` (NULL allowed only when `count` is 0).
 pub(crate) fn slice_mut<'a, T>(p: *mut T, count: i64, name: &str) -> R<&'a mut [T]> {
-    let n = usize::try_from(count).map_err(|_| Fail::arg(format!("{name}: negative count {count}")))?;
-    if n == 0 {
-        return Ok(&mut []);
+    match checked_len(p, count, name)? {
+        0 => Ok(&mut []),
+        // SAFETY: `p` points to `n` writable elements that nothing else accesses during the
+        // call (the caller's contract), checked for NULL and alignment.
+        n => Ok(unsafe { std::slice::from_raw_parts_mut(p, n) }),
     }
-    if p.is_null() {
-        return Err(Fail::arg(format!("{name} is NULL but its count is {n}")));
-    }
-    if !(p as usize).is_multiple_of(std::mem::align_of::<T>()) {
-        return Err(Fail::arg(format!("{name} is not aligned for its element type")));
-    }
-    // SAFETY: `p` points to `n` writable elements that nothing else accesses during the
-    // call (the caller's contract), checked for NULL and alignment above.
-    Ok(unsafe { std::slice::from_raw_parts_mut(p, n) })
 }
 
 /// Starts gang on `comm`, a communicator of the simulation (`MPI_COMM_WORLD` or a split of

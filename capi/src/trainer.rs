@@ -208,15 +208,13 @@ impl gang_trainer_t {
 
 /// Row-major features from the caller's `x` of `layout` (column-major copied into `scratch`).
 fn row_major<'a>(x: &'a [f32], rows: usize, cols: usize, layout: c_int, scratch: &'a mut Vec<f32>) -> R<&'a [f32]> {
-    match layout {
-        GANG_ROW_MAJOR => Ok(x),
-        GANG_COLUMN_MAJOR => {
-            let columns: Vec<&[f32]> = if rows == 0 { vec![&[]; cols] } else { x.chunks(rows).collect() };
-            gather_rows(&columns, rows, scratch);
-            Ok(scratch)
-        }
-        other => Err(Fail::arg(format!("unknown layout {other}: use GANG_ROW_MAJOR or GANG_COLUMN_MAJOR"))),
+    check_layout(layout)?;
+    if layout == GANG_ROW_MAJOR {
+        return Ok(x);
     }
+    let columns: Vec<&[f32]> = if rows == 0 { vec![&[]; cols] } else { x.chunks(rows).collect() };
+    gather_rows(&columns, rows, scratch);
+    Ok(scratch)
 }
 
 /// `columns` (each `rows` long) into row order in `scratch`, a block of rows at a time so
