@@ -263,3 +263,57 @@ fn the_same_stage_run_again_after_success_is_already_complete_and_another_is_ref
     assert!(!r.already_complete);
     assert_eq!(r.skipped, 0);
 }
+
+#[test]
+fn commits_behind_the_writes_report_each_partition_once_and_only_once_it_is_committed() {
+    let s = Scratch::new("map-behind");
+    write_input(&s.path("in"), 6);
+    let out = s.path("out");
+    let committed = s.path("out/_temporary/committed");
+    let seen = std::sync::Mutex::new(Vec::new());
+    execute(Config::local(1), |ctx| {
+        MapStage::new(ctx, vec![Input::parse(s.path("in").to_str().unwrap())?])
+            .options(PlanOptions::new().with_target_rows(1)?)
+            .output(&out, OutputFormat::default())
+            .name("add-y")
+            .on_commit(|p| {
+                // Reported only once the data and the sidecar that commits it are on disk.
+                let data = committed.join(&p.file);
+                let sidecar = committed.join(format!("{}.json", p.file));
+                assert!(data.is_file() && sidecar.is_file(), "partition {} reported before its commit", p.id);
+                assert_eq!(std::fs::metadata(&data).unwrap().len(), p.bytes);
+                seen.lock().unwrap().push(p.id);
+            })
+            .run(add_y)
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    // Every partition once, in the order the rank wrote them.
+    assert_eq!(seen.into_inner().unwrap(), (0..6).collect::<Vec<_>>());
+    assert_eq!(read_output(&out), expected_rows(6));
+}
+
+#[test]
+fn a_commit_that_fails_behind_the_writes_fails_the_stage_naming_the_file_with_nothing_visible() {
+    let s = Scratch::new("map-behind-fail");
+    write_input(&s.path("in"), 6);
+    let out = s.path("out");
+    let committed = s.path("out/_temporary/committed");
+    let e = execute(Config::local(1), |ctx| {
+        MapStage::new(ctx, vec![Input::parse(s.path("in").to_str().unwrap())?])
+            .options(PlanOptions::new().with_target_rows(1)?)
+            .output(&out, OutputFormat::default())
+            .name("add-y")
+            .on_commit(|p| {
+                // The directory the later partitions are renamed into disappears.
+                if p.id == 0 {
+                    std::fs::remove_dir_all(&committed).unwrap();
+                }
+            })
+            .run(add_y)
+    })
+    .unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("_temporary/committed/part-0000"), "{msg}");
+    assert!(!out.join("_SUCCESS").exists(), "a failed stage wrote _SUCCESS");
+    assert!(visible(&out).is_empty(), "{:?}", visible(&out));
+}

@@ -30,7 +30,7 @@
 //! The output directory must be on a file system that every rank sees (checked at begin).
 
 use super::manifest::{schema_json, Manifest, PartStats, Sidecar, SUCCESS};
-use super::writer::{open_sink, same_fields, OutputFormat};
+use super::writer::{open_sink, same_fields, OutputFormat, WrittenFile};
 use crate::context::Participant;
 use crate::durable::{rename_all, rename_durable, sync_dir};
 use crate::error::{Error, Result};
@@ -231,7 +231,8 @@ impl OutputCommitter {
     }
 
     /// Writes partition `id` from `batches` (each of schema `schema`) and commits it:
-    /// temporary attempt file, fsync, rename into `committed/`, then the sidecar.
+    /// temporary attempt file, fsync, rename into `committed/`, then the sidecar
+    /// ([`OutputCommitter::write_data`], then [`WrittenPartition::commit`]).
     ///
     /// An error from `batches` is returned unchanged (the caller names file, partition and
     /// rank); the temporary file is removed.
@@ -244,30 +245,46 @@ impl OutputCommitter {
     where
         I: IntoIterator<Item = Result<RecordBatch>>,
     {
+        self.write_data(id, schema, batches)?.commit()
+    }
+
+    /// Writes the data of partition `id` from `batches` into its temporary attempt file and
+    /// starts the file's write-back, without waiting for the disk: the partition is not
+    /// committed until [`WrittenPartition::commit`] (which may run on another thread, so
+    /// that the rank encodes its next partition while the disk takes this one).
+    ///
+    /// # Errors
+    /// As [`OutputCommitter::write_partition`].
+    pub fn write_data<I>(&self, id: usize, schema: &SchemaRef, batches: I) -> Result<WrittenPartition>
+    where
+        I: IntoIterator<Item = Result<RecordBatch>>,
+    {
         if self.complete.is_some() {
             return Err(Error::InvalidArgument(format!(
-                "partition {id}: {} already holds the committed output of this stage; nothing is left to write                  (skip the partitions that is_committed reports)",
+                "partition {id}: {} already holds the committed output of this stage; nothing is left to write \
+                 (skip the partitions that is_committed reports)",
                 self.dir.display()
             )));
         }
         let name = self.part_name(id);
         let attempt_dir = self.attempt_dir();
         let tmp_data = attempt_dir.join(format!("{name}.r{}", self.rank));
-        let written = write_file(self.format, &tmp_data, schema, batches, id);
-        let (rows, digest) = match written {
+        let (rows, file) = match write_file(self.format, &tmp_data, schema, batches, id) {
             Ok(v) => v,
             Err(e) => {
                 let _ = fs::remove_file(&tmp_data);
                 return Err(e);
             }
         };
+        let digest = file.digest();
         let stats =
             PartStats { id, file: name.clone(), rows, bytes: digest.bytes, crc32: digest.crc32, rank: self.rank };
-        let sidecar = Sidecar { stats: stats.clone(), schema: schema_json(schema) };
-        // The data first, durably; only then the sidecar that makes it committed.
-        rename_durable(&tmp_data, &self.committed_dir().join(&name))?;
-        write_json_durably(&self.sidecar_path(id), &sidecar)?;
-        Ok(stats)
+        Ok(WrittenPartition {
+            file: Some(file),
+            data: self.committed_dir().join(&name),
+            sidecar_path: self.sidecar_path(id),
+            sidecar: Sidecar { stats, schema: schema_json(schema) },
+        })
     }
 
     /// Commits the job (collective): after a barrier, rank 0 checks that partitions
@@ -352,6 +369,52 @@ impl OutputCommitter {
         fs::remove_dir_all(&temporary).map_err(|e| Error::io(&temporary, e))?;
         sync_dir(&self.dir)?;
         Ok(manifest)
+    }
+}
+
+/// A partition whose data is written to its temporary attempt file but not yet durable nor
+/// committed ([`OutputCommitter::write_data`]). Dropped without [`WrittenPartition::commit`],
+/// its file is removed.
+#[derive(Debug)]
+pub struct WrittenPartition {
+    /// `None` once committed or removed.
+    file: Option<WrittenFile>,
+    data: PathBuf,
+    sidecar_path: PathBuf,
+    sidecar: Sidecar,
+}
+
+impl WrittenPartition {
+    /// Rows, bytes and checksum of the partition as written.
+    pub fn stats(&self) -> &PartStats {
+        &self.sidecar.stats
+    }
+
+    /// Commits the partition: fsync of its data, rename into `committed/`, then the sidecar
+    /// that makes it committed, each durable before the next.
+    ///
+    /// # Errors
+    /// [`Error::Io`] naming the file the disk did not take; the partition is then not
+    /// committed (a relaunched stage writes it again).
+    pub fn commit(mut self) -> Result<PartStats> {
+        let file = self.file.take().expect("a written partition commits once");
+        let tmp = file.path().to_path_buf();
+        let committed = file.sync().and_then(|_| rename_durable(&tmp, &self.data));
+        if let Err(e) = committed {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        // The data first, durably; only then the sidecar that makes it committed.
+        write_json_durably(&self.sidecar_path, &self.sidecar)?;
+        Ok(self.sidecar.stats.clone())
+    }
+}
+
+impl Drop for WrittenPartition {
+    fn drop(&mut self) {
+        if let Some(file) = self.file.take() {
+            let _ = fs::remove_file(file.path());
+        }
     }
 }
 
@@ -510,7 +573,7 @@ fn write_file<I>(
     schema: &SchemaRef,
     batches: I,
     id: usize,
-) -> Result<(u64, super::writer::FileDigest)>
+) -> Result<(u64, WrittenFile)>
 where
     I: IntoIterator<Item = Result<RecordBatch>>,
 {
@@ -529,7 +592,7 @@ where
         sink.write(&batch)?;
         rows += batch.num_rows() as u64;
     }
-    Ok((rows, sink.finish()?))
+    Ok((rows, sink.complete()?))
 }
 
 fn output(dir: &Path, detail: &str) -> Error {

@@ -6,7 +6,7 @@
 //! jobs `gen` and `convert` use it directly): it skips committed partitions, commits new
 //! ones, counts, and stops the gang when a partition fails.
 
-use super::committer::OutputCommitter;
+use super::committer::{OutputCommitter, WrittenPartition};
 use super::manifest::{fnv1a64, schema_json, Manifest, PartStats};
 use super::writer::OutputFormat;
 use crate::context::Context;
@@ -18,7 +18,7 @@ use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use std::iter::Peekable;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
 /// What a stage did, over the whole gang.
@@ -47,6 +47,12 @@ pub struct StageReport {
 /// A failure while producing or writing a partition stops the gang on every backend
 /// ([`Context::fail_gang`]) so that no peer waits in the job commit: under MPI that does
 /// not return; on the Local backend the error is returned after the peers were stopped.
+///
+/// Partitions given to [`StageOutput::submit`] are committed *behind*: the rank writes a
+/// partition's bytes and goes on to its next partition while a background thread waits for
+/// the disk (fsync), renames the file into `committed/` and writes its sidecar. At most
+/// [`WRITE_BEHIND`] partitions wait so; an error of one fails the next call, and
+/// [`StageOutput::finish`] waits for all of them before the job commit.
 #[derive(Debug)]
 pub struct StageOutput<'c> {
     ctx: &'c Context,
@@ -54,6 +60,103 @@ pub struct StageOutput<'c> {
     committer: OutputCommitter,
     skipped: u64,
     started: Instant,
+    behind: WriteBehind,
+}
+
+/// Partitions a rank may have written but not yet committed, while it writes the next one.
+pub const WRITE_BEHIND: usize = 2;
+
+/// The background thread that commits written partitions, in the order given.
+#[derive(Debug, Default)]
+struct WriteBehind {
+    /// Started on the first partition (a stage with nothing to write starts no thread).
+    worker: Option<Worker>,
+    /// Given to the thread and not yet reported back.
+    pending: usize,
+    /// Committed and not yet taken by [`StageOutput::take_committed`].
+    committed: Vec<PartStats>,
+}
+
+#[derive(Debug)]
+struct Worker {
+    jobs: Option<mpsc::Sender<WrittenPartition>>,
+    done: mpsc::Receiver<Result<PartStats>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl WriteBehind {
+    /// Hands `written` to the thread, after waiting until fewer than [`WRITE_BEHIND`]
+    /// partitions are pending; where no thread can be started, commits it here.
+    fn give(&mut self, written: WrittenPartition) -> Result<()> {
+        self.collect(false)?;
+        while self.pending >= WRITE_BEHIND {
+            self.wait_one()?;
+        }
+        if self.worker.is_none() {
+            let (jobs, rx) = mpsc::channel::<WrittenPartition>();
+            let (tx, done) = mpsc::channel();
+            let thread = std::thread::Builder::new().name("gang-commit".into()).spawn(move || {
+                for written in rx {
+                    if tx.send(written.commit()).is_err() {
+                        break;
+                    }
+                }
+            });
+            let (jobs, thread) = match thread {
+                Ok(t) => (Some(jobs), Some(t)),
+                Err(_) => (None, None),
+            };
+            self.worker = Some(Worker { jobs, done, thread });
+        }
+        let worker = self.worker.as_ref().expect("a worker");
+        let unsent = match &worker.jobs {
+            Some(jobs) => jobs.send(written).err().map(|mpsc::SendError(w)| w),
+            None => Some(written),
+        };
+        match unsent {
+            None => self.pending += 1,
+            Some(written) => self.committed.push(written.commit()?),
+        }
+        Ok(())
+    }
+
+    /// Takes the results reported back so far (all of them with `all`, waiting); the first
+    /// error wins.
+    fn collect(&mut self, all: bool) -> Result<()> {
+        if all {
+            while self.pending > 0 {
+                self.wait_one()?;
+            }
+            return Ok(());
+        }
+        let Some(worker) = &self.worker else { return Ok(()) };
+        while let Ok(r) = worker.done.try_recv() {
+            self.pending -= 1;
+            self.committed.push(r?);
+        }
+        Ok(())
+    }
+
+    fn wait_one(&mut self) -> Result<()> {
+        let worker = self.worker.as_ref().expect("a partition is pending, so a worker runs");
+        let r = worker.done.recv().map_err(|_| {
+            Error::Environment("the thread that commits this rank's output partitions ended before them".into())
+        })?;
+        self.pending -= 1;
+        self.committed.push(r?);
+        Ok(())
+    }
+}
+
+impl Drop for Worker {
+    /// Lets the thread finish the partitions it holds (they are complete and correct: a
+    /// relaunched stage keeps them), so that nothing writes into the output after the stage.
+    fn drop(&mut self) {
+        self.jobs = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl<'c> StageOutput<'c> {
@@ -71,7 +174,14 @@ impl<'c> StageOutput<'c> {
     ) -> Result<Self> {
         let started = Instant::now();
         let committer = OutputCommitter::begin(ctx, dir.into(), format, overwrite, fingerprint)?;
-        Ok(StageOutput { ctx, label: format!("stage {name}"), committer, skipped: 0, started })
+        Ok(StageOutput {
+            ctx,
+            label: format!("stage {name}"),
+            committer,
+            skipped: 0,
+            started,
+            behind: WriteBehind::default(),
+        })
     }
 
     /// The committer (for its directory, format and part names).
@@ -86,16 +196,51 @@ impl<'c> StageOutput<'c> {
         done
     }
 
-    /// Writes and commits partition `id` (see [`OutputCommitter::write_partition`]).
+    /// Writes partition `id` (see [`OutputCommitter::write_data`]) and leaves its commit to
+    /// the background thread: it is committed when [`StageOutput::take_committed`] reports
+    /// it, and at the latest when [`StageOutput::flush`] or [`StageOutput::finish`] returns.
     ///
     /// # Errors
-    /// On the Local backend, the error of `batches` or of writing; under MPI the gang is
-    /// stopped instead.
+    /// On the Local backend, the error of `batches`, of writing, or of committing an earlier
+    /// partition; under MPI the gang is stopped instead.
+    pub fn submit<I>(&mut self, id: usize, schema: &SchemaRef, batches: I) -> Result<()>
+    where
+        I: IntoIterator<Item = Result<RecordBatch>>,
+    {
+        let written = self.committer.write_data(id, schema, batches).map_err(|e| self.fail(e))?;
+        self.behind.give(written).map_err(|e| self.fail(e))
+    }
+
+    /// Writes and commits partition `id`, waiting for the commit (and for every partition
+    /// submitted before it).
+    ///
+    /// # Errors
+    /// As [`StageOutput::submit`].
     pub fn commit<I>(&mut self, id: usize, schema: &SchemaRef, batches: I) -> Result<PartStats>
     where
         I: IntoIterator<Item = Result<RecordBatch>>,
     {
-        self.committer.write_partition(id, schema, batches).map_err(|e| self.fail(e))
+        self.submit(id, schema, batches)?;
+        self.flush()?;
+        Ok(self.behind.committed.last().cloned().expect("the partition just committed"))
+    }
+
+    /// The partitions committed since the last call, in the order submitted (progress,
+    /// tests). Does not wait.
+    ///
+    /// # Errors
+    /// An error of a background commit (under MPI the gang is stopped instead).
+    pub fn take_committed(&mut self) -> Result<Vec<PartStats>> {
+        self.behind.collect(false).map_err(|e| self.fail(e))?;
+        Ok(std::mem::take(&mut self.behind.committed))
+    }
+
+    /// Waits until every submitted partition is committed.
+    ///
+    /// # Errors
+    /// As [`StageOutput::take_committed`].
+    pub fn flush(&mut self) -> Result<()> {
+        self.behind.collect(true).map_err(|e| self.fail(e))
     }
 
     /// Records `err` as this rank's failure in the stage and stops the gang, on every
@@ -107,11 +252,13 @@ impl<'c> StageOutput<'c> {
         err
     }
 
-    /// Commits the job (collective) with partitions `0..partitions` and reports.
+    /// Waits for this rank's submitted partitions, then commits the job (collective) with
+    /// partitions `0..partitions` and reports.
     ///
     /// # Errors
-    /// As [`OutputCommitter::finish`].
-    pub fn finish(self, partitions: usize) -> Result<StageReport> {
+    /// As [`StageOutput::flush`] and [`OutputCommitter::finish`].
+    pub fn finish(mut self, partitions: usize) -> Result<StageReport> {
+        self.flush()?;
         let already_complete = self.committer.already_complete().is_some();
         let manifest = self.committer.finish(self.ctx, partitions)?;
         let skipped = self.ctx.comm().allreduce_scalar(self.skipped, ReduceOp::Sum)?;
@@ -305,16 +452,22 @@ impl<'c> MapStage<'c> {
         })
         .peekable();
         for part in &todo {
-            let stats = self.map_partition(&mut out, &plan, part, &mut stream, &mut f).map_err(|e| out.fail(e))?;
-            if let Some(cb) = self.on_commit.as_mut() {
-                cb(&stats);
-            }
+            self.map_partition(&mut out, &plan, part, &mut stream, &mut f).map_err(|e| out.fail(e))?;
+            self.report(out.take_committed()?);
         }
         drop(stream);
+        out.flush()?;
+        self.report(out.take_committed()?);
         out.finish(plan.partitions.len())
     }
 
-    /// Maps and commits `part`, whose batches are the next ones of `stream`.
+    fn report(&mut self, committed: Vec<PartStats>) {
+        if let Some(cb) = self.on_commit.as_mut() {
+            committed.iter().for_each(|stats| cb(stats));
+        }
+    }
+
+    /// Maps and submits `part`, whose batches are the next ones of `stream`.
     fn map_partition<F>(
         &self,
         out: &mut StageOutput<'_>,
@@ -322,7 +475,7 @@ impl<'c> MapStage<'c> {
         part: &Partition,
         stream: &mut Peekable<Prefetch>,
         f: &mut F,
-    ) -> Result<PartStats>
+    ) -> Result<()>
     where
         F: FnMut(RecordBatch) -> Result<RecordBatch>,
     {
@@ -343,13 +496,13 @@ impl<'c> MapStage<'c> {
         match mapped.next().transpose()? {
             Some(first) => {
                 let schema = first.schema();
-                out.commit(part.id, &schema, std::iter::once(Ok(first)).chain(mapped))
+                out.submit(part.id, &schema, std::iter::once(Ok(first)).chain(mapped))
             }
             None => {
                 drop(mapped);
                 // An empty partition: the function applied to no rows gives the schema.
                 let schema = f(RecordBatch::new_empty(plan.schema.clone())).map_err(fn_err)?.schema();
-                out.commit(part.id, &schema, std::iter::empty())
+                out.submit(part.id, &schema, std::iter::empty())
             }
         }
     }

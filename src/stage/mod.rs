@@ -41,4 +41,4 @@ pub use committer::OutputCommitter;
 pub use hdf5::Hdf5Writer;
 pub use manifest::{Manifest, PartStats};
 pub use map::{MapStage, StageReport};
-pub use writer::{open_sink, BatchSink, FileDigest, OutputFormat, ParquetCompression};
+pub use writer::{open_sink, BatchSink, FileDigest, OutputFormat, ParquetCompression, WrittenFile};

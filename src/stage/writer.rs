@@ -2,8 +2,9 @@
 //!
 //! Every sink checksums (CRC-32) and counts the bytes of its file while writing them when it
 //! writes through a Rust `Write` (Parquet, IPC), or by reading the file back once when a C
-//! library writes it (HDF5), and fsyncs the file before [`BatchSink::finish`] returns: the
-//! output committer renames only durable files.
+//! library writes it (HDF5). [`BatchSink::complete`] hands back the written file with its
+//! write-back started, [`BatchSink::finish`] fsyncs it too: the output committer renames
+//! only durable files.
 
 use crate::data::FileFormat;
 use crate::digest::ChecksumWriter;
@@ -181,6 +182,43 @@ impl FileDigest {
     }
 }
 
+/// A complete output file whose bytes may not be on the disk yet: the footer is written and
+/// the kernel was asked to write it back (`sync_file_range`), but nothing has
+/// waited for it. [`WrittenFile::sync`] makes it durable; the output committer does that on a
+/// background thread while the rank encodes its next partition.
+#[derive(Debug)]
+pub struct WrittenFile {
+    file: File,
+    path: PathBuf,
+    digest: FileDigest,
+}
+
+impl WrittenFile {
+    fn new(file: File, path: &Path, bytes: u64, crc32: u32) -> WrittenFile {
+        crate::sys::start_writeback(&file, 0, bytes);
+        WrittenFile { file, path: path.to_path_buf(), digest: FileDigest { bytes, crc32 } }
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Size and checksum of what was written.
+    pub fn digest(&self) -> FileDigest {
+        self.digest
+    }
+
+    /// Waits until the file's data and metadata are on the disk (fsync).
+    ///
+    /// # Errors
+    /// [`Error::Io`] naming the file if the disk did not take it.
+    pub fn sync(self) -> Result<FileDigest> {
+        sync(&self.file, &self.path)?;
+        Ok(self.digest)
+    }
+}
+
 /// A writer of one output file: batches in, a durable file out.
 pub trait BatchSink: Send {
     /// Appends a batch; its schema must be the sink's.
@@ -189,11 +227,19 @@ pub trait BatchSink: Send {
     /// Writer and I/O errors, naming the file.
     fn write(&mut self, batch: &RecordBatch) -> Result<()>;
 
-    /// Completes the file (footer), fsyncs it and returns its size and checksum.
+    /// Completes the file (footer) and starts its write-back without waiting for it.
     ///
     /// # Errors
     /// Writer and I/O errors, naming the file.
-    fn finish(self: Box<Self>) -> Result<FileDigest>;
+    fn complete(self: Box<Self>) -> Result<WrittenFile>;
+
+    /// Completes the file, fsyncs it and returns its size and checksum.
+    ///
+    /// # Errors
+    /// Writer and I/O errors, naming the file.
+    fn finish(self: Box<Self>) -> Result<FileDigest> {
+        self.complete()?.sync()
+    }
 }
 
 /// Opens a sink that writes `schema`'d batches to a new file at `path` (replacing any file
@@ -256,8 +302,8 @@ impl BatchSink for SchemaChecked {
         self.inner.write(batch)
     }
 
-    fn finish(self: Box<Self>) -> Result<FileDigest> {
-        self.inner.finish()
+    fn complete(self: Box<Self>) -> Result<WrittenFile> {
+        self.inner.complete()
     }
 }
 
@@ -281,11 +327,12 @@ impl BatchSink for Hdf5Sink {
         self.writer.write(batch)
     }
 
-    fn finish(self: Box<Self>) -> Result<FileDigest> {
+    fn complete(self: Box<Self>) -> Result<WrittenFile> {
         let Hdf5Sink { path, writer } = *self;
         writer.finish()?;
-        sync(&File::open(&path).map_err(|e| Error::io(&path, e))?, &path)?;
-        FileDigest::of_file(&path)
+        let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+        let FileDigest { bytes, crc32 } = FileDigest::of_file(&path)?;
+        Ok(WrittenFile::new(file, &path, bytes, crc32))
     }
 }
 
@@ -486,14 +533,13 @@ impl BatchSink for ParquetSink {
         Ok(())
     }
 
-    fn finish(mut self: Box<Self>) -> Result<FileDigest> {
+    fn complete(mut self: Box<Self>) -> Result<WrittenFile> {
         self.flush_group()?;
         let ParquetSink { path, file, .. } = *self;
         let mut w = file.into_inner().map_err(|e| parquet_err(&path, e))?;
         w.flush().map_err(|e| Error::io(&path, e))?;
         let (file, bytes, crc32) = w.finish();
-        sync(&file, &path)?;
-        Ok(FileDigest { bytes, crc32 })
+        Ok(WrittenFile::new(file, &path, bytes, crc32))
     }
 }
 
@@ -523,13 +569,12 @@ impl BatchSink for IpcSink {
         self.writer.write(batch).map_err(|e| arrow_err(&self.path, "Arrow IPC", e))
     }
 
-    fn finish(self: Box<Self>) -> Result<FileDigest> {
+    fn complete(self: Box<Self>) -> Result<WrittenFile> {
         let IpcSink { path, writer } = *self;
         let buffered = writer.into_inner().map_err(|e| arrow_err(&path, "Arrow IPC", e))?;
         let w = buffered.into_inner().map_err(|e| Error::io(&path, e.into_error()))?;
         let (file, bytes, crc32) = w.finish();
-        sync(&file, &path)?;
-        Ok(FileDigest { bytes, crc32 })
+        Ok(WrittenFile::new(file, &path, bytes, crc32))
     }
 }
 

@@ -182,7 +182,7 @@ pub fn gen(config: Config, a: &GenArgs) -> Result<()> {
                 continue;
             }
             let batches = spec.generate(p, a.batch_size.max(1)).map_err(|e| out.fail(e))?;
-            out.commit(p, &schema, batches.into_iter().map(Ok))?;
+            out.submit(p, &schema, batches.into_iter().map(Ok))?;
         }
         let report = out.finish(spec.partitions)?;
         if ctx.rank() == 0 {
@@ -320,7 +320,7 @@ pub fn convert(config: Config, a: &ConvertArgs) -> Result<()> {
             }
             let (lo, hi) = (total * part as u64 / k, total * (part as u64 + 1) / k);
             let batches = rows_of(&plan, &starts, &options, lo, hi).map_err(|e| out.fail(e.with_rank(ctx.rank())))?;
-            out.commit(part, &plan.schema, batches.into_iter().map(Ok))?;
+            out.submit(part, &plan.schema, batches.into_iter().map(Ok))?;
         }
         let report = out.finish(a.partitions)?;
         print_report(ctx, "convert", &report, &a.output.output);
