@@ -306,7 +306,7 @@ fn a_commit_that_fails_behind_the_writes_fails_the_stage_naming_the_file_with_no
             .on_commit(|p| {
                 // The directory the later partitions are renamed into disappears.
                 if p.id == 0 {
-                    std::fs::remove_dir_all(&committed).unwrap();
+                    std::fs::rename(&committed, committed.with_file_name("moved-away")).unwrap();
                 }
             })
             .run(add_y)

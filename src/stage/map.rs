@@ -463,7 +463,7 @@ impl<'c> MapStage<'c> {
 
     fn report(&mut self, committed: Vec<PartStats>) {
         if let Some(cb) = self.on_commit.as_mut() {
-            committed.iter().for_each(|stats| cb(stats));
+            committed.iter().for_each(cb);
         }
     }
 
