@@ -402,11 +402,23 @@ impl WrittenPartition {
         let committed = file.sync().and_then(|_| rename_durable(&tmp, &self.data));
         if let Err(e) = committed {
             let _ = fs::remove_file(&tmp);
-            return Err(e);
+            return Err(naming_partition(e, &self.data));
         }
         // The data first, durably; only then the sidecar that makes it committed.
-        write_json_durably(&self.sidecar_path, &self.sidecar)?;
+        write_json_durably(&self.sidecar_path, &self.sidecar).map_err(|e| naming_partition(e, &self.data))?;
         Ok(self.sidecar.stats.clone())
+    }
+}
+
+/// A failed step of a partition's commit as an error that names the partition, also when
+/// the step that failed was about its directory or its sidecar (an fsync of `committed/`).
+fn naming_partition(e: Error, data: &Path) -> Error {
+    match e {
+        Error::Io { path, source } if path != data => Error::io(
+            data,
+            std::io::Error::new(source.kind(), format!("not committed: {}: {source}", path.display())),
+        ),
+        other => other,
     }
 }
 
