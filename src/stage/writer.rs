@@ -27,22 +27,18 @@ use std::str::FromStr;
 /// smaller (237 MB against 257 MB; floats with random mantissas barely compress). Choose
 /// `Zstd` when storage or network matter more than the write (repetitive or integer data
 /// shrinks far more).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum ParquetCompression {
     /// Zstandard at this level (1..=22); `parquet:zstd` is level 3.
     Zstd(i32),
     /// Snappy.
+    #[default]
     Snappy,
     /// No compression.
     None,
 }
 
-impl Default for ParquetCompression {
-    fn default() -> Self {
-        ParquetCompression::Snappy
-    }
-}
 
 /// The format of a stage's output files.
 ///
@@ -504,7 +500,7 @@ fn in_parallel<T: Send>(
     let per = items.len().div_ceil(threads);
     std::thread::scope(|s| {
         let handles: Vec<_> = items.chunks_mut(per).map(|run| s.spawn(|| run.iter_mut().try_for_each(&f))).collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+        handles.into_iter().try_for_each(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
     })
 }
 
