@@ -414,10 +414,9 @@ impl WrittenPartition {
 /// the step that failed was about its directory or its sidecar (an fsync of `committed/`).
 fn naming_partition(e: Error, data: &Path) -> Error {
     match e {
-        Error::Io { path, source } if path != data => Error::io(
-            data,
-            std::io::Error::new(source.kind(), format!("not committed: {}: {source}", path.display())),
-        ),
+        Error::Io { path, source } if path != data => {
+            Error::io(data, std::io::Error::new(source.kind(), format!("not committed: {}: {source}", path.display())))
+        }
         other => other,
     }
 }

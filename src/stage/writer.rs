@@ -39,7 +39,6 @@ pub enum ParquetCompression {
     None,
 }
 
-
 /// The format of a stage's output files.
 ///
 /// Parsed from the strings of the command line: `parquet` (snappy), `parquet:zstd` (level 3),
