@@ -33,6 +33,8 @@ pub mod env;
 mod error;
 pub mod failure;
 mod fault;
+#[cfg(feature = "cuda")]
+pub mod gpu_bind;
 mod heartbeat;
 mod jobs;
 pub mod section;

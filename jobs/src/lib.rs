@@ -67,10 +67,10 @@ impl Job {
         }
     }
 
-    /// Whether the job computes on GPUs (then `-n` defaults to one rank per visible GPU).
-    /// None of today's jobs does.
+    /// Whether the job computes on GPUs (then `-n` defaults to one rank per visible GPU):
+    /// `train` unless `--device cpu`.
     pub fn uses_gpus(&self) -> bool {
-        false
+        matches!(self, Job::Train(a) if a.device != "cpu")
     }
 
     /// The files and directories the job reads, as given (`--input` specs with an HDF5
@@ -422,6 +422,20 @@ pub struct TrainArgs {
     /// Where to write the loss curve (default: the model's path with .svg).
     #[arg(long, value_name = "FILE")]
     pub curve: Option<PathBuf>,
+    /// Where the kernels run: auto (every rank's GPU when every rank has one, else the
+    /// CPU; rank 0 says which), cpu, or cuda (a GPU per rank, or an error naming what is
+    /// missing: the driver, a visible device).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "cpu", "cuda"])]
+    pub device: String,
+    /// How the gradients of GPU ranks are summed: auto (NCCL when every rank loads it and
+    /// no two ranks share a GPU, else host memory and MPI; rank 0 says which), nccl, or
+    /// host.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "nccl", "host"])]
+    pub device_comm: String,
+    /// Let several ranks of a node train on one GPU (refused by default: gang fails at
+    /// once with a table of the plan, because it is almost always a binding mistake).
+    #[arg(long)]
+    pub allow_gpu_sharing: bool,
 }
 
 /// Checks the spelling of a model (whether it fits the label is known only once the data

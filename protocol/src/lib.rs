@@ -48,6 +48,10 @@ pub mod vars {
     pub const HEARTBEAT: &str = "GANG_HEARTBEAT";
     /// The run's secret token, which every heartbeat must carry.
     pub const TOKEN: &str = "GANG_TOKEN";
+    /// A Spark GPU discovery script (`--gpu-discovery-script`) whose addresses are the
+    /// rank's visible GPUs unless `CUDA_VISIBLE_DEVICES` is set (see
+    /// [`crate::device::VisibleDevices::from_env`]). Set only when given, so not in [`ALL`].
+    pub const GPU_DISCOVERY_SCRIPT: &str = "GANG_GPU_DISCOVERY_SCRIPT";
     /// All variable names above, for forwarding them to remote nodes (`mpirun -x`).
     pub const ALL: [&str; 8] = [RUN_ID, RUN_DIR, WORLD_SIZE, ATTEMPT, LAUNCHER, MPI_FLAVOUR, HEARTBEAT, TOKEN];
 }

@@ -11,6 +11,7 @@
 //! the position in the epoch.
 
 pub mod data;
+pub mod device;
 pub mod model_file;
 pub mod svg;
 
@@ -24,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
 pub use data::{Labels, Shard};
+pub use device::{DeviceChoice, DeviceComm};
 
 /// What to train and how: a builder that validates what it is given.
 ///
@@ -49,6 +51,9 @@ pub struct TrainConfig {
     seed: u64,
     shuffle_block: usize,
     checkpoint: Option<CheckpointConfig>,
+    device: DeviceChoice,
+    device_comm: DeviceComm,
+    allow_gpu_sharing: bool,
 }
 
 impl TrainConfig {
@@ -73,7 +78,36 @@ impl TrainConfig {
             seed: 0,
             shuffle_block: 0,
             checkpoint: None,
+            device: DeviceChoice::Auto,
+            device_comm: DeviceComm::Auto,
+            allow_gpu_sharing: false,
         })
+    }
+
+    /// Where the kernels run ([`DeviceChoice::Auto`] by default: a GPU when every rank has
+    /// one and gang was built with the `cuda` feature).
+    pub fn with_device(mut self, device: DeviceChoice) -> TrainConfig {
+        self.device = device;
+        self
+    }
+
+    /// Where the kernels run.
+    pub fn device(&self) -> DeviceChoice {
+        self.device
+    }
+
+    /// How the gradients of GPU ranks are summed ([`DeviceComm::Auto`] by default).
+    pub fn with_device_comm(mut self, comm: DeviceComm) -> TrainConfig {
+        self.device_comm = comm;
+        self
+    }
+
+    /// Lets several ranks of a node train on one GPU (refused by default: the preflight
+    /// check fails the gang with a table of the plan). Their gradients travel through host
+    /// memory (NCCL refuses two ranks on one device).
+    pub fn with_gpu_sharing(mut self, allow: bool) -> TrainConfig {
+        self.allow_gpu_sharing = allow;
+        self
     }
 
     /// The optimizer and its hyper-parameters.
@@ -413,6 +447,19 @@ pub fn train(
         }
     }
 
+    // The GPU, when the configuration asks for one and every rank has one: the model,
+    // the optimizer state and the shard move to the device once; checkpoints and the
+    // end-of-epoch check read them back.
+    #[cfg(feature = "cuda")]
+    let mut gpu = device::open(ctx, cfg, &model, &opt, shard, local_batch)?;
+    #[cfg(not(feature = "cuda"))]
+    if cfg.device == DeviceChoice::Cuda {
+        return Err(Error::classified(
+            crate::failure::FailureClass::Usage,
+            "--device cuda: this build of gang has no GPU support (built without the `cuda` feature)",
+        ));
+    }
+
     let faults = FaultPlan::from_env()?;
     let mut grad = model.grad_buffer();
     let mut ranges = Vec::new();
@@ -426,14 +473,30 @@ pub fn train(
         while pos.step_in_epoch < steps_per_epoch {
             faults.check(rank, pos.step, ctx.attempt());
             order.ranges(pos.step_in_epoch as usize * local_batch, local_batch, &mut ranges);
-            grad.iter_mut().for_each(|g| *g = 0.0);
-            let s =
-                model.loss_and_grad_rows(&shard.x, shard.labels.targets(), &ranges, &mut grad).map_err(kernel_error)?;
-            stats.merge(&s);
-            let t = Instant::now();
-            comm.allreduce(&mut grad, ReduceOp::Sum)?;
-            allreduce_s += t.elapsed().as_secs_f64();
-            opt.step_scaled(model.params_mut(), &grad, 1.0 / (local_batch * world) as f32).map_err(kernel_error)?;
+            let scale = 1.0 / (local_batch * world) as f32;
+            #[cfg(feature = "cuda")]
+            if let Some(g) = gpu.as_mut() {
+                g.trainer.loss_and_grad_rows(&ranges).map_err(device::gpu_error)?;
+                let t = Instant::now();
+                g.allreduce(ctx, &mut grad)?;
+                allreduce_s += t.elapsed().as_secs_f64();
+                g.trainer.step(scale).map_err(device::gpu_error)?;
+            }
+            #[cfg(feature = "cuda")]
+            let on_cpu = gpu.is_none();
+            #[cfg(not(feature = "cuda"))]
+            let on_cpu = true;
+            if on_cpu {
+                grad.iter_mut().for_each(|g| *g = 0.0);
+                let s = model
+                    .loss_and_grad_rows(&shard.x, shard.labels.targets(), &ranges, &mut grad)
+                    .map_err(kernel_error)?;
+                stats.merge(&s);
+                let t = Instant::now();
+                comm.allreduce(&mut grad, ReduceOp::Sum)?;
+                allreduce_s += t.elapsed().as_secs_f64();
+                opt.step_scaled(model.params_mut(), &grad, scale).map_err(kernel_error)?;
+            }
             pos.step += 1;
             pos.step_in_epoch += 1;
             ctx.progress(pos.step, total_steps, "train step");
@@ -446,9 +509,18 @@ pub fn train(
             }
             if let (Some(store), Some(c)) = (&store, &cfg.checkpoint) {
                 if pos.step.is_multiple_of(c.every) {
+                    #[cfg(feature = "cuda")]
+                    if let Some(g) = &gpu {
+                        (model, opt) = device::read_back(g)?;
+                    }
                     save(ctx, store, &model, &opt, pos)?;
                 }
             }
+        }
+        #[cfg(feature = "cuda")]
+        if let Some(g) = gpu.as_mut() {
+            stats = g.trainer.take_stats().map_err(device::gpu_error)?;
+            (model, opt) = device::read_back(g)?;
         }
         // Gang-wide figures of the epoch, and a check that every rank holds the same model.
         let mut sums = [stats.loss_sum, stats.correct as f64, stats.n as f64];

@@ -402,7 +402,10 @@ pub fn train(config: Config, a: &TrainArgs) -> Result<()> {
         let mut cfg = TrainConfig::try_new(kind, a.epochs, a.batch_size)?
             .with_optimizer(optimizer)?
             .with_seed(a.seed)
-            .with_shuffle_block(a.shuffle_block);
+            .with_shuffle_block(a.shuffle_block)
+            .with_device(a.device.parse()?)
+            .with_device_comm(a.device_comm.parse()?)
+            .with_gpu_sharing(a.allow_gpu_sharing);
         if let Some(d) = &a.checkpoint_dir {
             cfg = cfg.with_checkpoint(CheckpointConfig::try_new(d, a.checkpoint_every, a.keep)?);
         }

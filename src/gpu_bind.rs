@@ -1,0 +1,199 @@
+//! The rank side of GPU binding: narrowing the rank's CPU affinity to the cores near its
+//! GPU, and the preflight check that no two ranks of a node hold the same GPU.
+//!
+//! The plan itself (which GPU, which cores, what counts as a conflict) is pure logic in
+//! [`gang_protocol::device`]; this module applies it to the calling thread
+//! (`sched_setaffinity`) and to the gang (an allgather over the host [`Comm`]).
+//!
+//! ```
+//! use gang::gpu_bind::preflight;
+//! use gang::{execute, Config, Device};
+//! use gang_protocol::device::PreflightPolicy;
+//!
+//! // Two ranks of one host on two different GPUs: the check passes on every rank.
+//! execute(Config::local(2), |ctx| {
+//!     let device = Device::Cuda { ordinal: ctx.rank(), visible_id: ctx.rank().to_string() };
+//!     let uuid = format!("GPU-{}", ctx.rank());
+//!     preflight(ctx.comm(), "node1", &device, Some(&uuid), PreflightPolicy::default())
+//! })
+//! .unwrap();
+//! ```
+// The only unsafe code: the two affinity system calls of `libc`.
+#![allow(unsafe_code)]
+
+use crate::comm::Comm;
+use crate::error::{Error, Result};
+use gang_protocol::device::{self, Device, Narrowing, PreflightEntry, PreflightPolicy};
+
+/// The CPUs the calling thread may run on (`sched_getaffinity`).
+///
+/// # Errors
+/// The system call fails (the error names it).
+pub fn current_affinity() -> Result<Vec<usize>> {
+    // SAFETY: an all-zero `cpu_set_t` is a valid, empty set (it is a plain bit array).
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid, writable `cpu_set_t` and the size passed is its size; pid 0
+    // is the calling thread.
+    let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if rc != 0 {
+        return Err(Error::external(format!("sched_getaffinity failed: {}", std::io::Error::last_os_error())));
+    }
+    // SAFETY: `CPU_ISSET` only reads `set`, and every index is below `CPU_SETSIZE`.
+    Ok((0..libc::CPU_SETSIZE as usize).filter(|&c| unsafe { libc::CPU_ISSET(c, &set) }).collect())
+}
+
+fn set_affinity(cpus: &[usize]) -> Result<()> {
+    // SAFETY: an all-zero `cpu_set_t` is a valid, empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &c in cpus.iter().filter(|&&c| c < libc::CPU_SETSIZE as usize) {
+        // SAFETY: `c` is below `CPU_SETSIZE`, so the bit lies inside `set`.
+        unsafe { libc::CPU_SET(c, &mut set) };
+    }
+    // SAFETY: `set` is a valid `cpu_set_t` and the size passed is its size; pid 0 is the
+    // calling thread.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if rc != 0 {
+        let cpus = device::format_cpulist(cpus);
+        return Err(Error::external(format!("sched_setaffinity({cpus}) failed: {}", std::io::Error::last_os_error())));
+    }
+    Ok(())
+}
+
+/// Narrows the calling thread's CPU affinity to the cores near its GPU (`gpu_cpus`, from
+/// [`GpuInfo::cpus`](gang_protocol::device::GpuInfo) or sysfs): the intersection with what
+/// Slurm, mpirun or the user already bound it to, never a CPU more. An empty intersection
+/// or unknown GPU locality leaves the affinity as it is; the returned [`Narrowing`] says
+/// why. Call it before the rank starts its threads: threads inherit the mask when they are
+/// created, those already running keep theirs.
+///
+/// # Errors
+/// `sched_getaffinity` or `sched_setaffinity` fails.
+pub fn narrow_affinity(gpu_cpus: &[usize]) -> Result<Narrowing> {
+    let current = current_affinity()?;
+    let n = device::narrow(&current, gpu_cpus);
+    if n.changed {
+        set_affinity(&n.cpus)?;
+    }
+    Ok(n)
+}
+
+/// Checks, before the first collective, that the gang's GPU placement can work: every rank
+/// brings its host, its device and the GPU's UUID (`None` when unknown), the ranks
+/// allgather them, and every rank runs [`device::preflight`] on the same list, so every rank
+/// fails with the same message: the conflicts and a table of the plan.
+///
+/// A collective: every rank of `comm` must call it.
+///
+/// # Errors
+/// [`Error::Environment`] (a usage error: a restart cannot mend it) when two ranks of one
+/// host hold the same GPU (unless `policy.allow_sharing`) or a rank has no GPU under
+/// `policy.require_gpu`; communication errors.
+pub fn preflight(comm: &Comm, host: &str, device: &Device, uuid: Option<&str>, policy: PreflightPolicy) -> Result<()> {
+    let mine = PreflightEntry {
+        rank: comm.rank(),
+        host: host.to_string(),
+        device: device.clone(),
+        uuid: uuid.map(str::to_string),
+    };
+    let bytes = serde_json::to_vec(&mine).map_err(Error::external)?;
+    let gathered = comm.allgather_bytes(&bytes)?;
+    let entries = gathered
+        .iter()
+        .enumerate()
+        .map(|(r, b)| {
+            serde_json::from_slice::<PreflightEntry>(b)
+                .map_err(|e| Error::Environment(format!("GPU preflight: rank {r} sent an unreadable entry: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    device::preflight(&entries, policy).map_err(|e| Error::Environment(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{execute, Config, FailureClass};
+
+    /// Runs the preflight over `plan.len()` Local ranks, rank `r` bringing `plan[r]`
+    /// (host, UUID or CPU), and returns every rank's outcome.
+    fn run(plan: &[(&str, Option<&str>)], policy: PreflightPolicy) -> Vec<std::result::Result<(), String>> {
+        execute(Config::local(plan.len()), |ctx| {
+            let (host, uuid) = plan[ctx.rank()];
+            let device = match uuid {
+                Some(u) => Device::Cuda { ordinal: 0, visible_id: u.to_string() },
+                None => Device::Cpu,
+            };
+            let out = preflight(ctx.comm(), host, &device, uuid, policy).map_err(|e| {
+                assert_eq!(e.class(), FailureClass::Usage, "{e}");
+                e.to_string()
+            });
+            // The gang is still usable after the check, whatever it found.
+            ctx.comm().barrier()?;
+            Ok(out)
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn one_rank_per_gpu_passes_on_every_rank() {
+        let plan = [("n1", Some("GPU-a")), ("n1", Some("GPU-b")), ("n2", Some("GPU-a")), ("n2", Some("GPU-b"))];
+        let demand = PreflightPolicy { allow_sharing: false, require_gpu: true };
+        assert!(run(&plan, demand).iter().all(|r| r.is_ok()));
+        assert!(run(&[("n1", Some("GPU-a"))], demand)[0].is_ok());
+    }
+
+    #[test]
+    fn two_ranks_on_one_gpu_fail_every_rank_with_the_same_table() {
+        let plan = [("n1", Some("GPU-a")), ("n1", Some("GPU-b")), ("n1", Some("GPU-a")), ("n2", Some("GPU-a"))];
+        let out = run(&plan, PreflightPolicy::default());
+        let msg = out[0].clone().unwrap_err();
+        assert!(out.iter().all(|r| r.as_ref().unwrap_err() == &msg), "{out:?}");
+        assert!(msg.contains("ranks 0, 2 on n1 all use GPU gpu-a"), "{msg}");
+        for r in 0..4 {
+            assert!(msg.lines().any(|l| l.trim_start().starts_with(&format!("{r}  n"))), "rank {r} not in {msg}");
+        }
+    }
+
+    #[test]
+    fn sharing_passes_when_it_was_asked_for() {
+        let plan = [("n1", Some("GPU-a")), ("n1", Some("GPU-a")), ("n1", Some("GPU-a"))];
+        let out = run(&plan, PreflightPolicy { allow_sharing: true, require_gpu: true });
+        assert!(out.iter().all(|r| r.is_ok()), "{out:?}");
+    }
+
+    #[test]
+    fn a_rank_without_a_gpu_fails_only_under_a_demand() {
+        let plan = [("n1", Some("GPU-a")), ("n1", None), ("n2", Some("GPU-c"))];
+        assert!(run(&plan, PreflightPolicy::default()).iter().all(|r| r.is_ok()));
+        let out = run(&plan, PreflightPolicy { allow_sharing: false, require_gpu: true });
+        for r in &out {
+            let msg = r.as_ref().unwrap_err();
+            assert!(msg.contains("rank 1 on n1 sees no GPU"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn affinity_is_narrowed_and_never_widened() {
+        // On a thread of its own: the mask is per thread.
+        std::thread::spawn(|| {
+            let before = current_affinity().unwrap();
+            assert!(!before.is_empty());
+            // The GPU's cores are unknown: nothing changes.
+            let n = narrow_affinity(&[]).unwrap();
+            assert!(!n.changed && n.note.is_some());
+            assert_eq!(current_affinity().unwrap(), before);
+            // Narrowed to one allowed core.
+            let n = narrow_affinity(&[before[0]]).unwrap();
+            assert_eq!(n.cpus, [before[0]]);
+            assert_eq!(current_affinity().unwrap(), [before[0]]);
+            // Asking for more never widens; asking for cores outside keeps the current set.
+            let n = narrow_affinity(&before).unwrap();
+            assert!(!n.changed);
+            assert_eq!(current_affinity().unwrap(), [before[0]]);
+            let n = narrow_affinity(&[before[0] + 1000]).unwrap();
+            assert!(n.note.unwrap().contains("no overlap"));
+            assert_eq!(current_affinity().unwrap(), [before[0]]);
+        })
+        .join()
+        .unwrap();
+    }
+}

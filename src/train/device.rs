@@ -1,0 +1,273 @@
+//! Where the training kernels run: the CPU (gang-kernels) or a CUDA device (gang-gpu),
+//! and how the gradients of GPU ranks travel.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::error::{Error, Result};
+
+/// Where a rank trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceChoice {
+    /// A GPU when the rank has one (and gang was built with the `cuda` feature), else the
+    /// CPU; rank 0 says which in one line.
+    #[default]
+    Auto,
+    /// The CPU kernels.
+    Cpu,
+    /// A GPU, or an error that names what is missing (the driver, a visible device).
+    Cuda,
+}
+
+impl FromStr for DeviceChoice {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(DeviceChoice::Auto),
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "cuda" | "gpu" => Ok(DeviceChoice::Cuda),
+            other => Err(Error::InvalidArgument(format!("device {other:?}: expected auto, cpu or cuda"))),
+        }
+    }
+}
+
+impl fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DeviceChoice::Auto => "auto",
+            DeviceChoice::Cpu => "cpu",
+            DeviceChoice::Cuda => "cuda",
+        })
+    }
+}
+
+/// How the gradients of GPU ranks are summed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceComm {
+    /// NCCL where it is usable, else host memory and the host communicator.
+    #[default]
+    Auto,
+    /// NCCL on the device buffers.
+    Nccl,
+    /// Copied to host memory, summed by the host communicator (MPI), copied back.
+    Host,
+}
+
+impl FromStr for DeviceComm {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(DeviceComm::Auto),
+            "nccl" => Ok(DeviceComm::Nccl),
+            "host" => Ok(DeviceComm::Host),
+            other => Err(Error::InvalidArgument(format!("device-comm {other:?}: expected auto, nccl or host"))),
+        }
+    }
+}
+
+#[cfg(feature = "cuda")]
+pub(crate) use cuda::{gpu_error, open, read_back};
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    use super::{DeviceChoice, DeviceComm};
+    use crate::context::Context;
+    use crate::error::{Error, Result};
+    use crate::failure::FailureClass;
+    use crate::train::{Shard, TrainConfig};
+    use crate::ReduceOp;
+    use gang_gpu::collectives::DeviceNccl;
+    use gang_gpu::exec::{self, CudaDevice, Device};
+    use gang_gpu::nccl::choice::{self, DeviceCommBackend, DeviceCommChoice, RankDevice};
+    use gang_gpu::nccl::{Nccl, UniqueId};
+    use gang_gpu::train::DeviceTrainer;
+    use gang_kernels::{Model, OptimizerState};
+    use gang_protocol::device::{Device as Planned, PreflightPolicy};
+    use std::time::Duration;
+
+    /// A rank's training on its GPU: the trainer, and NCCL when the gradients are summed
+    /// on the devices (`None`: through host memory and the host communicator).
+    pub(crate) struct GpuTraining {
+        pub(crate) trainer: DeviceTrainer,
+        pub(crate) nccl: Option<DeviceNccl>,
+    }
+
+    impl GpuTraining {
+        /// Sums the gradient over the gang: NCCL on the device, or host staging.
+        pub(crate) fn allreduce(&mut self, ctx: &Context, host: &mut [f32]) -> Result<()> {
+            match &self.nccl {
+                Some(n) => self.trainer.with_grad(|dev, grad| n.allreduce_sum_f32(dev, grad)).map_err(gpu_error),
+                None => {
+                    self.trainer.grad_to_host(host).map_err(gpu_error)?;
+                    ctx.comm().allreduce(host, ReduceOp::Sum)?;
+                    self.trainer.grad_from_host(host).map_err(gpu_error)
+                }
+            }
+        }
+    }
+
+    pub(crate) fn gpu_error(e: gang_gpu::Error) -> Error {
+        let class = match e {
+            gang_gpu::Error::Driver { .. } | gang_gpu::Error::Nccl { .. } | gang_gpu::Error::Timeout { .. } => {
+                FailureClass::Transient
+            }
+            _ => FailureClass::Usage,
+        };
+        Error::classified(class, e)
+    }
+
+    /// The CUDA ordinal of this rank, or why it has none.
+    fn ordinal(ctx: &Context) -> std::result::Result<usize, String> {
+        exec::driver_available().map_err(|e| e.to_string())?;
+        match ctx.device() {
+            Planned::Cuda { ordinal, .. } => Ok(*ordinal),
+            _ => {
+                // CUDA_VISIBLE_DEVICES unset (or empty): the driver's own count.
+                if std::env::var_os("CUDA_VISIBLE_DEVICES").is_some() {
+                    return Err("CUDA_VISIBLE_DEVICES is set but names no device".into());
+                }
+                let n = exec::device_count().map_err(|e| e.to_string())?;
+                if n == 0 {
+                    Err("the driver shows no CUDA device".into())
+                } else {
+                    Ok(ctx.local_rank() % n)
+                }
+            }
+        }
+    }
+
+    /// The deadline of one NCCL operation: `GANG_NCCL_TIMEOUT` seconds, default 120.
+    fn nccl_timeout() -> Duration {
+        let s = std::env::var("GANG_NCCL_TIMEOUT").ok().and_then(|v| v.parse::<f64>().ok()).filter(|s| *s > 0.0);
+        Duration::from_secs_f64(s.unwrap_or(120.0))
+    }
+
+    /// The model and the optimizer state on the device, as the CPU's (for a checkpoint,
+    /// the end-of-epoch check and the report).
+    pub(crate) fn read_back(t: &GpuTraining) -> Result<(Model, OptimizerState)> {
+        Ok((t.trainer.model().map_err(gpu_error)?, t.trainer.optimizer_state().map_err(gpu_error)?))
+    }
+
+    /// Puts the model, the optimizer state and the shard on this rank's GPU when the
+    /// configuration asks for one and every rank has one; `None` trains on the CPU.
+    /// Collective: the ranks agree on the device, check the placement (two ranks on one
+    /// GPU fail the gang with a table of the plan, unless sharing was allowed) and choose
+    /// how gradients travel (NCCL, or host staging), all before the first step.
+    pub(crate) fn open(
+        ctx: &Context,
+        cfg: &TrainConfig,
+        model: &Model,
+        opt: &OptimizerState,
+        shard: &Shard,
+        local_batch: usize,
+    ) -> Result<Option<GpuTraining>> {
+        let choice = cfg.device;
+        if choice == DeviceChoice::Cpu {
+            return Ok(None);
+        }
+        let found = ordinal(ctx);
+        // All ranks on GPUs, or all on CPUs: a mixed gang would wait on its slowest member.
+        let have = ctx.comm().allreduce_scalar(u64::from(found.is_ok()), ReduceOp::Min)? == 1;
+        let ordinal = match (found, have) {
+            (Ok(o), true) => o,
+            (Err(why), _) if choice == DeviceChoice::Cuda => {
+                return Err(Error::classified(
+                    FailureClass::Usage,
+                    format!(
+                        "--device cuda: rank {} on {} has no GPU: {why}. Use --device cpu or auto",
+                        ctx.rank(),
+                        ctx.host()
+                    ),
+                ));
+            }
+            (_, false) if choice == DeviceChoice::Cuda => {
+                return Err(Error::classified(
+                    FailureClass::Usage,
+                    "--device cuda: another rank of the gang has no GPU (its own error names why)",
+                ));
+            }
+            _ => return Ok(None),
+        };
+        let opened = CudaDevice::open(ordinal).map_err(gpu_error);
+        // Every rank learns whether every rank opened its device, before any waits on it.
+        let all_open = ctx.comm().allreduce_scalar(u64::from(opened.is_ok()), ReduceOp::Min)? == 1;
+        let cuda = match (opened, all_open) {
+            (Ok(d), true) => d,
+            (Err(e), _) => return Err(e),
+            (Ok(_), false) => {
+                return Err(Error::classified(
+                    FailureClass::Usage,
+                    "another rank could not open its GPU (its own error names why)",
+                ))
+            }
+        };
+        let uuid = cuda.uuid().to_string();
+        let planned = Planned::Cuda { ordinal, visible_id: ordinal.to_string() };
+        crate::gpu_bind::preflight(
+            ctx.comm(),
+            ctx.host(),
+            &planned,
+            (!uuid.is_empty()).then_some(uuid.as_str()),
+            PreflightPolicy { allow_sharing: cfg.allow_gpu_sharing, require_gpu: choice == DeviceChoice::Cuda },
+        )?;
+        let (free, _total) = cuda.memory().map_err(gpu_error)?;
+        let dev = Device::Cuda(cuda);
+        // The shard stays resident; the workspace of a step is small beside it.
+        let need = (shard.x.len() + shard.rows) * 4 + local_batch * 4 * 1024;
+        if need > free {
+            return Err(Error::classified(
+                FailureClass::Usage,
+                format!(
+                    "the shard of rank {} ({:.2} GiB with the step's workspace) does not fit the {:.2} GiB free on {}: \
+                     use more ranks, or --device cpu",
+                    ctx.rank(),
+                    need as f64 / (1u64 << 30) as f64,
+                    free as f64 / (1u64 << 30) as f64,
+                    dev.describe()
+                ),
+            ));
+        }
+        let nccl = device_comm(ctx, cfg.device_comm, &dev, &uuid)?;
+        if ctx.rank() == 0 {
+            eprintln!(
+                "gang train: training on the GPU of every rank (rank 0: {}); gradients {}",
+                dev.describe(),
+                if nccl.is_some() { "summed by NCCL" } else { "summed through host memory and the host communicator" }
+            );
+        }
+        let trainer =
+            DeviceTrainer::new(dev, model, opt, &shard.x, shard.labels.targets(), local_batch).map_err(gpu_error)?;
+        Ok(Some(GpuTraining { trainer, nccl }))
+    }
+
+    /// Chooses NCCL or host staging (the same choice on every rank) and connects NCCL.
+    fn device_comm(ctx: &Context, wanted: DeviceComm, dev: &Device, uuid: &str) -> Result<Option<DeviceNccl>> {
+        let wanted = match wanted {
+            DeviceComm::Auto => DeviceCommChoice::Auto,
+            DeviceComm::Nccl => DeviceCommChoice::Nccl,
+            DeviceComm::Host => DeviceCommChoice::Host,
+        };
+        let mine = RankDevice::probe(ctx.host(), uuid).to_line();
+        let lines = ctx.comm().allgather_bytes(mine.as_bytes())?;
+        let ranks = (0..ctx.world())
+            .map(|r| RankDevice::from_line(&String::from_utf8_lossy(lines.get(r))))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(gpu_error)?;
+        let plan = choice::choose(wanted, &ranks).map_err(gpu_error)?;
+        if ctx.rank() == 0 && !plan.message.is_empty() {
+            eprintln!("{}", plan.message);
+        }
+        if plan.backend != DeviceCommBackend::Nccl {
+            return Ok(None);
+        }
+        let nccl = Nccl::load().map_err(gpu_error)?;
+        let mut id = vec![0u8; UniqueId::BYTES];
+        if ctx.rank() == 0 {
+            id = nccl.unique_id().map_err(gpu_error)?.to_bytes().to_vec();
+        }
+        ctx.comm().broadcast(0, &mut id)?;
+        let id = UniqueId::from_bytes(&id).map_err(gpu_error)?;
+        let comm = DeviceNccl::connect(&nccl, &id, ctx.rank(), ctx.world(), dev, nccl_timeout()).map_err(gpu_error)?;
+        Ok(Some(comm))
+    }
+}
