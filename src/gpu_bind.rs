@@ -43,20 +43,65 @@ pub fn current_affinity() -> Result<Vec<usize>> {
 }
 
 fn set_affinity(cpus: &[usize]) -> Result<()> {
+    set_affinity_of(0, cpus)
+}
+
+/// Sets the affinity of thread `tid` (0: the calling thread).
+fn set_affinity_of(tid: libc::pid_t, cpus: &[usize]) -> Result<()> {
     // SAFETY: an all-zero `cpu_set_t` is a valid, empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     for &c in cpus.iter().filter(|&&c| c < libc::CPU_SETSIZE as usize) {
         // SAFETY: `c` is below `CPU_SETSIZE`, so the bit lies inside `set`.
         unsafe { libc::CPU_SET(c, &mut set) };
     }
-    // SAFETY: `set` is a valid `cpu_set_t` and the size passed is its size; pid 0 is the
-    // calling thread.
-    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    // SAFETY: `set` is a valid `cpu_set_t` and the size passed is its size; `tid` is a
+    // thread of this process (or 0, the calling thread).
+    let rc = unsafe { libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set) };
     if rc != 0 {
         let cpus = device::format_cpulist(cpus);
         return Err(Error::external(format!("sched_setaffinity({cpus}) failed: {}", std::io::Error::last_os_error())));
     }
     Ok(())
+}
+
+/// The CPUs thread `tid` of this process may run on.
+fn affinity_of(tid: libc::pid_t) -> Result<Vec<usize>> {
+    // SAFETY: an all-zero `cpu_set_t` is a valid, empty set (it is a plain bit array).
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid, writable `cpu_set_t` and the size passed is its size.
+    let rc = unsafe { libc::sched_getaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if rc != 0 {
+        return Err(Error::external(format!("sched_getaffinity failed: {}", std::io::Error::last_os_error())));
+    }
+    // SAFETY: `CPU_ISSET` only reads `set`, and every index is below `CPU_SETSIZE`.
+    Ok((0..libc::CPU_SETSIZE as usize).filter(|&c| unsafe { libc::CPU_ISSET(c, &set) }).collect())
+}
+
+/// [`narrow_affinity`] for every thread the process has now (`/proc/self/task`: the
+/// kernels' thread pool started before the GPU was chosen), each narrowed from its own
+/// mask, never widened; threads started later inherit their creator's. Returns the
+/// calling thread's narrowing.
+///
+/// # Errors
+/// The calling thread's `sched_getaffinity`/`sched_setaffinity` fails (other threads that
+/// ended meanwhile are passed over).
+pub fn narrow_process_affinity(gpu_cpus: &[usize]) -> Result<Narrowing> {
+    let mine = narrow_affinity(gpu_cpus)?;
+    if !mine.changed {
+        return Ok(mine);
+    }
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for t in tasks.flatten() {
+            let Some(tid) = t.file_name().to_str().and_then(|s| s.parse::<libc::pid_t>().ok()) else { continue };
+            if let Ok(current) = affinity_of(tid) {
+                let n = device::narrow(&current, gpu_cpus);
+                if n.changed {
+                    let _ = set_affinity_of(tid, &n.cpus);
+                }
+            }
+        }
+    }
+    Ok(mine)
 }
 
 /// Narrows the calling thread's CPU affinity to the cores near its GPU (`gpu_cpus`, from

@@ -293,3 +293,55 @@ fn ckpt_ls_and_verify_report_a_damaged_newest_checkpoint_and_where_a_restore_sta
     assert_eq!(bad.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("DAMAGED") && stdout.contains("a restore would start from step 150"), "{stdout}");
 }
+
+/// `--device cuda` on a machine without a GPU (every development and CI machine): every
+/// rank fails at once with what is missing, the class is usage (no restart), no model is
+/// written. `--device auto` (the default) trains on the CPU and says nothing of a GPU.
+#[cfg(feature = "cuda")]
+#[test]
+fn device_cuda_without_a_gpu_is_one_clear_usage_error_and_auto_trains_on_the_cpu() {
+    if gang_gpu::exec::driver_available().is_ok() {
+        eprintln!("SKIPPED: this machine has the CUDA driver; the test is for machines without one");
+        return;
+    }
+    let sc = Scratch::new("train-device");
+    let data = dataset(&sc);
+    let (out, model) = train(&sc, "2", &data, "cuda", None, &["--max-restarts", "2", "--device", "cuda"]);
+    let stderr = text(&out).1;
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("--device cuda") && stderr.contains("libcuda.so.1"), "{stderr}");
+    assert!(stderr.contains("usage"), "a missing GPU is not restarted: {stderr}");
+    assert!(!stderr.contains("restarting"), "{stderr}");
+    assert!(!model.exists(), "a model was written by a failed job");
+
+    let (out, model) = train(&sc, "2", &data, "auto", None, &["--device", "auto"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success() && model.is_file(), "{stdout}\n{stderr}");
+    assert!(!stderr.contains("GPU"), "{stderr}");
+}
+
+/// The GPU training path (`--device cuda-host`: gang's CUDA kernels compiled for the CPU,
+/// through the same device buffers, host-staged allreduce and checkpoint read-back) under
+/// real mpirun: a rank killed mid-training, the gang restarted, and the model is bitwise
+/// the uninterrupted run's.
+#[cfg(feature = "cuda")]
+#[test]
+fn the_gpu_path_restarts_after_a_killed_rank_with_the_uninterrupted_model() {
+    let sc = Scratch::new("train-gpu-path");
+    let data = dataset(&sc);
+    let (clean, reference) = train(&sc, "2", &data, "clean-gpu-path", None, &["--device", "cuda-host"]);
+    let stderr = text(&clean).1;
+    assert_success(&clean);
+    assert!(stderr.contains("host build"), "{stderr}");
+    let (out, model) = train(
+        &sc,
+        "2",
+        &data,
+        "faulted-gpu-path",
+        Some("rank=1,step=95,kind=kill"),
+        &["--max-restarts", "2", "--device", "cuda-host"],
+    );
+    let stdout = assert_success(&out);
+    assert!(stdout.contains("resumed from the checkpoint of step 90"), "{stdout}");
+    assert!(same_file(&model, &reference), "the restarted GPU-path model differs from the uninterrupted one");
+}

@@ -70,7 +70,7 @@ impl Job {
     /// Whether the job computes on GPUs (then `-n` defaults to one rank per visible GPU):
     /// `train` unless `--device cpu`.
     pub fn uses_gpus(&self) -> bool {
-        matches!(self, Job::Train(a) if a.device != "cpu")
+        matches!(self, Job::Train(a) if a.device == "auto" || a.device == "cuda")
     }
 
     /// The files and directories the job reads, as given (`--input` specs with an HDF5
@@ -423,9 +423,10 @@ pub struct TrainArgs {
     #[arg(long, value_name = "FILE")]
     pub curve: Option<PathBuf>,
     /// Where the kernels run: auto (every rank's GPU when every rank has one, else the
-    /// CPU; rank 0 says which), cpu, or cuda (a GPU per rank, or an error naming what is
-    /// missing: the driver, a visible device).
-    #[arg(long, default_value = "auto", value_parser = ["auto", "cpu", "cuda"])]
+    /// CPU; rank 0 says which), cpu, cuda (a GPU per rank, or an error naming what is
+    /// missing: the driver, a visible device), or cuda-host (gang's CUDA kernels compiled
+    /// for the CPU, through the GPU code path: a check of that path without a GPU; slow).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "cpu", "cuda", "cuda-host"])]
     pub device: String,
     /// How the gradients of GPU ranks are summed: auto (NCCL when every rank loads it and
     /// no two ranks share a GPU, else host memory and MPI; rank 0 says which), nccl, or
@@ -436,6 +437,11 @@ pub struct TrainArgs {
     /// once with a table of the plan, because it is almost always a binding mistake).
     #[arg(long)]
     pub allow_gpu_sharing: bool,
+    /// A GPU discovery script in Spark's format (prints `{"name": "gpu", "addresses":
+    /// ["0", ...]}`), run by every rank to list its GPUs; CUDA_VISIBLE_DEVICES, when set,
+    /// still wins.
+    #[arg(long, value_name = "SCRIPT")]
+    pub gpu_discovery_script: Option<PathBuf>,
 }
 
 /// Checks the spelling of a model (whether it fits the label is known only once the data

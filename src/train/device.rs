@@ -17,6 +17,10 @@ pub enum DeviceChoice {
     Cpu,
     /// A GPU, or an error that names what is missing (the driver, a visible device).
     Cuda,
+    /// gang's CUDA kernels compiled for the CPU (their host build), driven by the GPU
+    /// training path: checks that path, its checkpoints and restarts, on machines without
+    /// a GPU. Slow: one call per GPU thread.
+    CudaHost,
 }
 
 impl FromStr for DeviceChoice {
@@ -26,7 +30,8 @@ impl FromStr for DeviceChoice {
             "auto" => Ok(DeviceChoice::Auto),
             "cpu" => Ok(DeviceChoice::Cpu),
             "cuda" | "gpu" => Ok(DeviceChoice::Cuda),
-            other => Err(Error::InvalidArgument(format!("device {other:?}: expected auto, cpu or cuda"))),
+            "cuda-host" => Ok(DeviceChoice::CudaHost),
+            other => Err(Error::InvalidArgument(format!("device {other:?}: expected auto, cpu, cuda or cuda-host"))),
         }
     }
 }
@@ -37,6 +42,7 @@ impl fmt::Display for DeviceChoice {
             DeviceChoice::Auto => "auto",
             DeviceChoice::Cpu => "cpu",
             DeviceChoice::Cuda => "cuda",
+            DeviceChoice::CudaHost => "cuda-host",
         })
     }
 }
@@ -95,6 +101,10 @@ mod cuda {
     impl GpuTraining {
         /// Sums the gradient over the gang: NCCL on the device, or host staging.
         pub(crate) fn allreduce(&mut self, ctx: &Context, host: &mut [f32]) -> Result<()> {
+            if ctx.world() == 1 {
+                // The sum over one rank is its own gradient.
+                return Ok(());
+            }
             match &self.nccl {
                 Some(n) => self.trainer.with_grad(|dev, grad| n.allreduce_sum_f32(dev, grad)).map_err(gpu_error),
                 None => {
@@ -116,23 +126,33 @@ mod cuda {
         Error::classified(class, e)
     }
 
-    /// The CUDA ordinal of this rank, or why it has none.
-    fn ordinal(ctx: &Context) -> std::result::Result<usize, String> {
+    /// This rank's GPU: its CUDA ordinal and the cores near it (empty when unknown), or why
+    /// it has none. The visible list comes from `CUDA_VISIBLE_DEVICES`, a discovery
+    /// script (`--gpu-discovery-script`, or `GANG_GPU_DISCOVERY_SCRIPT`), Slurm's variables, or every GPU NVML lists;
+    /// a rank that sees one device uses it, otherwise device = local rank among them.
+    fn binding(ctx: &Context, script: Option<&std::path::Path>) -> std::result::Result<(usize, Vec<usize>), String> {
+        use gang_protocol::device::{bind_rank, match_visible, VisibleDevices, VisibleSource};
         exec::driver_available().map_err(|e| e.to_string())?;
-        match ctx.device() {
-            Planned::Cuda { ordinal, .. } => Ok(*ordinal),
-            _ => {
-                // CUDA_VISIBLE_DEVICES unset (or empty): the driver's own count.
-                if std::env::var_os("CUDA_VISIBLE_DEVICES").is_some() {
-                    return Err("CUDA_VISIBLE_DEVICES is set but names no device".into());
-                }
-                let n = exec::device_count().map_err(|e| e.to_string())?;
-                if n == 0 {
-                    Err("the driver shows no CUDA device".into())
-                } else {
-                    Ok(ctx.local_rank() % n)
-                }
+        let visible = VisibleDevices::from_env(script).map_err(|e| e.to_string())?;
+        let nvml = gang_gpu::nvml::discover().unwrap_or_default();
+        let matched = match_visible(&visible, &nvml);
+        if matched.gpus.is_empty() {
+            if visible.source != VisibleSource::AllDevices {
+                return Err(format!("{} names no usable device", visible.describe()));
             }
+            // No NVML: the driver's own count.
+            let n = exec::device_count().map_err(|e| e.to_string())?;
+            return match n {
+                0 => Err("the driver shows no CUDA device".into()),
+                n => Ok((ctx.local_rank() % n, Vec::new())),
+            };
+        }
+        let b = bind_rank(ctx.local_rank(), ctx.local_size(), &matched.gpus);
+        match (b.device, b.gpu) {
+            (Planned::Cuda { ordinal, .. }, gpu) => {
+                Ok((ordinal, gpu.and_then(|g| g.gpu).map(|g| g.cpus).unwrap_or_default()))
+            }
+            _ => Err(format!("{} names no usable device", visible.describe())),
         }
     }
 
@@ -165,11 +185,21 @@ mod cuda {
         if choice == DeviceChoice::Cpu {
             return Ok(None);
         }
-        let found = ordinal(ctx);
+        if choice == DeviceChoice::CudaHost {
+            if ctx.rank() == 0 {
+                eprintln!(
+                    "gang train: the CUDA kernels' host build on every rank (the GPU training path without a GPU; slow)"
+                );
+            }
+            let trainer = DeviceTrainer::new(Device::Host, model, opt, &shard.x, shard.labels.targets(), local_batch)
+                .map_err(gpu_error)?;
+            return Ok(Some(GpuTraining { trainer, nccl: None }));
+        }
+        let found = binding(ctx, cfg.gpu_discovery_script.as_deref());
         // All ranks on GPUs, or all on CPUs: a mixed gang would wait on its slowest member.
         let have = ctx.comm().allreduce_scalar(u64::from(found.is_ok()), ReduceOp::Min)? == 1;
-        let ordinal = match (found, have) {
-            (Ok(o), true) => o,
+        let (ordinal, near) = match (found, have) {
+            (Ok(b), true) => b,
             (Err(why), _) if choice == DeviceChoice::Cuda => {
                 return Err(Error::classified(
                     FailureClass::Usage,
@@ -210,6 +240,18 @@ mod cuda {
             (!uuid.is_empty()).then_some(uuid.as_str()),
             PreflightPolicy { allow_sharing: cfg.allow_gpu_sharing, require_gpu: choice == DeviceChoice::Cuda },
         )?;
+        // The rank's threads on the cores of its GPU's NUMA node, within what Slurm or
+        // mpirun bound it to.
+        if !near.is_empty() {
+            let n = crate::gpu_bind::narrow_process_affinity(&near)?;
+            if ctx.rank() == 0 && n.changed {
+                eprintln!(
+                    "gang train: rank 0's threads run on CPUs {} (near {})",
+                    gang_protocol::device::format_cpulist(&n.cpus),
+                    format!("cuda:{ordinal}")
+                );
+            }
+        }
         let (free, _total) = cuda.memory().map_err(gpu_error)?;
         let dev = Device::Cuda(cuda);
         // The shard stays resident; the workspace of a step is small beside it.

@@ -54,6 +54,7 @@ pub struct TrainConfig {
     device: DeviceChoice,
     device_comm: DeviceComm,
     allow_gpu_sharing: bool,
+    gpu_discovery_script: Option<std::path::PathBuf>,
 }
 
 impl TrainConfig {
@@ -81,6 +82,7 @@ impl TrainConfig {
             device: DeviceChoice::Auto,
             device_comm: DeviceComm::Auto,
             allow_gpu_sharing: false,
+            gpu_discovery_script: None,
         })
     }
 
@@ -99,6 +101,13 @@ impl TrainConfig {
     /// How the gradients of GPU ranks are summed ([`DeviceComm::Auto`] by default).
     pub fn with_device_comm(mut self, comm: DeviceComm) -> TrainConfig {
         self.device_comm = comm;
+        self
+    }
+
+    /// A GPU discovery script in Spark's format that lists each rank's GPUs (see
+    /// `gang_protocol::device::VisibleDevices`; `CUDA_VISIBLE_DEVICES`, when set, wins).
+    pub fn with_gpu_discovery_script(mut self, script: Option<std::path::PathBuf>) -> TrainConfig {
+        self.gpu_discovery_script = script;
         self
     }
 
@@ -453,7 +462,7 @@ pub fn train(
     #[cfg(feature = "cuda")]
     let mut gpu = device::open(ctx, cfg, &model, &opt, shard, local_batch)?;
     #[cfg(not(feature = "cuda"))]
-    if cfg.device == DeviceChoice::Cuda {
+    if matches!(cfg.device, DeviceChoice::Cuda | DeviceChoice::CudaHost) {
         return Err(Error::classified(
             crate::failure::FailureClass::Usage,
             "--device cuda: this build of gang has no GPU support (built without the `cuda` feature)",
@@ -697,6 +706,48 @@ mod tests {
         })
         .unwrap();
         assert_eq!(resumed[0], full[0]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The GPU training path (device buffers, host-staged gradients, read-back for
+    /// checkpoints and the end-of-epoch check) over the host build of the CUDA kernels:
+    /// the same model as the CPU kernels to rounding, the same bits on every run, and a
+    /// restart from its checkpoints gives the uninterrupted run's model bit for bit.
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn the_gpu_path_on_the_kernels_host_build_matches_the_cpu_and_restarts_bit_for_bit() {
+        let host = |c: TrainConfig| c.with_device(DeviceChoice::CudaHost);
+        let run = |c: &TrainConfig| {
+            execute(Config::local(2), |ctx| {
+                let r = train(ctx, &toy_shard(ctx.rank(), 500), c, |_| {})?;
+                Ok((r.model.params().to_vec(), r.final_stats, r.epochs.last().map(|e| e.loss)))
+            })
+            .unwrap()
+        };
+        let cpu = run(&cfg(None, 0));
+        let gpu = run(&host(cfg(None, 0)));
+        assert_eq!(gpu[0].0, gpu[1].0, "ranks hold different models");
+        assert_eq!(run(&host(cfg(None, 0)))[0].0, gpu[0].0, "two runs differ");
+        let scale = cpu[0].0.iter().fold(0f32, |m, p| m.max(p.abs()));
+        for (g, c) in gpu[0].0.iter().zip(&cpu[0].0) {
+            assert!((g - c).abs() <= 1e-3 * scale, "{:?} against the CPU's {:?}", gpu[0].0, cpu[0].0);
+        }
+        let (gl, cl) = (gpu[0].2.unwrap(), cpu[0].2.unwrap());
+        assert!((gl - cl).abs() <= 1e-4 * cl, "last epoch's loss {gl} against the CPU's {cl}");
+        assert!(gpu[0].1.accuracy() > 0.95, "accuracy {}", gpu[0].1.accuracy());
+
+        let dir = std::env::temp_dir().join(format!("gang-train-gpu-ckpt-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut short = host(cfg(Some(&dir), 5));
+        short.epochs = 2;
+        execute(Config::local(2), |ctx| train(ctx, &toy_shard(ctx.rank(), 500), &short, |_| {}).map(|_| ())).unwrap();
+        let resumed = execute(Config::local(2), |ctx| {
+            let r = train(ctx, &toy_shard(ctx.rank(), 500), &host(cfg(Some(&dir), 5)), |_| {})?;
+            assert!(r.resumed_from.is_some());
+            Ok(r.model.params().to_vec())
+        })
+        .unwrap();
+        assert_eq!(resumed[0], gpu[0].0, "the resumed model differs from the uninterrupted one");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
