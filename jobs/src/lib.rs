@@ -33,6 +33,7 @@ use std::path::{Path, PathBuf};
 /// Not `#[non_exhaustive]` on purpose: `gang-rank` matches it exhaustively, so a job added
 /// here without its rank-side function does not compile.
 #[derive(Debug, Clone, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per command; boxing would only add noise
 pub enum Job {
     /// Every rank says hello (rank, host, device): a check of the whole stack.
     Hello(HelloArgs),

@@ -246,9 +246,8 @@ mod cuda {
             let n = crate::gpu_bind::narrow_process_affinity(&near)?;
             if ctx.rank() == 0 && n.changed {
                 eprintln!(
-                    "gang train: rank 0's threads run on CPUs {} (near {})",
-                    gang_protocol::device::format_cpulist(&n.cpus),
-                    format!("cuda:{ordinal}")
+                    "gang train: rank 0's threads run on CPUs {} (near cuda:{ordinal})",
+                    gang_protocol::device::format_cpulist(&n.cpus)
                 );
             }
         }
