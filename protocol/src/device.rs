@@ -1402,3 +1402,39 @@ mod tests {
         assert_eq!(back, e);
     }
 }
+
+/// How the gradients of GPU ranks are summed (`--device-comm`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceComm {
+    /// NCCL where every rank has it and its own GPU, else host staging.
+    #[default]
+    Auto,
+    /// NCCL, or an error saying why not.
+    Nccl,
+    /// Host staging: device to host, the host communicator, host to device.
+    Host,
+}
+
+impl std::str::FromStr for DeviceComm {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(DeviceComm::Auto),
+            "nccl" => Ok(DeviceComm::Nccl),
+            "host" => Ok(DeviceComm::Host),
+            other => Err(format!("--device-comm {other:?}: expected one of nccl, host, auto")),
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceComm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DeviceComm::Auto => "auto",
+            DeviceComm::Nccl => "nccl",
+            DeviceComm::Host => "host",
+        })
+    }
+}

@@ -47,29 +47,7 @@ impl fmt::Display for DeviceChoice {
     }
 }
 
-/// How the gradients of GPU ranks are summed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum DeviceComm {
-    /// NCCL where it is usable, else host memory and the host communicator.
-    #[default]
-    Auto,
-    /// NCCL on the device buffers.
-    Nccl,
-    /// Copied to host memory, summed by the host communicator (MPI), copied back.
-    Host,
-}
-
-impl FromStr for DeviceComm {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "auto" => Ok(DeviceComm::Auto),
-            "nccl" => Ok(DeviceComm::Nccl),
-            "host" => Ok(DeviceComm::Host),
-            other => Err(Error::InvalidArgument(format!("device-comm {other:?}: expected auto, nccl or host"))),
-        }
-    }
-}
+pub use gang_protocol::device::DeviceComm;
 
 #[cfg(feature = "cuda")]
 pub(crate) use cuda::{gpu_error, open, read_back};
@@ -84,7 +62,7 @@ mod cuda {
     use crate::ReduceOp;
     use gang_gpu::collectives::DeviceNccl;
     use gang_gpu::exec::{self, CudaDevice, Device};
-    use gang_gpu::nccl::choice::{self, DeviceCommBackend, DeviceCommChoice, RankDevice};
+    use gang_gpu::nccl::choice::{self, DeviceCommBackend, RankDevice};
     use gang_gpu::nccl::{Nccl, UniqueId};
     use gang_gpu::train::DeviceTrainer;
     use gang_kernels::{Model, OptimizerState};
@@ -283,11 +261,6 @@ mod cuda {
 
     /// Chooses NCCL or host staging (the same choice on every rank) and connects NCCL.
     fn device_comm(ctx: &Context, wanted: DeviceComm, dev: &Device, uuid: &str) -> Result<Option<DeviceNccl>> {
-        let wanted = match wanted {
-            DeviceComm::Auto => DeviceCommChoice::Auto,
-            DeviceComm::Nccl => DeviceCommChoice::Nccl,
-            DeviceComm::Host => DeviceCommChoice::Host,
-        };
         let mine = RankDevice::probe(ctx.host(), uuid).to_line();
         let lines = ctx.comm().allgather_bytes(mine.as_bytes())?;
         let ranks = (0..ctx.world())

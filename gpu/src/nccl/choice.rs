@@ -24,43 +24,10 @@
 
 use super::{Nccl, NcclVersion, LIBRARY_ENV, LIBRARY_NAMES};
 use crate::error::{Error, Result};
-use std::fmt;
-use std::str::FromStr;
 
-/// What the user asked for (`--device-comm`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum DeviceCommChoice {
-    /// NCCL where every rank has it and its own GPU, else host staging.
-    #[default]
-    Auto,
-    /// NCCL, or an error saying why not.
-    Nccl,
-    /// Host staging: device to host, the host communicator, host to device.
-    Host,
-}
-
-impl FromStr for DeviceCommChoice {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "auto" => Ok(DeviceCommChoice::Auto),
-            "nccl" => Ok(DeviceCommChoice::Nccl),
-            "host" => Ok(DeviceCommChoice::Host),
-            other => Err(Error::InvalidArgument(format!("--device-comm {other:?}: expected one of nccl, host, auto"))),
-        }
-    }
-}
-
-impl fmt::Display for DeviceCommChoice {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            DeviceCommChoice::Auto => "auto",
-            DeviceCommChoice::Nccl => "nccl",
-            DeviceCommChoice::Host => "host",
-        })
-    }
-}
+/// What the user asked for (`--device-comm`): one type for the launcher, the rank
+/// runtime and this crate.
+pub use gang_protocol::device::DeviceComm as DeviceCommChoice;
 
 /// What the gradients go through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
