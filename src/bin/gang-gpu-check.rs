@@ -48,14 +48,16 @@ fn usage() -> ! {
          --rows N        rows of the training data (default 2000000; 32 features)\n\
          --epochs E      epochs of each training run (default 2)\n\
          --batch-size B  rows per step (default 8192)\n\
-         --skip-cpu      do not train on the CPU (no model comparison)"
+         --skip-cpu      do not train on the CPU (no model comparison)\n\
+         --host          a rehearsal without a GPU: the host build of the kernels stands in for\n\
+                         the device (every check but NCCL's runs, slowly; use --rows 20000)"
     );
     std::process::exit(2)
 }
 
 fn main() {
     let mut out = PathBuf::from("gpu-check-out");
-    let (mut rows, mut epochs, mut batch, mut skip_cpu) = (2_000_000usize, 2u64, 8192usize, false);
+    let (mut rows, mut epochs, mut batch, mut skip_cpu, mut host) = (2_000_000usize, 2u64, 8192usize, false, false);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || args.next().unwrap_or_else(|| usage());
@@ -65,11 +67,13 @@ fn main() {
             "--epochs" => epochs = val().parse().unwrap_or_else(|_| usage()),
             "--batch-size" => batch = val().parse().unwrap_or_else(|_| usage()),
             "--skip-cpu" => skip_cpu = true,
+            "--host" => host = true,
             "-h" | "--help" => usage(),
             _ => usage(),
         }
     }
     let count = match exec::device_count() {
+        _ if host => 0,
         Ok(n) if n > 0 => n,
         Ok(_) => {
             println!("no GPU: the CUDA driver shows no device");
@@ -84,11 +88,16 @@ fn main() {
     let mut c = Check { results: BTreeMap::new(), failed: Vec::new() };
     let started = Instant::now();
 
-    let dev = match CudaDevice::open(0) {
-        Ok(d) => Device::Cuda(d),
-        Err(e) => {
-            println!(" FAIL opening cuda:0: {e}");
-            std::process::exit(1);
+    let (dev, gpu) = if host {
+        println!("device: the host build of the kernels (a rehearsal of the check without a GPU)");
+        (Device::Host, DeviceChoice::CudaHost)
+    } else {
+        match CudaDevice::open(0) {
+            Ok(d) => (Device::Cuda(d), DeviceChoice::Cuda),
+            Err(e) => {
+                println!(" FAIL opening cuda:0: {e}");
+                std::process::exit(1);
+            }
         }
     };
     println!("device: {} ({count} visible)", dev.describe());
@@ -112,10 +121,14 @@ fn main() {
     for (name, kind) in
         [("logistic", ModelKind::Logistic), ("mlp64", ModelKind::Mlp { hidden: vec![64], outputs: Output::Binary })]
     {
-        training(&mut c, name, &kind, &shard, epochs, batch, skip_cpu);
+        training(&mut c, name, &kind, &shard, epochs, batch, skip_cpu, gpu);
     }
-    sharing_ranks(&mut c, &shard, batch);
-    nccl_allreduce(&mut c);
+    sharing_ranks(&mut c, &shard, batch, gpu);
+    if host {
+        println!(" skip  NCCL allreduce (no GPU in a rehearsal)");
+    } else {
+        nccl_allreduce(&mut c);
+    }
 
     c.results.insert("seconds".into(), json!(started.elapsed().as_secs_f64()));
     c.results.insert("failed".into(), json!(c.failed));
@@ -394,9 +407,19 @@ fn train_once(
     .unwrap_or_else(|e| panic!("training {kind} on {device:?}: {e}"))
 }
 
-fn training(c: &mut Check, name: &str, kind: &ModelKind, shard: &Shard, epochs: u64, batch: usize, skip_cpu: bool) {
-    let gpu = train_once(shard, kind, epochs, batch, DeviceChoice::Cuda, 1).remove(0);
-    let again = train_once(shard, kind, epochs, batch, DeviceChoice::Cuda, 1).remove(0);
+#[allow(clippy::too_many_arguments)]
+fn training(
+    c: &mut Check,
+    name: &str,
+    kind: &ModelKind,
+    shard: &Shard,
+    epochs: u64,
+    batch: usize,
+    skip_cpu: bool,
+    device: DeviceChoice,
+) {
+    let gpu = train_once(shard, kind, epochs, batch, device, 1).remove(0);
+    let again = train_once(shard, kind, epochs, batch, device, 1).remove(0);
     let same = gpu.params.iter().map(|p| p.to_bits()).eq(again.params.iter().map(|p| p.to_bits()));
     c.record(
         &format!("{name}: deterministic"),
@@ -441,9 +464,9 @@ fn training(c: &mut Check, name: &str, kind: &ModelKind, shard: &Shard, epochs: 
     }
 }
 
-fn sharing_ranks(c: &mut Check, shard: &Shard, batch: usize) {
+fn sharing_ranks(c: &mut Check, shard: &Shard, batch: usize, device: DeviceChoice) {
     let kind = ModelKind::Mlp { hidden: vec![64], outputs: Output::Binary };
-    let runs = train_once(shard, &kind, 1, batch, DeviceChoice::Cuda, 2);
+    let runs = train_once(shard, &kind, 1, batch, device, 2);
     let same = runs[0].params == runs[1].params;
     c.record(
         "two ranks sharing the GPU (host staging)",
