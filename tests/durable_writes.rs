@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 /// The sources scanned: every crate of the workspace (their `tests/` and benches excluded:
 /// they write scratch files, not gang's output).
-const ROOTS: [&str; 6] = ["src", "launcher/src", "protocol/src", "kernels/src", "capi", "examples"];
+const ROOTS: [&str; 7] = ["src", "launcher/src", "protocol/src", "kernels/src", "gpu/src", "capi", "examples"];
 
 /// The only file that may rename, and create or fsync files freely.
 const HELPER: &str = "protocol/src/durable.rs";

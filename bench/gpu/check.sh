@@ -51,6 +51,10 @@ start=$(date +%s)
 timeout 300 "$bin" --out "$out" ${GANG_GPU_CHECK_ARGS:-} 2>&1 | tee -a "$out/check.log"
 rc=${PIPESTATUS[0]}
 if grep -q '^no GPU' "$out/check.log"; then
+    if command -v nvidia-smi >/dev/null && nvidia-smi -L 2>/dev/null | grep -q '^GPU '; then
+        echo "check.sh: nvidia-smi lists a GPU but gang found none: the driver's libcuda.so.1 is not on the loader's path, or cuInit failed (above)" | tee -a "$out/check.log"
+        exit 1
+    fi
     exit 0
 fi
 if [ -f "$out/data/x.npy" ] && "$py" -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null; then

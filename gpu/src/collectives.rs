@@ -55,6 +55,26 @@ impl DeviceNccl {
         self.comm.synchronize(d.stream(), "the NCCL allreduce of the gradient")
     }
 
+    /// Sums `src` over the gang into `dst` (out of place), and waits for the sum.
+    ///
+    /// # Errors
+    /// As [`allreduce_sum_f32`](Self::allreduce_sum_f32); [`Error::InvalidArgument`] when
+    /// `dst` is shorter than `src`.
+    pub fn allreduce_sum_f32_into(&self, dev: &Device, src: &Buf<f32>, dst: &mut Buf<f32>) -> Result<()> {
+        let (Device::Cuda(d), Buf::Cuda(s), Buf::Cuda(t)) = (dev, src, &*dst) else {
+            return Err(Error::InvalidArgument("NCCL sums buffers of a CUDA device".into()));
+        };
+        if t.len() < s.len() {
+            return Err(Error::InvalidArgument(format!("allreduce of {} floats into {}", s.len(), t.len())));
+        }
+        let (from, to) = (d.address(s, 0), d.address(t, 0));
+        // SAFETY: both addresses hold `s.len()` floats of `d`'s context (checked above), `dst`
+        // is borrowed mutably and `src` shared for the whole call, the stream is the device's
+        // own, and the call waits for the operation before returning.
+        unsafe { self.comm.all_reduce(from, to, s.len(), DataType::F32, ReduceOp::Sum, d.stream().cu_stream())? };
+        self.comm.synchronize(d.stream(), "an NCCL allreduce")
+    }
+
     /// The communicator's deadline for one operation.
     pub fn timeout(&self) -> Duration {
         self.comm.timeout()

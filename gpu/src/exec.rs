@@ -700,6 +700,24 @@ impl Device {
         Ok(v)
     }
 
+    /// Copies all of `src` to the start of `dst` (on the device: a device-to-device copy).
+    pub fn copy<T: Elem>(&self, src: &Buf<T>, dst: &mut Buf<T>) -> Result<()> {
+        if dst.len() < src.len() {
+            return Err(Error::InvalidArgument(format!("copying {} elements into {}", src.len(), dst.len())));
+        }
+        match (self, src, dst) {
+            (Device::Host, Buf::Host(a), Buf::Host(b)) => {
+                b[..a.len()].copy_from_slice(a);
+                Ok(())
+            }
+            (Device::Cuda(d), Buf::Cuda(a), Buf::Cuda(b)) => {
+                let mut view = b.slice_mut(0..a.len());
+                d.stream.memcpy_dtod(a, &mut view).map_err(|e| Error::driver("copying on the device", e))
+            }
+            _ => Err(wrong_device()),
+        }
+    }
+
     /// Sets every element to zero.
     pub fn zero<T: Elem>(&self, buf: &mut Buf<T>) -> Result<()> {
         match (self, buf) {

@@ -211,6 +211,26 @@ impl DeviceTrainer {
         })
     }
 
+    /// The device memory [`DeviceTrainer::new`] allocates for `model`, `opt`, a shard of
+    /// `rows` rows and batches of up to `max_rows` rows, in bytes.
+    pub fn bytes_needed(model: &Model, opt: &OptimizerState, rows: usize, max_rows: usize) -> usize {
+        let max_rows = max_rows.max(1);
+        let layers: Vec<Layer> = model
+            .tensors()
+            .iter()
+            .filter(|t| t.name.ends_with(".weight"))
+            .map(|t| Layer { out: t.shape[0], inp: t.shape[1], w: t.offset })
+            .collect();
+        let widest = layers.iter().map(|l| l.out.max(l.inp)).max().unwrap_or(1);
+        let longest = layers.iter().map(Layer::len).max().unwrap_or(1);
+        let segments = max_rows.div_ceil(segment_rows(max_rows));
+        let floats = rows * (model.features() + 1)
+            + model.num_params() * (2 + opt.state_tensors().len())
+            + max_rows * (model.features() + 4 + 2 * widest + layers.iter().map(|l| l.out).sum::<usize>())
+            + segments * longest;
+        floats * 4 + max_rows * 8 + segments * 8 + 16
+    }
+
     /// The device.
     pub fn device(&self) -> &Device {
         &self.dev

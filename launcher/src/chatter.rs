@@ -32,6 +32,9 @@ pub enum Held {
 pub struct Filter {
     /// Inside an Open MPI `-----` or a hydra `=====` block.
     in_block: bool,
+    /// The rank tags (`[rank R] `, or "" untagged) inside an announcement of several lines
+    /// (an error whose message holds a table, such as the GPU placement check's).
+    in_announcement: Vec<String>,
     held: Vec<(Held, String)>,
 }
 
@@ -58,9 +61,14 @@ impl Filter {
             if is_mpich_abort(rest) {
                 return Some(Held::Launcher);
             }
-            return is_announcement(rest).then_some(Held::Announcement);
+            let tag = &line[..line.len() - rest.len()];
+            return self.announcement(tag, rest).then_some(Held::Announcement);
         }
         let t = line.trim_end();
+        if self.in_announcement.iter().any(|a| a.is_empty()) {
+            self.announcement("", t);
+            return Some(Held::Announcement);
+        }
         if is_rule(t, '-') || is_rule(t, '=') {
             self.in_block = !self.in_block;
             return Some(Held::Launcher);
@@ -69,7 +77,7 @@ impl Filter {
             return Some(Held::Launcher);
         }
         // Untagged: a rank run with --no-tag-output may announce its failure too.
-        if is_announcement(t) {
+        if self.announcement("", t) {
             return Some(Held::Announcement);
         }
         let launcher_says = is_host_pid_line(t)
@@ -80,6 +88,27 @@ impl Filter {
             || t.starts_with("slurmstepd: ")
             || t.starts_with("YOUR APPLICATION TERMINATED WITH THE EXIT STRING");
         launcher_says.then_some(Held::Launcher)
+    }
+
+    /// Whether `rest`, a line of the rank tagged `tag`, belongs to an announcement: one
+    /// line, or the first or a later line of one that spans several (it ends with the
+    /// line that ends "; stopping the gang").
+    fn announcement(&mut self, tag: &str, rest: &str) -> bool {
+        let ends = rest.trim_end().ends_with("; stopping the gang");
+        if let Some(i) = self.in_announcement.iter().position(|a| a == tag) {
+            if ends {
+                self.in_announcement.swap_remove(i);
+            }
+            return true;
+        }
+        if is_announcement(rest) {
+            return true;
+        }
+        if is_announcement_start(rest) && !ends {
+            self.in_announcement.push(tag.to_string());
+            return true;
+        }
+        false
     }
 
     /// The held lines to print at the end of the attempt: none of mpirun's when a rank's
@@ -214,6 +243,14 @@ fn is_announcement(s: &str) -> bool {
     (rest.starts_with(" failed: ") || rest.starts_with(" panicked: ")) && s.ends_with("; stopping the gang")
 }
 
+/// The first line of a rank's announcement of its own failure (the whole announcement when
+/// it ends with "; stopping the gang").
+fn is_announcement_start(s: &str) -> bool {
+    let Some(rest) = s.strip_prefix("gang: rank ") else { return false };
+    let rest = rest.trim_start_matches(|c: char| c.is_ascii_digit());
+    rest.starts_with(" failed: ") || rest.starts_with(" panicked: ")
+}
+
 /// A line of one character repeated (Open MPI's and hydra's block rules are 70-80 long).
 fn is_rule(t: &str, c: char) -> bool {
     t.len() >= 20 && t.chars().all(|x| x == c)
@@ -283,10 +320,20 @@ with errorcode 1.
         assert!(!f.show("[rank 1] gang: rank 1 panicked: boom at src/x.rs:3; stopping the gang"));
         assert!(!f.show("[rank 0] gang-rank: data.txt: unknown input format"));
         assert!(!f.show("gang: rank 3 failed: init: mismatch; stopping the gang"));
+        // An announcement of several lines (a table), interleaved with another rank's
+        // output: held whole; the other rank's lines and what follows are shown.
+        assert!(!f.show("[rank 2] gang: rank 2 failed: GPU placement check failed:"));
+        assert!(f.show("[rank 0] epoch 1"));
+        assert!(!f.show("[rank 2]   rank  host  device"));
+        assert!(!f.show("[rank 2]      0  vm    cuda:0; stopping the gang"));
+        assert!(f.show("[rank 2] after"));
+        assert!(!f.show("gang: rank 1 failed: placement:"));
+        assert!(!f.show("     0  vm    cuda:0; stopping the gang"));
+        assert!(f.show("plain output"));
         assert!(f.show("[rank 0] gang: rank 0 failed to say something else"));
         assert!(f.show("[rank 12] thread 'main' panicked at src/x.rs:3:5:"));
         // No record: the announcements are all the user has.
-        assert_eq!(f.release(true, false).len(), 4);
+        assert_eq!(f.release(true, false).len(), 9);
     }
 
     #[test]

@@ -72,8 +72,9 @@ mod cuda {
     /// A rank's training on its GPU: the trainer, and NCCL when the gradients are summed
     /// on the devices (`None`: through host memory and the host communicator).
     pub(crate) struct GpuTraining {
-        pub(crate) trainer: DeviceTrainer,
+        // First: dropped (finalized) while the trainer still holds the device's context.
         pub(crate) nccl: Option<DeviceNccl>,
+        pub(crate) trainer: DeviceTrainer,
     }
 
     impl GpuTraining {
@@ -95,7 +96,9 @@ mod cuda {
     }
 
     pub(crate) fn gpu_error(e: gang_gpu::Error) -> Error {
-        let class = match e {
+        let class = match &e {
+            // Out of device memory: a restart would run out again.
+            gang_gpu::Error::Driver { detail, .. } if detail.contains("OUT_OF_MEMORY") => FailureClass::Usage,
             gang_gpu::Error::Driver { .. } | gang_gpu::Error::Nccl { .. } | gang_gpu::Error::Timeout { .. } => {
                 FailureClass::Transient
             }
@@ -231,14 +234,14 @@ mod cuda {
         }
         let (free, _total) = cuda.memory().map_err(gpu_error)?;
         let dev = Device::Cuda(cuda);
-        // The shard stays resident; the workspace of a step is small beside it.
-        let need = (shard.x.len() + shard.rows) * 4 + local_batch * 4 * 1024;
+        // The shard stays resident, with the model, its optimizer state and a step's workspace.
+        let need = DeviceTrainer::bytes_needed(model, opt, shard.rows, local_batch);
         if need > free {
             return Err(Error::classified(
                 FailureClass::Usage,
                 format!(
-                    "the shard of rank {} ({:.2} GiB with the step's workspace) does not fit the {:.2} GiB free on {}: \
-                     use more ranks, or --device cpu",
+                    "the shard of rank {} ({:.2} GiB with the model and a step's workspace) does not fit the {:.2} GiB \
+                     free on {}: use more ranks, or --device cpu",
                     ctx.rank(),
                     need as f64 / (1u64 << 30) as f64,
                     free as f64 / (1u64 << 30) as f64,
