@@ -61,9 +61,19 @@ pub fn segment_rows(rows: usize) -> usize {
     rows.div_ceil(1024).max(64)
 }
 
+/// Where the shard lives.
+#[derive(Debug)]
+enum ShardData<'s> {
+    /// In device memory: a step's rows are gathered there by a kernel.
+    Resident { x: Buf<f32>, t: Buf<f32> },
+    /// In host memory (it does not fit the device): a step's rows are gathered on the host
+    /// into `xs`/`ts` and copied to the batch buffers.
+    Streamed { x: &'s [f32], t: Vec<f32>, xs: Vec<f32>, ts: Vec<f32> },
+}
+
 /// A model, its optimizer state and a shard on a device, with the workspace of a step.
 #[derive(Debug)]
-pub struct DeviceTrainer {
+pub struct DeviceTrainer<'s> {
     dev: Device,
     template: Model,
     optimizer: Optimizer,
@@ -78,8 +88,7 @@ pub struct DeviceTrainer {
     grad: Buf<f32>,
     m: Option<Buf<f32>>,
     v: Option<Buf<f32>>,
-    x: Buf<f32>,
-    t: Buf<f32>,
+    data: ShardData<'s>,
     rows: Buf<i64>,
     xb: Buf<f32>,
     tb: Buf<f32>,
@@ -131,7 +140,7 @@ fn targets_as_f32(head: &Output, y: Targets<'_>) -> Result<Vec<f32>> {
     }
 }
 
-impl DeviceTrainer {
+impl<'s> DeviceTrainer<'s> {
     /// Puts `model`, `opt` and the shard (`x` row-major `[rows, features]`, targets `y`)
     /// on `dev`, with a workspace for batches of up to `max_rows` rows.
     ///
@@ -143,10 +152,40 @@ impl DeviceTrainer {
         dev: Device,
         model: &Model,
         opt: &OptimizerState,
-        x: &[f32],
+        x: &'s [f32],
         y: Targets<'_>,
         max_rows: usize,
-    ) -> Result<DeviceTrainer> {
+    ) -> Result<DeviceTrainer<'s>> {
+        DeviceTrainer::build(dev, model, opt, x, y, max_rows, true)
+    }
+
+    /// [`new`](Self::new) for a shard that stays in host memory (one larger than the
+    /// device's): each step gathers its rows on the host and copies them to the device.
+    /// The same results as a resident shard, bit for bit; the copy is not overlapped with
+    /// the previous step's compute.
+    ///
+    /// # Errors
+    /// As [`new`](Self::new).
+    pub fn streaming(
+        dev: Device,
+        model: &Model,
+        opt: &OptimizerState,
+        x: &'s [f32],
+        y: Targets<'_>,
+        max_rows: usize,
+    ) -> Result<DeviceTrainer<'s>> {
+        DeviceTrainer::build(dev, model, opt, x, y, max_rows, false)
+    }
+
+    fn build(
+        dev: Device,
+        model: &Model,
+        opt: &OptimizerState,
+        x: &'s [f32],
+        y: Targets<'_>,
+        max_rows: usize,
+        resident: bool,
+    ) -> Result<DeviceTrainer<'s>> {
         let features = model.features();
         if !x.len().is_multiple_of(features) || x.len() / features != y.len() {
             return Err(Error::InvalidArgument(format!(
@@ -183,8 +222,16 @@ impl DeviceTrainer {
             grad: dev.zeros(model.num_params())?,
             m,
             v,
-            x: dev.upload(x)?,
-            t: dev.upload(&t_host)?,
+            data: if resident {
+                ShardData::Resident { x: dev.upload(x)?, t: dev.upload(&t_host)? }
+            } else {
+                ShardData::Streamed {
+                    x,
+                    t: t_host,
+                    xs: Vec::with_capacity(max_rows * features),
+                    ts: Vec::with_capacity(max_rows),
+                }
+            },
             rows: dev.zeros(max_rows)?,
             xb: dev.zeros(max_rows * features)?,
             tb: dev.zeros(max_rows)?,
@@ -212,7 +259,8 @@ impl DeviceTrainer {
     }
 
     /// The device memory [`DeviceTrainer::new`] allocates for `model`, `opt`, a shard of
-    /// `rows` rows and batches of up to `max_rows` rows, in bytes.
+    /// `rows` rows and batches of up to `max_rows` rows, in bytes ([`streaming`](Self::streaming):
+    /// the same with `rows` = 0).
     pub fn bytes_needed(model: &Model, opt: &OptimizerState, rows: usize, max_rows: usize) -> usize {
         let max_rows = max_rows.max(1);
         let layers: Vec<Layer> = model
@@ -415,23 +463,37 @@ impl DeviceTrainer {
                 self.max_rows
             )));
         }
-        self.dev.write(&mut self.rows, 0, &self.row_ids)?;
         let f = self.features;
-        self.dev.launch(Launch::gather_rows(
-            self.x.all(),
-            self.shard_rows,
-            self.rows.all(),
-            n,
-            f,
-            self.xb.all_mut(),
-        )?)?;
-        self.dev.launch(Launch::gather_values(
-            self.t.all(),
-            self.shard_rows,
-            self.rows.all(),
-            n,
-            self.tb.all_mut(),
-        )?)?;
+        match &mut self.data {
+            ShardData::Resident { x, t } => {
+                self.dev.write(&mut self.rows, 0, &self.row_ids)?;
+                self.dev.launch(Launch::gather_rows(
+                    x.all(),
+                    self.shard_rows,
+                    self.rows.all(),
+                    n,
+                    f,
+                    self.xb.all_mut(),
+                )?)?;
+                self.dev.launch(Launch::gather_values(
+                    t.all(),
+                    self.shard_rows,
+                    self.rows.all(),
+                    n,
+                    self.tb.all_mut(),
+                )?)?;
+            }
+            ShardData::Streamed { x, t, xs, ts } => {
+                xs.clear();
+                ts.clear();
+                for r in ranges {
+                    xs.extend_from_slice(&x[r.start * f..r.end * f]);
+                    ts.extend_from_slice(&t[r.clone()]);
+                }
+                self.dev.write(&mut self.xb, 0, xs)?;
+                self.dev.write(&mut self.tb, 0, ts)?;
+            }
+        }
         self.counted += n as u64;
         Ok(n)
     }

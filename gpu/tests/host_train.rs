@@ -209,3 +209,33 @@ fn bad_rows_labels_and_lengths_are_errors_not_out_of_bounds_accesses() {
     let e = dev.launch(l).unwrap_err().to_string();
     assert!(e.contains("row 9"), "{e}");
 }
+
+#[test]
+fn a_streamed_shard_gives_the_resident_shard_s_bits() {
+    let kind = ModelKind::Mlp { hidden: vec![16], outputs: Output::Softmax { classes: 3 } };
+    let d = data(600, 7, 3, 5);
+    let run = |streamed: bool| {
+        let model = Model::new(kind.clone(), d.features, 2).unwrap();
+        let opt = OptimizerState::new(Optimizer::adam(0.01), model.num_params()).unwrap();
+        let y = Targets::Class(&d.class);
+        let mut t = if streamed {
+            DeviceTrainer::streaming(Device::Host, &model, &opt, &d.x, y, 200).unwrap()
+        } else {
+            DeviceTrainer::new(Device::Host, &model, &opt, &d.x, y, 200).unwrap()
+        };
+        for s in 0..8usize {
+            let a = (s * 53) % 400;
+            t.loss_and_grad_rows(&[a..a + 120, 500..580]).unwrap();
+            t.step(1.0 / 200.0).unwrap();
+        }
+        t.loss_rows(&[0..600]).unwrap();
+        let stats = t.take_stats().unwrap();
+        (t.model().unwrap().params().iter().map(|p| p.to_bits()).collect::<Vec<_>>(), stats.loss_sum.to_bits())
+    };
+    assert_eq!(run(true), run(false));
+    // Rows outside the shard are refused there too.
+    let model = Model::new(kind, d.features, 2).unwrap();
+    let opt = OptimizerState::new(Optimizer::sgd(0.1), model.num_params()).unwrap();
+    let mut t = DeviceTrainer::streaming(Device::Host, &model, &opt, &d.x, Targets::Class(&d.class), 100).unwrap();
+    assert!(t.loss_and_grad_rows(&[590..610]).unwrap_err().to_string().contains("outside the shard"));
+}

@@ -145,6 +145,11 @@ fn main() {
             k
         });
     }
+    section(&mut c, &json_path, "streamed", || {
+        let mut k = Check { results: BTreeMap::new(), failed: Vec::new() };
+        streamed_shard(&mut k, &shard, epochs, batch, gpu);
+        k
+    });
     section(&mut c, &json_path, "sharing", || {
         let mut k = Check { results: BTreeMap::new(), failed: Vec::new() };
         sharing_ranks(&mut k, &shard, batch, gpu);
@@ -542,6 +547,32 @@ fn training(
     } else {
         c.results.insert(format!("{name}: timing"), detail);
     }
+}
+
+/// The shard kept in host memory (as for one larger than the GPU), its batches copied at
+/// every step: the same bits as the resident shard; timed.
+fn streamed_shard(c: &mut Check, shard: &Shard, epochs: u64, batch: usize, device: DeviceChoice) {
+    let kind = ModelKind::Mlp { hidden: vec![64], outputs: Output::Binary };
+    let resident = train_once(shard, &kind, epochs, batch, device, 1).remove(0);
+    std::env::set_var("GANG_GPU_STREAM_SHARD", "1");
+    let streamed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        train_once(shard, &kind, epochs, batch, device, 1).remove(0)
+    }));
+    std::env::remove_var("GANG_GPU_STREAM_SHARD");
+    let streamed = streamed.unwrap_or_else(|p| std::panic::resume_unwind(p));
+    let same = resident.params.iter().map(|p| p.to_bits()).eq(streamed.params.iter().map(|p| p.to_bits()));
+    c.record(
+        "mlp64: streamed shard = resident shard",
+        same,
+        json!({ "identical": same, "streamed_epoch_seconds": streamed.epoch_seconds,
+                "resident_epoch_seconds": resident.epoch_seconds }),
+        format!(
+            "mlp64 with the shard in host memory: {} bits as resident; epochs {:?} s against {:?} s",
+            if same { "the same" } else { "DIFFERENT" },
+            streamed.epoch_seconds.iter().map(|s| (s * 1000.0).round() / 1000.0).collect::<Vec<_>>(),
+            resident.epoch_seconds.iter().map(|s| (s * 1000.0).round() / 1000.0).collect::<Vec<_>>()
+        ),
+    );
 }
 
 fn sharing_ranks(c: &mut Check, shard: &Shard, batch: usize, device: DeviceChoice) {

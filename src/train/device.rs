@@ -71,13 +71,13 @@ mod cuda {
 
     /// A rank's training on its GPU: the trainer, and NCCL when the gradients are summed
     /// on the devices (`None`: through host memory and the host communicator).
-    pub(crate) struct GpuTraining {
+    pub(crate) struct GpuTraining<'s> {
         // First: dropped (finalized) while the trainer still holds the device's context.
         pub(crate) nccl: Option<DeviceNccl>,
-        pub(crate) trainer: DeviceTrainer,
+        pub(crate) trainer: DeviceTrainer<'s>,
     }
 
-    impl GpuTraining {
+    impl GpuTraining<'_> {
         /// Sums the gradient over the gang: NCCL on the device, or host staging.
         pub(crate) fn allreduce(&mut self, ctx: &Context, host: &mut [f32]) -> Result<()> {
             if ctx.world() == 1 {
@@ -137,6 +137,12 @@ mod cuda {
         }
     }
 
+    /// `GANG_GPU_STREAM_SHARD=1`: keep the shard in host memory even where it would fit the
+    /// device (the GPU check compares both ways).
+    fn stream_forced() -> bool {
+        std::env::var_os("GANG_GPU_STREAM_SHARD").is_some_and(|v| v == "1")
+    }
+
     /// The deadline of one NCCL operation: `GANG_NCCL_TIMEOUT` seconds, default 120.
     fn nccl_timeout() -> Duration {
         let s = std::env::var("GANG_NCCL_TIMEOUT").ok().and_then(|v| v.parse::<f64>().ok()).filter(|s| *s > 0.0);
@@ -145,7 +151,7 @@ mod cuda {
 
     /// The model and the optimizer state on the device, as the CPU's (for a checkpoint,
     /// the end-of-epoch check and the report).
-    pub(crate) fn read_back(t: &GpuTraining) -> Result<(Model, OptimizerState)> {
+    pub(crate) fn read_back(t: &GpuTraining<'_>) -> Result<(Model, OptimizerState)> {
         Ok((t.trainer.model().map_err(gpu_error)?, t.trainer.optimizer_state().map_err(gpu_error)?))
     }
 
@@ -154,14 +160,14 @@ mod cuda {
     /// Collective: the ranks agree on the device, check the placement (two ranks on one
     /// GPU fail the gang with a table of the plan, unless sharing was allowed) and choose
     /// how gradients travel (NCCL, or host staging), all before the first step.
-    pub(crate) fn open(
+    pub(crate) fn open<'s>(
         ctx: &Context,
         cfg: &TrainConfig,
         model: &Model,
         opt: &OptimizerState,
-        shard: &Shard,
+        shard: &'s Shard,
         local_batch: usize,
-    ) -> Result<Option<GpuTraining>> {
+    ) -> Result<Option<GpuTraining<'s>>> {
         let choice = cfg.device;
         if choice == DeviceChoice::Cpu {
             return Ok(None);
@@ -172,8 +178,13 @@ mod cuda {
                     "gang train: the CUDA kernels' host build on every rank (the GPU training path without a GPU; slow)"
                 );
             }
-            let trainer = DeviceTrainer::new(Device::Host, model, opt, &shard.x, shard.labels.targets(), local_batch)
-                .map_err(gpu_error)?;
+            let (x, y) = (&shard.x, shard.labels.targets());
+            let trainer = if stream_forced() {
+                DeviceTrainer::streaming(Device::Host, model, opt, x, y, local_batch)
+            } else {
+                DeviceTrainer::new(Device::Host, model, opt, x, y, local_batch)
+            }
+            .map_err(gpu_error)?;
             return Ok(Some(GpuTraining { trainer, nccl: None }));
         }
         let found = binding(ctx, cfg.gpu_discovery_script.as_deref());
@@ -234,20 +245,36 @@ mod cuda {
         }
         let (free, _total) = cuda.memory().map_err(gpu_error)?;
         let dev = Device::Cuda(cuda);
-        // The shard stays resident, with the model, its optimizer state and a step's workspace.
+        // The shard stays resident, with the model, its optimizer state and a step's
+        // workspace; where it does not fit, it stays in host memory and each step's rows
+        // are copied (the same results, slower).
         let need = DeviceTrainer::bytes_needed(model, opt, shard.rows, local_batch);
-        if need > free {
+        let need_streamed = DeviceTrainer::bytes_needed(model, opt, 0, local_batch);
+        let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
+        let forced = stream_forced();
+        let resident = need <= free && !forced;
+        if !resident && need_streamed > free {
             return Err(Error::classified(
                 FailureClass::Usage,
                 format!(
-                    "the shard of rank {} ({:.2} GiB with the model and a step's workspace) does not fit the {:.2} GiB \
-                     free on {}: use more ranks, or --device cpu",
+                    "rank {}'s model and a step's workspace ({:.2} GiB) do not fit the {:.2} GiB free on {}: lower \
+                     the batch size, or --device cpu",
                     ctx.rank(),
-                    need as f64 / (1u64 << 30) as f64,
-                    free as f64 / (1u64 << 30) as f64,
+                    gib(need_streamed),
+                    gib(free),
                     dev.describe()
                 ),
             ));
+        }
+        if !resident && !forced {
+            eprintln!(
+                "gang train: rank {}'s shard ({:.2} GiB) does not fit the {:.2} GiB free on {}: its batches are \
+                 copied from host memory at every step (more ranks keep the shards on the GPUs)",
+                ctx.rank(),
+                gib(need - need_streamed),
+                gib(free),
+                dev.describe()
+            );
         }
         let nccl = device_comm(ctx, cfg.device_comm, &dev, &uuid)?;
         if ctx.rank() == 0 {
@@ -257,8 +284,12 @@ mod cuda {
                 if nccl.is_some() { "summed by NCCL" } else { "summed through host memory and the host communicator" }
             );
         }
-        let trainer =
-            DeviceTrainer::new(dev, model, opt, &shard.x, shard.labels.targets(), local_batch).map_err(gpu_error)?;
+        let trainer = if resident {
+            DeviceTrainer::new(dev, model, opt, &shard.x, shard.labels.targets(), local_batch)
+        } else {
+            DeviceTrainer::streaming(dev, model, opt, &shard.x, shard.labels.targets(), local_batch)
+        }
+        .map_err(gpu_error)?;
         Ok(Some(GpuTraining { trainer, nccl }))
     }
 
