@@ -48,21 +48,26 @@ def train(kind, x, y, epochs, batch, lr):
     return {"epoch_seconds": epoch_seconds, "final_loss": final, "steps_per_epoch": steps}
 
 
-def copy(nbytes, iters=50):
-    """A device-to-device copy of nbytes: the limit of an out-of-place allreduce at world 1."""
-    src = torch.ones(nbytes // 4, device="cuda")
-    dst = torch.empty_like(src)
+def timed(f, iters=50):
+    """Seconds per call of f, after 5 calls of warm-up, the GPU synchronized around."""
     for _ in range(5):
-        dst.copy_(src)
+        f()
     torch.cuda.synchronize()
     t = time.perf_counter()
     for _ in range(iters):
-        dst.copy_(src)
+        f()
     torch.cuda.synchronize()
-    return {"seconds": (time.perf_counter() - t) / iters}
+    return (time.perf_counter() - t) / iters
 
 
-def allreduce(nbytes, iters=50):
+def copy(nbytes):
+    """A device-to-device copy of nbytes: the limit of an out-of-place allreduce at world 1."""
+    src = torch.ones(nbytes // 4, device="cuda")
+    dst = torch.empty_like(src)
+    return {"seconds": timed(lambda: dst.copy_(src))}
+
+
+def allreduce(nbytes):
     """torch.distributed's allreduce at world 1 (in place: NCCL returns without a copy, so
     this is the call's overhead)."""
     import torch.distributed as dist
@@ -71,14 +76,7 @@ def allreduce(nbytes, iters=50):
     os.environ.setdefault("MASTER_PORT", "29517")
     dist.init_process_group("nccl", rank=0, world_size=1, device_id=torch.device("cuda:0"))
     buf = torch.ones(nbytes // 4, device="cuda")
-    for _ in range(5):
-        dist.all_reduce(buf)
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(iters):
-        dist.all_reduce(buf)
-    torch.cuda.synchronize()
-    s = (time.perf_counter() - t) / iters
+    s = timed(lambda: dist.all_reduce(buf))
     dist.destroy_process_group()
     return {"seconds": s, "nccl": ".".join(map(str, torch.cuda.nccl.version()))}
 

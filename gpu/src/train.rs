@@ -55,6 +55,16 @@ impl Layer {
     }
 }
 
+/// The dense layers of a model, input side first, from its tensor layout.
+fn layers_of(model: &Model) -> Vec<Layer> {
+    model
+        .tensors()
+        .iter()
+        .filter(|t| t.name.ends_with(".weight"))
+        .map(|t| Layer { out: t.shape[0], inp: t.shape[1], w: t.offset })
+        .collect()
+}
+
 /// Segment length of the two-pass reductions for a batch of `rows`: at least 64 rows, at
 /// most 1024 segments. A function of the batch size only, so results are deterministic.
 pub fn segment_rows(rows: usize) -> usize {
@@ -200,12 +210,7 @@ impl<'s> DeviceTrainer<'s> {
         let shard_rows = y.len();
         let max_rows = max_rows.max(1);
         let head = model.output().clone();
-        let tensors = model.tensors();
-        let layers: Vec<Layer> = tensors
-            .iter()
-            .filter(|t| t.name.ends_with(".weight"))
-            .map(|t| Layer { out: t.shape[0], inp: t.shape[1], w: t.offset })
-            .collect();
+        let layers = layers_of(model);
         let t_host = targets_as_f32(&head, y)?;
         let seg = segment_rows(max_rows);
         let segments = max_rows.div_ceil(seg);
@@ -263,12 +268,7 @@ impl<'s> DeviceTrainer<'s> {
     /// the same with `rows` = 0).
     pub fn bytes_needed(model: &Model, opt: &OptimizerState, rows: usize, max_rows: usize) -> usize {
         let max_rows = max_rows.max(1);
-        let layers: Vec<Layer> = model
-            .tensors()
-            .iter()
-            .filter(|t| t.name.ends_with(".weight"))
-            .map(|t| Layer { out: t.shape[0], inp: t.shape[1], w: t.offset })
-            .collect();
+        let layers = layers_of(model);
         let widest = layers.iter().map(|l| l.out.max(l.inp)).max().unwrap_or(1);
         let longest = layers.iter().map(Layer::len).max().unwrap_or(1);
         let segments = max_rows.div_ceil(segment_rows(max_rows));
