@@ -802,16 +802,6 @@ fn cuda_address<T>(d: &CudaDevice, b: &Buf<T>, off: usize) -> Result<u64> {
     }
 }
 
-impl Buf<f32> {
-    /// The host vector of a host buffer (tests).
-    pub fn host(&self) -> Option<&[f32]> {
-        match self {
-            Buf::Host(v) => Some(v),
-            Buf::Cuda(_) => None,
-        }
-    }
-}
-
 /// Raw host pointers of a launch's arguments, for the host executor.
 pub(crate) enum HostArg {
     Ptr(*const u8),
@@ -826,12 +816,10 @@ impl Launch<'_> {
     pub(crate) fn host_args(&mut self) -> Result<Vec<HostArg>> {
         // The gathers: every row index must lie inside the source.
         if matches!(self.name, "gang_gather_rows" | "gang_gather_values") {
+            // The source's length, and the floats per row (`f` of gather_rows, else 1).
             let (src_len, f) = match (&self.args[0], &self.args[3]) {
-                (Arg::F32(s, need), Arg::Int(f)) if self.name == "gang_gather_rows" => (*need, (*f).max(1) as usize),
-                (Arg::F32(s, need), _) => {
-                    let _ = s;
-                    (*need, 1)
-                }
+                (Arg::F32(_, need), Arg::Int(f)) => (*need, (*f).max(1) as usize),
+                (Arg::F32(_, need), _) => (*need, 1),
                 _ => unreachable!("built by the constructors"),
             };
             if let Arg::I64(rows, n) = &self.args[1] {
