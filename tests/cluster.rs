@@ -272,7 +272,7 @@ fn a_rank_sigstopped_on_the_second_node_is_found_stalled_and_the_gang_restarted(
     let reference = clean_model(&sc, &data);
     let runs = sc.path("runs-stop");
     let (model, ckpt) = (sc.path("stop.safetensors"), sc.path("stop-ckpt"));
-    let mut args = vec!["train", "-n", "4", "--max-restarts", "1", "--restart-backoff", "0", "--stall-timeout", "3"];
+    let mut args = vec!["train", "-n", "4", "--max-restarts", "1", "--restart-backoff", "0", "--stall-timeout", "6"];
     args.extend(train_args(&data, &model, &ckpt));
     // Slow the steps down so that the stop lands in the middle of training.
     let mut cmd = c.command(gang_bin(), &runs);

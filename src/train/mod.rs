@@ -508,7 +508,7 @@ pub fn train(
             }
             pos.step += 1;
             pos.step_in_epoch += 1;
-            ctx.progress(pos.step, total_steps, "train step");
+            ctx.progress(pos.step, total_steps, "train");
             if pos.step_in_epoch == steps_per_epoch {
                 pos.epoch += 1;
                 pos.step_in_epoch = 0;
