@@ -395,7 +395,7 @@ pub fn parquet_properties(
 #[cfg(feature = "parquet")]
 pub const PARQUET_ROW_GROUP_ROWS: usize = 1 << 20;
 
-/// Parquet with one arrow-rs column writer per column, fed in parallel.
+/// Parquet with one column writer per column, fed in parallel.
 ///
 /// A batch is cut into its leaf columns; each column writer encodes and compresses its
 /// pages on its own, so the columns of a batch are spread over the threads the rank may use
@@ -403,18 +403,43 @@ pub const PARQUET_ROW_GROUP_ROWS: usize = 1 << 20;
 /// in line, with no thread started). When a row group is full its column chunks are closed
 /// (in parallel too) and appended to the file in column order, so the file is the same
 /// whatever the number of threads.
+///
+/// Floating-point columns of a flat schema (the features of every map and training set)
+/// skip arrow-rs's Arrow writer: it gathers every value through a list of indices of the
+/// non-null values, eight bytes per value, even for a column without nulls. Their arrays
+/// are kept until the row group closes and then written from their contiguous values by a
+/// Parquet column writer ([`encode_floats`]): the same pages, statistics and page index.
 #[cfg(feature = "parquet")]
 struct ParquetSink {
     path: PathBuf,
     file: parquet::file::writer::SerializedFileWriter<ChecksumWriter<File>>,
     factory: parquet::arrow::arrow_writer::ArrowRowGroupWriterFactory,
     schema: SchemaRef,
-    /// The column writers of the row group being written, with its rows so far.
-    group: Option<(Vec<parquet::arrow::arrow_writer::ArrowColumnWriter>, usize)>,
+    /// Which leaf columns take the contiguous float path (only in a flat schema, where leaf
+    /// `i` is field `i`).
+    floats: Vec<bool>,
+    /// The columns of the row group being written, with its rows so far.
+    group: Option<(Vec<GroupColumn>, usize)>,
     groups_written: usize,
     /// Rows per row group ([`PARQUET_ROW_GROUP_ROWS`]; smaller in tests).
     group_rows: usize,
     threads: usize,
+}
+
+/// One column of the row group being written.
+#[cfg(feature = "parquet")]
+enum GroupColumn {
+    /// Encoded batch by batch by arrow-rs.
+    Arrow(Box<parquet::arrow::arrow_writer::ArrowColumnWriter>),
+    /// A float column's arrays, encoded when the row group closes.
+    Floats(Vec<arrow_array::ArrayRef>),
+}
+
+/// A closed column chunk, ready to be appended to its row group.
+#[cfg(feature = "parquet")]
+enum ClosedColumn {
+    Arrow(parquet::arrow::arrow_writer::ArrowColumnChunk),
+    Encoded(bytes::Bytes, parquet::column::writer::ColumnCloseResult),
 }
 
 #[cfg(feature = "parquet")]
@@ -427,11 +452,18 @@ impl ParquetSink {
         let (file, factory) = parquet::arrow::ArrowWriter::try_new(file, schema.clone(), Some(props))
             .and_then(|w| w.into_serialized_writer())
             .map_err(|e| parquet_err(path, e))?;
+        let flat = file.schema_descr().num_columns() == schema.fields().len();
+        let floats = schema
+            .fields()
+            .iter()
+            .map(|f| flat && matches!(f.data_type(), arrow_schema::DataType::Float32 | arrow_schema::DataType::Float64))
+            .collect();
         Ok(ParquetSink {
             path: path.to_path_buf(),
             file,
             factory,
             schema: schema.clone(),
+            floats,
             group: None,
             groups_written: 0,
             group_rows: PARQUET_ROW_GROUP_ROWS,
@@ -445,14 +477,32 @@ impl ParquetSink {
         let path = &self.path;
         if self.group.is_none() {
             let writers = self.factory.create_column_writers(self.groups_written).map_err(|e| parquet_err(path, e))?;
-            self.group = Some((writers, 0));
+            let columns = writers
+                .into_iter()
+                .enumerate()
+                .map(|(i, w)| match self.floats.get(i) {
+                    Some(true) => GroupColumn::Floats(Vec::new()),
+                    _ => GroupColumn::Arrow(Box::new(w)),
+                })
+                .collect();
+            self.group = Some((columns, 0));
         }
-        let (writers, rows) = self.group.as_mut().expect("a row group");
-        let mut leaves = Vec::with_capacity(writers.len());
-        for (field, column) in self.schema.fields().iter().zip(batch.columns()) {
-            leaves.extend(compute_leaves(field, column).map_err(|e| parquet_err(path, e))?);
+        let (columns, rows) = self.group.as_mut().expect("a row group");
+        let mut leaves = Vec::with_capacity(columns.len());
+        for (i, (field, column)) in self.schema.fields().iter().zip(batch.columns()).enumerate() {
+            if self.floats.get(i) == Some(&true) {
+                leaves.push(None);
+            } else {
+                leaves.extend(compute_leaves(field, column).map_err(|e| parquet_err(path, e))?.into_iter().map(Some));
+            }
         }
-        let mut jobs: Vec<_> = writers.iter_mut().zip(leaves).collect();
+        let mut jobs = Vec::with_capacity(columns.len());
+        for (i, (c, leaf)) in columns.iter_mut().zip(leaves).enumerate() {
+            match c {
+                GroupColumn::Floats(arrays) => arrays.push(batch.column(i).clone()),
+                GroupColumn::Arrow(w) => jobs.push((w, leaf.expect("a leaf of an Arrow-written column"))),
+            }
+        }
         in_parallel(&mut jobs, self.threads, |(w, leaf)| w.write(leaf)).map_err(|e| parquet_err(path, e))?;
         *rows += batch.num_rows();
         Ok(())
@@ -460,22 +510,138 @@ impl ParquetSink {
 
     /// Closes the column chunks of the current row group and appends them to the file.
     fn flush_group(&mut self) -> Result<()> {
-        let Some((writers, _)) = self.group.take() else { return Ok(()) };
+        let Some((columns, _)) = self.group.take() else { return Ok(()) };
         let path = &self.path;
-        let mut slots: Vec<_> = writers.into_iter().map(|w| (Some(w), None)).collect();
-        in_parallel(&mut slots, self.threads, |(w, chunk)| {
-            *chunk = Some(w.take().expect("a column writer").close()?);
+        if self.threads == 1 {
+            // In line, float columns are encoded straight into the file, with no copy
+            // through memory.
+            let mut rg = self.file.next_row_group().map_err(|e| parquet_err(path, e))?;
+            for c in columns {
+                match c {
+                    GroupColumn::Arrow(w) => w.close().and_then(|chunk| chunk.append_to_row_group(&mut rg)),
+                    GroupColumn::Floats(arrays) => rg.next_column().and_then(|col| {
+                        let mut col = col.ok_or_else(|| {
+                            parquet::errors::ParquetError::General("more columns than the schema holds".into())
+                        })?;
+                        write_floats(col.untyped(), &arrays)?;
+                        col.close()
+                    }),
+                }
+                .map_err(|e| parquet_err(path, e))?;
+            }
+            rg.close().map_err(|e| parquet_err(path, e))?;
+            self.groups_written += 1;
+            return Ok(());
+        }
+        let descr = self.file.schema_descr().clone();
+        let props = self.file.properties().clone();
+        let mut slots: Vec<_> = columns.into_iter().enumerate().map(|(i, c)| (i, Some(c), None)).collect();
+        in_parallel(&mut slots, self.threads, |(i, c, closed)| {
+            *closed = Some(match c.take().expect("a column") {
+                GroupColumn::Arrow(w) => ClosedColumn::Arrow(w.close()?),
+                GroupColumn::Floats(arrays) => {
+                    let (bytes, close) = encode_floats(descr.column(*i), &props, &arrays)?;
+                    ClosedColumn::Encoded(bytes, close)
+                }
+            });
             Ok(())
         })
         .map_err(|e| parquet_err(path, e))?;
         let mut rg = self.file.next_row_group().map_err(|e| parquet_err(path, e))?;
-        for (_, chunk) in slots {
-            chunk.expect("a closed column chunk").append_to_row_group(&mut rg).map_err(|e| parquet_err(path, e))?;
+        for (_, _, closed) in slots {
+            match closed.expect("a closed column chunk") {
+                ClosedColumn::Arrow(chunk) => chunk.append_to_row_group(&mut rg),
+                ClosedColumn::Encoded(bytes, close) => rg.append_column(&bytes, close),
+            }
+            .map_err(|e| parquet_err(path, e))?;
         }
         rg.close().map_err(|e| parquet_err(path, e))?;
         self.groups_written += 1;
         Ok(())
     }
+}
+
+/// Encodes one float column chunk from its arrays into memory (on a thread of its own; see
+/// [`write_floats`]).
+#[cfg(feature = "parquet")]
+fn encode_floats(
+    descr: parquet::schema::types::ColumnDescPtr,
+    props: &parquet::file::properties::WriterPropertiesPtr,
+    arrays: &[arrow_array::ArrayRef],
+) -> parquet::errors::Result<(bytes::Bytes, parquet::column::writer::ColumnCloseResult)> {
+    use parquet::file::writer::{SerializedPageWriter, TrackedWrite};
+    // Room for the values and their page headers: the buffer never grows by copying.
+    let values: usize = arrays.iter().map(|a| a.get_buffer_memory_size()).sum();
+    let mut sink = TrackedWrite::new(Vec::with_capacity(values + values / 16 + 4096));
+    let close = {
+        let pages = Box::new(SerializedPageWriter::new(&mut sink));
+        let mut writer = parquet::column::writer::get_column_writer(descr, props.clone(), pages);
+        write_floats(&mut writer, arrays)?;
+        writer.close()?
+    };
+    Ok((bytes::Bytes::from(sink.into_inner()?), close))
+}
+
+/// Writes a float column's arrays (Float32 or Float64, as the column's physical type says)
+/// to its column writer: every value straight from the array's contiguous buffer; for an
+/// array with nulls, its valid values and definition levels.
+#[cfg(feature = "parquet")]
+fn write_floats(
+    writer: &mut parquet::column::writer::ColumnWriter<'_>,
+    arrays: &[arrow_array::ArrayRef],
+) -> parquet::errors::Result<()> {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Float32Type, Float64Type};
+    use arrow_array::Array;
+    use parquet::column::writer::{ColumnWriter, ColumnWriterImpl};
+    use parquet::data_type::DataType as ParquetType;
+
+    /// Writes `values` (with `nulls`) to `w`; `present` holds definition levels of 1.
+    fn put<T: ParquetType>(
+        w: &mut ColumnWriterImpl<'_, T>,
+        values: &[T::T],
+        nulls: Option<&arrow_buffer::NullBuffer>,
+        present: &[i16],
+    ) -> parquet::errors::Result<()>
+    where
+        T::T: Copy,
+    {
+        let optional = w.get_descriptor().max_def_level() > 0;
+        match nulls.filter(|n| n.null_count() > 0) {
+            None if optional => w.write_batch(values, Some(&present[..values.len()]), None).map(|_| ()),
+            None => w.write_batch(values, None, None).map(|_| ()),
+            Some(n) => {
+                let levels: Vec<i16> = n.iter().map(i16::from).collect();
+                let valid: Vec<T::T> = n.valid_indices().map(|i| values[i]).collect();
+                w.write_batch(&valid, Some(&levels), None).map(|_| ())
+            }
+        }
+    }
+
+    let longest = arrays.iter().map(|a| a.len()).max().unwrap_or(0);
+    let present = vec![1i16; longest];
+    for a in arrays {
+        match writer {
+            ColumnWriter::FloatColumnWriter(w) => {
+                let a = a.as_primitive_opt::<Float32Type>().ok_or_else(|| not_float(a))?;
+                put(w, a.values(), a.nulls(), &present)?;
+            }
+            ColumnWriter::DoubleColumnWriter(w) => {
+                let a = a.as_primitive_opt::<Float64Type>().ok_or_else(|| not_float(a))?;
+                put(w, a.values(), a.nulls(), &present)?;
+            }
+            _ => return Err(not_float(a)),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(feature = "parquet")]
+fn not_float(a: &arrow_array::ArrayRef) -> parquet::errors::ParquetError {
+    parquet::errors::ParquetError::General(format!(
+        "an array of type {} where the column's physical type is FLOAT or DOUBLE",
+        a.data_type()
+    ))
 }
 
 /// Threads a sink may encode with: the cores this process may run on.
@@ -697,6 +863,92 @@ mod tests {
             assert_eq!(arrow_select::concat::concat_batches(&b.schema(), &read).unwrap(), b);
         }
         assert!(files.windows(2).all(|w| w[0] == w[1]), "the bytes depend on the threads");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    #[cfg(feature = "parquet")]
+    fn float_columns_written_from_their_values_give_arrow_rs_own_file() {
+        use arrow_array::{Float32Array, Int8Array};
+        let dir = std::env::temp_dir().join(format!("gang-writer-floats-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let n = 25_000usize;
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("a", DataType::Float32, true),
+            Field::new("b", DataType::Float32, true),
+            Field::new("c", DataType::Float64, false),
+            Field::new("d", DataType::Float64, true),
+            Field::new("y", DataType::Int8, true),
+        ]));
+        let f = |i: usize| ((i * 7919) % 1000) as f32 * 0.25 - 100.0;
+        let b = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                // No nulls, NaN and infinities among the values.
+                Arc::new(Float32Array::from_iter_values((0..n).map(|i| match i % 5000 {
+                    17 => f32::NAN,
+                    18 => f32::INFINITY,
+                    19 => f32::NEG_INFINITY,
+                    _ => f(i),
+                }))),
+                // Every third value null.
+                Arc::new(Float32Array::from_iter((0..n).map(|i| (i % 3 != 0).then(|| f(i))))),
+                Arc::new(Float64Array::from_iter_values((0..n).map(|i| f64::from(f(i)) * 1e-3))),
+                // Null from row 20,000 on: the last batch holds nulls only.
+                Arc::new(Float64Array::from_iter((0..n).map(|i| (i < 20_000).then(|| f64::from(f(i)))))),
+                Arc::new(Int8Array::from_iter_values((0..n).map(|i| (i % 2) as i8))),
+            ],
+        )
+        .unwrap();
+        let cuts = [(0, 7_000), (7_000, 9_000), (16_000, 4_000), (20_000, 5_000)];
+        let ours = dir.join("ours.parquet");
+        let mut files = Vec::new();
+        for threads in [1, 3] {
+            let mut sink = ParquetSink::create(&ours, &schema, ParquetCompression::Snappy).unwrap();
+            assert_eq!(sink.floats, vec![true, true, true, true, false]);
+            sink.threads = threads;
+            let mut sink: Box<dyn BatchSink> = Box::new(sink);
+            for (off, len) in cuts {
+                sink.write(&b.slice(off, len)).unwrap();
+            }
+            sink.finish().unwrap();
+            files.push(std::fs::read(&ours).unwrap());
+        }
+        // arrow-rs's ArrowWriter, with the same properties and the same batches.
+        let theirs = dir.join("theirs.parquet");
+        let props = parquet_properties(&theirs, &schema, ParquetCompression::Snappy).unwrap();
+        let mut w =
+            parquet::arrow::ArrowWriter::try_new(File::create(&theirs).unwrap(), schema.clone(), Some(props)).unwrap();
+        for (off, len) in cuts {
+            w.write(&b.slice(off, len)).unwrap();
+        }
+        w.close().unwrap();
+        let theirs = std::fs::read(&theirs).unwrap();
+        assert!(files[0] == theirs, "in line: not the bytes arrow-rs writes");
+        assert!(files[1] == theirs, "on 3 threads: not the bytes arrow-rs writes");
+        let read: Vec<RecordBatch> =
+            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(File::open(&ours).unwrap())
+                .unwrap()
+                .build()
+                .unwrap()
+                .map(|r| r.unwrap())
+                .collect();
+        let read = arrow_select::concat::concat_batches(&schema, &read).unwrap();
+        // Same nulls, and the same bits in every valid slot (NaN != NaN).
+        let bits = |a: &arrow_array::ArrayRef| -> Vec<Option<u64>> {
+            use arrow_array::cast::AsArray;
+            use arrow_array::types::{Float32Type, Float64Type, Int8Type};
+            match a.data_type() {
+                DataType::Float32 => {
+                    a.as_primitive::<Float32Type>().iter().map(|v| v.map(|v| v.to_bits().into())).collect()
+                }
+                DataType::Float64 => a.as_primitive::<Float64Type>().iter().map(|v| v.map(f64::to_bits)).collect(),
+                _ => a.as_primitive::<Int8Type>().iter().map(|v| v.map(|v| v as u64)).collect(),
+            }
+        };
+        for (x, y) in read.columns().iter().zip(b.columns()) {
+            assert_eq!(bits(x), bits(y));
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
