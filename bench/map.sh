@@ -81,7 +81,7 @@ m = load(base)
 def ratios(a, b):
     r = [x / y for x, y in zip(a, b)]
     return min(r), statistics.median(r)
-print("| figure | ranks | gang (best / median) | against | ratio best / median | target |")
+print("| figure | ranks | gang (best / median) | against | ratio min / median of the rounds | target |")
 print("|---|---:|---:|---|---:|---|")
 for n in (1, 2):
     for what, g, p in (("map stage", "map-gang", "map-peer"), ("whole command", "map-gang-whole", "map-peer-whole")):
