@@ -7,7 +7,7 @@ mod data_support;
 mod python;
 
 use arrow_array::types::{Float32Type, Float64Type, Int64Type};
-use common::{assert_success, gang, visible, Scratch};
+use common::{assert_success, gang, gang_env, visible, Scratch};
 use gang::data::{Input, PartitionPlan, PlanOptions};
 use gang::stage::Manifest;
 use std::path::Path;
@@ -72,6 +72,26 @@ fn gen_stats_and_standardize_are_identical_at_1_2_and_4_ranks() {
     let parsed: serde_json::Value = serde_json::from_str(&stats[0]).unwrap();
     assert_eq!(parsed["rows"], 30000);
     assert!(stds.iter().all(|d| d == &stds[0]), "standardize outputs differ between gang sizes");
+    // The statistics pass keeps its decoded batches for the map stage when they fit: kept
+    // (the default, above), kept then dropped past a small budget, and never kept give the
+    // same bytes.
+    let gen1 = sc.path("gen-1");
+    for budget in ["0", "500000"] {
+        let st = sc.path(&format!("std-keep-{budget}"));
+        assert_success(&gang_env(
+            &["standardize", "-n", "2", "--input", s(&gen1), "--output", s(&st)],
+            &runs,
+            &[("GANG_KEEP_BYTES", budget)],
+        ));
+        assert!(digest(&st) == stds[0], "GANG_KEEP_BYTES={budget}: another output");
+    }
+    let bad = gang_env(
+        &["standardize", "-n", "2", "--input", s(&gen1), "--output", s(&sc.path("std-bad"))],
+        &runs,
+        &[("GANG_KEEP_BYTES", "lots")],
+    );
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success() && err.contains("GANG_KEEP_BYTES=\"lots\" is not a number of bytes"), "{err}");
 
     // The standardized features have mean 0 and std 1; labels and ids are untouched.
     let out = assert_success(&gang(

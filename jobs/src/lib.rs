@@ -44,6 +44,11 @@ pub enum Job {
     /// Count, mean, std, min, max and nulls of every numeric column.
     Stats(StatsArgs),
     /// Standardize the feature columns with the dataset's statistics (a map stage).
+    ///
+    /// The statistics pass keeps the batches it decoded for the map stage when they fit in
+    /// memory (per rank, a quarter of the node's available memory shared by its ranks; the
+    /// environment variable GANG_KEEP_BYTES sets the budget in bytes, 0 keeps nothing);
+    /// otherwise the map stage reads the input again. The output is the same either way.
     Standardize(StandardizeArgs),
     /// Convert between Parquet, Arrow IPC and HDF5, re-partitioned into K files.
     Convert(ConvertArgs),

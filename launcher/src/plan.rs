@@ -130,6 +130,11 @@ pub struct PlanInput {
     pub args: Vec<OsString>,
     /// The `GANG_*` variables.
     pub env: RankEnv,
+    /// Further variables of the launcher's environment the ranks need on every node: the
+    /// `GANG_*` settings the user set (`GANG_KERNELS`, `GANG_KEEP_BYTES`, `GANG_FAULT`, ...).
+    /// Open MPI's mpirun passes other nodes only what `-x` names; hydra and srun pass the
+    /// whole environment.
+    pub forward: Vec<String>,
 }
 
 /// The command to spawn.
@@ -208,7 +213,8 @@ pub fn build(input: &PlanInput) -> Result<LaunchPlan> {
                 args.push("--hostfile".into());
                 args.push(h.into());
             }
-            for name in vars::ALL {
+            let extra = input.forward.iter().map(String::as_str).filter(|n| !vars::ALL.contains(n));
+            for name in vars::ALL.iter().copied().chain(extra) {
                 args.push("-x".into());
                 args.push(name.into());
             }
@@ -306,6 +312,7 @@ mod tests {
                 heartbeat: "unix:/runs/100-7/heartbeat.sock".into(),
                 token: "t0k".into(),
             },
+            forward: Vec::new(),
         }
     }
 
@@ -318,6 +325,23 @@ mod tests {
 
     fn forward_flags() -> Vec<String> {
         vars::ALL.iter().flat_map(|v| ["-x".to_string(), v.to_string()]).collect()
+    }
+
+    #[test]
+    fn open_mpi_passes_the_users_gang_settings_to_every_node() {
+        let mut i = input(LauncherKind::Mpirun, MpiFlavour::OpenMpi);
+        i.forward = vec!["GANG_KERNELS".into(), vars::TOKEN.into(), "GANG_KEEP_BYTES".into()];
+        let args = argv(&build(&i).unwrap());
+        let named: Vec<&str> = args.windows(2).filter(|w| w[0] == "-x").map(|w| w[1].as_str()).collect();
+        let mut want: Vec<&str> = vars::ALL.to_vec();
+        want.extend(["GANG_KERNELS", "GANG_KEEP_BYTES"]);
+        assert_eq!(named, want, "each variable once, the gang's own first");
+        // hydra passes the whole environment: nothing to name.
+        let hydra = argv(
+            &build(&PlanInput { forward: i.forward.clone(), ..input(LauncherKind::Mpirun, MpiFlavour::Mpich) })
+                .unwrap(),
+        );
+        assert!(!hydra.iter().any(|a| a == "GANG_KERNELS"), "{hydra:?}");
     }
 
     #[test]

@@ -251,6 +251,10 @@ pub fn run(opts: &LaunchOptions, command: &[OsString], uses_gpus: bool) -> Resul
         )
     })?;
     let supervisor = std::env::current_exe().context("could not find the gang executable itself")?;
+    // The user's GANG_* settings, for the ranks on every node.
+    let mut forward: Vec<String> =
+        std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()).filter(|k| k.starts_with("GANG_")).collect();
+    forward.sort();
     let input = |attempt: u32, heartbeat: &str, token: &str| PlanInput {
         launcher,
         launcher_path: launcher_path.clone(),
@@ -276,6 +280,7 @@ pub fn run(opts: &LaunchOptions, command: &[OsString], uses_gpus: bool) -> Resul
             heartbeat: heartbeat.to_string(),
             token: token.to_string(),
         },
+        forward: forward.clone(),
     };
     // Fail on a bad plan (e.g. --hostfile with srun) before anything is started.
     plan::build(&input(0, "", ""))?;

@@ -200,17 +200,68 @@ pub fn gen(config: Config, a: &GenArgs) -> Result<()> {
 
 /// Statistics of the planned input over the whole gang (every rank gets them).
 fn dataset_stats(ctx: &Context, plan: &PartitionPlan, options: &PlanOptions) -> gang::Result<TableSummary> {
-    let empty = TableSummary::new(&plan.schema);
+    dataset_stats_keeping(ctx, plan, &plan.schema, options, None)
+}
+
+/// Decoded batches of the statistics pass kept for the map stage that follows, by
+/// partition: the map stage then decodes nothing a second time.
+type KeptBatches = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<usize, Vec<RecordBatch>>>>;
+
+/// What a rank may keep of its decoded input between two passes: `GANG_KEEP_BYTES` bytes
+/// if set (0: nothing), else a quarter of the node's available memory shared by the ranks
+/// on the node (nothing where /proc/meminfo cannot be read).
+fn keep_budget(ctx: &Context) -> gang::Result<usize> {
+    if let Ok(v) = std::env::var("GANG_KEEP_BYTES") {
+        return v.trim().parse::<usize>().map_err(|_| {
+            gang::Error::InvalidArgument(format!(
+                "GANG_KEEP_BYTES={v:?} is not a number of bytes (0 keeps nothing between the passes)"
+            ))
+        });
+    }
+    let available = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemAvailable:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<usize>().ok())
+        })
+        .unwrap_or(0)
+        .saturating_mul(1024);
+    Ok(available / 4 / ctx.local_size().max(1))
+}
+
+/// [`dataset_stats`] of the columns of `summarized`, reading the columns of `plan`; with
+/// `keep`, the decoded batches too, as long as they fit in its budget (past it, none are
+/// kept and the next pass reads the input again).
+fn dataset_stats_keeping(
+    ctx: &Context,
+    plan: &PartitionPlan,
+    summarized: &arrow_schema::SchemaRef,
+    options: &PlanOptions,
+    keep: Option<(&KeptBatches, usize)>,
+) -> gang::Result<TableSummary> {
+    let empty = TableSummary::new(summarized);
     let mine: Vec<_> = plan.for_rank(ctx.rank(), ctx.world()).into_iter().cloned().collect();
     let ids: Vec<usize> = mine.iter().map(|p| p.id).collect();
     let mut summaries: Vec<(usize, TableSummary)> = ids.iter().map(|&id| (id, empty.clone())).collect();
     let stream = Prefetch::new(mine, plan.schema.clone(), options.clone(), PrefetchOptions::default());
     let mut result = Ok(());
+    let mut kept: Option<(std::collections::HashMap<usize, Vec<RecordBatch>>, usize)> =
+        keep.map(|_| (std::collections::HashMap::new(), 0));
     for item in stream {
         match item {
             Ok((id, batch)) => {
                 let slot = summaries.iter_mut().find(|(i, _)| *i == id).expect("a planned partition");
                 slot.1.add(&batch)?;
+                if let (Some((map, bytes)), Some((_, budget))) = (kept.as_mut(), keep) {
+                    *bytes += batch.get_array_memory_size();
+                    if *bytes > budget {
+                        kept = None;
+                    } else {
+                        map.entry(id).or_default().push(batch);
+                    }
+                }
             }
             Err(e) => {
                 result = Err(e.with_rank(ctx.rank()));
@@ -223,6 +274,9 @@ fn dataset_stats(ctx: &Context, plan: &PartitionPlan, options: &PlanOptions) -> 
         // under MPI).
         ctx.fail_gang("stats", &e);
         return Err(e);
+    }
+    if let (Some((map, _)), Some((shared, _))) = (kept, keep) {
+        *shared.lock().expect("kept batches") = map;
     }
     combine_across_ranks(ctx.comm(), &empty, &summaries)
 }
@@ -266,7 +320,22 @@ pub fn standardize(config: Config, a: &StandardizeArgs) -> Result<()> {
             partitions: plan.partitions.clone(),
             schema: std::sync::Arc::new(plan.schema.project(&features)?),
         };
-        let stats = dataset_stats(ctx, &projected, &options)?;
+        // The statistics pass keeps what it decoded (every column) for the map stage when
+        // it fits in memory; otherwise it reads only the feature columns and the map stage
+        // reads the input again.
+        let budget = keep_budget(ctx)?;
+        let kept: KeptBatches = Default::default();
+        let stats = if budget > 0 {
+            dataset_stats_keeping(ctx, &plan, &projected.schema, &options, Some((&kept, budget)))?
+        } else {
+            dataset_stats(ctx, &projected, &options)?
+        };
+        let reuse = kept.clone();
+        let reader: gang::stage::map::PartitionReader =
+            std::sync::Arc::new(move |p, schema, opts| match reuse.lock().expect("kept batches").remove(&p.id) {
+                Some(batches) => Ok(Box::new(batches.into_iter().map(Ok)) as gang::data::BatchIter),
+                None => gang::data::read_partition(p, schema, opts),
+            });
         if ctx.rank() == 0 {
             println!("standardize: {} feature columns ({}), keeping {:?}", columns.len(), columns.join(","), a.keep);
         }
@@ -276,6 +345,7 @@ pub fn standardize(config: Config, a: &StandardizeArgs) -> Result<()> {
             .overwrite(a.output.overwrite)
             .name("standardize")
             .version(&standardize_version(&stats, &columns))
+            .reader(reader)
             .run(|batch| standardize_batch(&batch, &stats, &columns))
             .map_err(overwrite_hint)?;
         // The job's time is both passes (statistics, then the map stage), as the peers in
