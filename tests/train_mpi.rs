@@ -111,7 +111,7 @@ fn a_killed_rank_is_restarted_and_the_model_is_bitwise_the_uninterrupted_one() {
 fn a_hung_rank_is_detected_and_the_restarted_gang_gives_the_same_model() {
     let sc = Scratch::new("train-hang");
     let data = dataset(&sc);
-    let extra = ["--max-restarts", "1", "--stall-timeout", "3"];
+    let extra = ["--max-restarts", "1", "--stall-timeout", "5"];
     let (_, stderr) = faulted_run_gives_the_clean_model(&sc, &data, "2", "rank=0,step=70,kind=hang", &extra);
     assert!(stderr.contains("stalled"), "{stderr}");
 }
