@@ -72,9 +72,9 @@ fn gen_stats_and_standardize_are_identical_at_1_2_and_4_ranks() {
     let parsed: serde_json::Value = serde_json::from_str(&stats[0]).unwrap();
     assert_eq!(parsed["rows"], 30000);
     assert!(stds.iter().all(|d| d == &stds[0]), "standardize outputs differ between gang sizes");
-    // The statistics pass keeps its decoded batches for the map stage when they fit: kept
-    // (the default, above), kept then dropped past a small budget, and never kept give the
-    // same bytes.
+    // The statistics pass keeps its decoded batches for the map stage when the rank's input
+    // fits in the budget: kept (the default, above), not kept because the input is larger
+    // than a small budget, and never kept give the same bytes.
     let gen1 = sc.path("gen-1");
     for budget in ["0", "500000"] {
         let st = sc.path(&format!("std-keep-{budget}"));

@@ -251,9 +251,13 @@ pub fn run(opts: &LaunchOptions, command: &[OsString], uses_gpus: bool) -> Resul
         )
     })?;
     let supervisor = std::env::current_exe().context("could not find the gang executable itself")?;
-    // The user's GANG_* settings, for the ranks on every node.
-    let mut forward: Vec<String> =
-        std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()).filter(|k| k.starts_with("GANG_")).collect();
+    // The user's GANG_* settings, for the ranks on every node (plain names only: mpirun's
+    // `-x` reads some characters as patterns or lists).
+    let plain = |k: &str| k.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+    let mut forward: Vec<String> = std::env::vars_os()
+        .filter_map(|(k, _)| k.into_string().ok())
+        .filter(|k| k.starts_with("GANG_") && plain(k))
+        .collect();
     forward.sort();
     let input = |attempt: u32, heartbeat: &str, token: &str| PlanInput {
         launcher,

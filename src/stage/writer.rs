@@ -351,8 +351,10 @@ fn sync(file: &File, path: &Path) -> Result<()> {
 /// - statistics per page (min, max, null count in the column chunk and in the page index):
 ///   readers prune with them, and the offset index lets a reader of a row range inside a row
 ///   group decode only its pages ([`crate::data::plan`] splits row groups that way);
-/// - data pages of at most 1 MiB or 20,000 rows, row groups of at most 1 Mi rows (arrow-rs's
-///   and pyarrow's sizes; measured no faster either way on the benchmark's data);
+/// - data pages of at most 1 MiB or [`PARQUET_PAGE_ROWS`] rows, row groups of at most 1 Mi
+///   rows (arrow-rs's and pyarrow's sizes; measured no faster either way on the benchmark's
+///   data); the column writers take [`PARQUET_PAGE_ROWS`] rows between two checks of a page's
+///   size;
 /// - the codec of `compression`.
 ///
 /// # Errors
@@ -377,7 +379,9 @@ pub fn parquet_properties(
     let mut b = WriterProperties::builder()
         .set_compression(codec)
         .set_statistics_enabled(EnabledStatistics::Page)
-        .set_max_row_group_row_count(Some(PARQUET_ROW_GROUP_ROWS));
+        .set_max_row_group_row_count(Some(PARQUET_ROW_GROUP_ROWS))
+        .set_data_page_row_count_limit(PARQUET_PAGE_ROWS)
+        .set_write_batch_size(PARQUET_PAGE_ROWS);
     let descr = ArrowSchemaConverter::new().convert(schema).map_err(|e| parquet_err(path, e))?;
     for c in descr.columns() {
         let float = matches!(c.physical_type(), Type::FLOAT | Type::DOUBLE)
@@ -394,6 +398,14 @@ pub fn parquet_properties(
 /// Rows per Parquet row group that gang writes (pyarrow's and arrow-rs's default).
 #[cfg(feature = "parquet")]
 pub const PARQUET_ROW_GROUP_ROWS: usize = 1 << 20;
+
+/// Rows per data page at most (arrow-rs's default), and the rows the column writers take at
+/// a time between two checks of the page's size. arrow-rs takes this many for a column
+/// whose definition levels are all alike (no nulls, or only nulls) and its write batch size
+/// (1,024 by default) otherwise; with the two equal, the float columns gang writes from their
+/// values cut their pages where arrow-rs's Arrow writer does.
+#[cfg(feature = "parquet")]
+pub const PARQUET_PAGE_ROWS: usize = 20_000;
 
 /// Parquet with one column writer per column, fed in parallel.
 ///
@@ -570,8 +582,9 @@ fn encode_floats(
     arrays: &[arrow_array::ArrayRef],
 ) -> parquet::errors::Result<(bytes::Bytes, parquet::column::writer::ColumnCloseResult)> {
     use parquet::file::writer::{SerializedPageWriter, TrackedWrite};
-    // Room for the values and their page headers: the buffer never grows by copying.
-    let values: usize = arrays.iter().map(|a| a.get_buffer_memory_size()).sum();
+    // Room for the values and their page headers: the buffer never grows by copying. (The
+    // arrays' own lengths: a slice's buffer may be far larger than the slice.)
+    let values: usize = arrays.iter().map(|a| a.len() * a.data_type().primitive_width().unwrap_or(8)).sum();
     let mut sink = TrackedWrite::new(Vec::with_capacity(values + values / 16 + 4096));
     let close = {
         let pages = Box::new(SerializedPageWriter::new(&mut sink));
@@ -894,13 +907,14 @@ mod tests {
                 // Every third value null.
                 Arc::new(Float32Array::from_iter((0..n).map(|i| (i % 3 != 0).then(|| f(i))))),
                 Arc::new(Float64Array::from_iter_values((0..n).map(|i| f64::from(f(i)) * 1e-3))),
-                // Null from row 20,000 on: the last batch holds nulls only.
+                // Null from row 20,000 on: the last two batches hold nulls only.
                 Arc::new(Float64Array::from_iter((0..n).map(|i| (i < 20_000).then(|| f64::from(f(i)))))),
                 Arc::new(Int8Array::from_iter_values((0..n).map(|i| (i % 2) as i8))),
             ],
         )
         .unwrap();
-        let cuts = [(0, 7_000), (7_000, 9_000), (16_000, 4_000), (20_000, 5_000)];
+        // Cuts that do not fall on page boundaries, one batch over a page long.
+        let cuts = [(0, 3_000), (3_000, 21_000), (24_000, 1), (24_001, 999)];
         let ours = dir.join("ours.parquet");
         let mut files = Vec::new();
         for threads in [1, 3] {

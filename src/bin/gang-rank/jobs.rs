@@ -204,8 +204,21 @@ fn dataset_stats(ctx: &Context, plan: &PartitionPlan, options: &PlanOptions) -> 
 }
 
 /// Decoded batches of the statistics pass kept for the map stage that follows, by
-/// partition: the map stage then decodes nothing a second time.
-type KeptBatches = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<usize, Vec<RecordBatch>>>>;
+/// partition id, with the partition and schema they were read as (the map stage plans
+/// again: it takes them only for the same partition and schema).
+type KeptBatches = std::sync::Arc<
+    std::sync::Mutex<
+        std::collections::HashMap<usize, (gang::data::Partition, arrow_schema::SchemaRef, Vec<RecordBatch>)>,
+    >,
+>;
+
+/// The bytes this rank's partitions of `plan` take decoded, where every column has a fixed
+/// width (`None` otherwise: strings, lists, booleans).
+fn decoded_bytes(ctx: &Context, plan: &PartitionPlan) -> Option<u64> {
+    let width: usize = plan.schema.fields().iter().map(|f| f.data_type().primitive_width()).sum::<Option<usize>>()?;
+    let rows: u64 = plan.for_rank(ctx.rank(), ctx.world()).iter().map(|p| p.rows).sum();
+    Some(rows.saturating_mul(width as u64))
+}
 
 /// What a rank may keep of its decoded input between two passes: `GANG_KEEP_BYTES` bytes
 /// if set (0: nothing), else a quarter of the node's available memory shared by the ranks
@@ -247,8 +260,8 @@ fn dataset_stats_keeping(
     let mut summaries: Vec<(usize, TableSummary)> = ids.iter().map(|&id| (id, empty.clone())).collect();
     let stream = Prefetch::new(mine, plan.schema.clone(), options.clone(), PrefetchOptions::default());
     let mut result = Ok(());
-    let mut kept: Option<(std::collections::HashMap<usize, Vec<RecordBatch>>, usize)> =
-        keep.map(|_| (std::collections::HashMap::new(), 0));
+    type Kept = std::collections::HashMap<usize, (gang::data::Partition, arrow_schema::SchemaRef, Vec<RecordBatch>)>;
+    let mut kept: Option<(Kept, usize)> = keep.map(|_| (Kept::new(), 0));
     for item in stream {
         match item {
             Ok((id, batch)) => {
@@ -259,7 +272,8 @@ fn dataset_stats_keeping(
                     if *bytes > budget {
                         kept = None;
                     } else {
-                        map.entry(id).or_default().push(batch);
+                        let part = plan.partitions.iter().find(|p| p.id == id).expect("a planned partition");
+                        map.entry(id).or_insert_with(|| (part.clone(), plan.schema.clone(), Vec::new())).2.push(batch);
                     }
                 }
             }
@@ -320,22 +334,29 @@ pub fn standardize(config: Config, a: &StandardizeArgs) -> Result<()> {
             partitions: plan.partitions.clone(),
             schema: std::sync::Arc::new(plan.schema.project(&features)?),
         };
-        // The statistics pass keeps what it decoded (every column) for the map stage when
-        // it fits in memory; otherwise it reads only the feature columns and the map stage
-        // reads the input again.
-        let budget = keep_budget(ctx)?;
+        // When this rank's input fits in its budget decoded, the statistics pass reads every
+        // column and keeps the batches for the map stage (one decode in all); otherwise it
+        // reads only the feature columns and the map stage reads the input again. Each rank
+        // decides alone: the output is the same bytes either way.
+        let budget = keep_budget(ctx)? as u64;
         let kept: KeptBatches = Default::default();
-        let stats = if budget > 0 {
-            dataset_stats_keeping(ctx, &plan, &projected.schema, &options, Some((&kept, budget)))?
-        } else {
-            dataset_stats(ctx, &projected, &options)?
+        let stats = match decoded_bytes(ctx, &plan) {
+            Some(bytes) if budget > 0 && bytes <= budget => {
+                dataset_stats_keeping(ctx, &plan, &projected.schema, &options, Some((&kept, budget as usize)))?
+            }
+            _ => dataset_stats(ctx, &projected, &options)?,
         };
         let reuse = kept.clone();
-        let reader: gang::stage::map::PartitionReader =
-            std::sync::Arc::new(move |p, schema, opts| match reuse.lock().expect("kept batches").remove(&p.id) {
-                Some(batches) => Ok(Box::new(batches.into_iter().map(Ok)) as gang::data::BatchIter),
-                None => gang::data::read_partition(p, schema, opts),
-            });
+        let reader: gang::stage::map::PartitionReader = std::sync::Arc::new(move |p, schema, opts| {
+            let mut kept = reuse.lock().expect("kept batches");
+            match kept.get(&p.id) {
+                Some((part, read_as, _)) if part == p && read_as == schema => {
+                    let (_, _, batches) = kept.remove(&p.id).expect("just found");
+                    Ok(Box::new(batches.into_iter().map(Ok)) as gang::data::BatchIter)
+                }
+                _ => gang::data::read_partition(p, schema, opts),
+            }
+        });
         if ctx.rank() == 0 {
             println!("standardize: {} feature columns ({}), keeping {:?}", columns.len(), columns.join(","), a.keep);
         }
