@@ -23,7 +23,8 @@ RUN="--run-dir bench/build/runs --no-tag-output"
 [ -f "$W/in8/part-00007.parquet" ] || "$PY" bench/gen_pyarrow.py "$W/in8" 2000000 8
 [ -f "$W/in1/part-00000.parquet" ] || "$PY" bench/gen_pyarrow.py "$W/in1" 2000000 1
 OUT="$W/figures.json"
-rm -f "$OUT"
+# The scans write beside OUT: every figure of this invocation, none of an earlier one.
+rm -f "$OUT" "$OUT.in8" "$OUT.in1"
 now() { date +%s.%N; }
 fig() { echo "{\"bench\": \"$1\", \"ranks\": $2, \"rows\": 2000000, \"bytes\": 0, \"seconds\": $3}" >> "$OUT"; }
 for r in $(seq "$ROUNDS"); do

@@ -51,12 +51,28 @@ pub struct PrefetchOptions {
 impl Default for PrefetchOptions {
     fn default() -> Self {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        PrefetchOptions { depth: 4, threads: cores.clamp(1, 4) }
+        let online = std::fs::read_to_string("/sys/devices/system/cpu/online")
+            .ok()
+            .and_then(|s| gang_protocol::device::parse_cpulist(s.trim()).ok())
+            .map_or(cores, |c| c.len());
+        let local = crate::env::RankEnv::from_vars(|k| std::env::var(k).ok()).ok().and_then(|e| e.local_size);
+        PrefetchOptions { depth: 4, threads: default_threads(cores, online, local.unwrap_or(1)) }
     }
 }
 
+/// Decoding threads of a rank that may run on `cores` CPUs of a machine with `online`, one
+/// of `local` ranks on it: one per core, at most 4. A rank bound to its own cores uses them;
+/// a rank free to run anywhere (mpirun oversubscribed, or not binding) shares the machine
+/// with the node's other ranks and takes its share, so that ranks do not crowd the cores
+/// with threads.
+fn default_threads(cores: usize, online: usize, local: usize) -> usize {
+    let share = if cores >= online { cores / local.max(1) } else { cores };
+    share.clamp(1, 4)
+}
+
 impl PrefetchOptions {
-    /// Four batches ahead, one thread per available core, at most 4.
+    /// Four batches ahead, one thread per core this rank may use (its share of the machine
+    /// when it is not bound to cores of its own), at most 4.
     pub fn new() -> PrefetchOptions {
         PrefetchOptions::default()
     }
@@ -329,6 +345,20 @@ impl Drop for Prefetch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ranks_not_bound_to_cores_take_their_share_of_the_machine() {
+        // Bound ranks use their own cores, at most 4.
+        assert_eq!(default_threads(1, 2, 2), 1);
+        assert_eq!(default_threads(8, 64, 8), 4);
+        // Free ranks share the machine with their node's ranks.
+        assert_eq!(default_threads(2, 2, 4), 1);
+        assert_eq!(default_threads(16, 16, 2), 4);
+        assert_eq!(default_threads(16, 16, 8), 2);
+        // One rank, or no launcher: every core, at most 4.
+        assert_eq!(default_threads(2, 2, 1), 2);
+        assert_eq!(default_threads(32, 32, 1), 4);
+    }
     use crate::data::{FileFormat, Slice};
     use arrow_array::{Array, Int64Array};
     use std::sync::atomic::AtomicU64;
