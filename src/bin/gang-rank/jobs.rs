@@ -348,13 +348,16 @@ pub fn standardize(config: Config, a: &StandardizeArgs) -> Result<()> {
         };
         let reuse = kept.clone();
         let reader: gang::stage::map::PartitionReader = std::sync::Arc::new(move |p, schema, opts| {
-            let mut kept = reuse.lock().expect("kept batches");
-            match kept.get(&p.id) {
-                Some((part, read_as, _)) if part == p && read_as == schema => {
-                    let (_, _, batches) = kept.remove(&p.id).expect("just found");
-                    Ok(Box::new(batches.into_iter().map(Ok)) as gang::data::BatchIter)
+            let batches = {
+                let mut kept = reuse.lock().expect("kept batches");
+                match kept.get(&p.id) {
+                    Some((part, read_as, _)) if part == p && read_as == schema => kept.remove(&p.id).map(|k| k.2),
+                    _ => None,
                 }
-                _ => gang::data::read_partition(p, schema, opts),
+            };
+            match batches {
+                Some(batches) => Ok(Box::new(batches.into_iter().map(Ok)) as gang::data::BatchIter),
+                None => gang::data::read_partition(p, schema, opts),
             }
         });
         if ctx.rank() == 0 {
