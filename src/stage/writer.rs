@@ -774,6 +774,19 @@ mod tests {
         .unwrap()
     }
 
+    /// Every row of a Parquet file, as one batch.
+    #[cfg(feature = "parquet")]
+    fn read_parquet(path: &Path, schema: &SchemaRef) -> RecordBatch {
+        let read: Vec<RecordBatch> =
+            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(File::open(path).unwrap())
+                .unwrap()
+                .build()
+                .unwrap()
+                .map(|r| r.unwrap())
+                .collect();
+        arrow_select::concat::concat_batches(schema, &read).unwrap()
+    }
+
     #[test]
     fn formats_parse_and_print_back() {
         for s in ["parquet:zstd:3", "parquet:zstd:9", "parquet:snappy", "parquet:none", "ipc", "ipc:zstd", "hdf5"] {
@@ -866,14 +879,7 @@ mod tests {
             let indexed = SerializedFileReader::new_with_options(File::open(&path).unwrap(), opts).unwrap();
             let index = indexed.metadata().page_index().expect("a page index");
             assert!(index.offset_index(0, 1).is_some_and(|o| !o.page_locations().is_empty()));
-            let read: Vec<RecordBatch> =
-                parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(File::open(&path).unwrap())
-                    .unwrap()
-                    .build()
-                    .unwrap()
-                    .map(|r| r.unwrap())
-                    .collect();
-            assert_eq!(arrow_select::concat::concat_batches(&b.schema(), &read).unwrap(), b);
+            assert_eq!(read_parquet(&path, &b.schema()), b);
         }
         assert!(files.windows(2).all(|w| w[0] == w[1]), "the bytes depend on the threads");
         std::fs::remove_dir_all(&dir).unwrap();
@@ -940,14 +946,7 @@ mod tests {
         let theirs = std::fs::read(&theirs).unwrap();
         assert!(files[0] == theirs, "in line: not the bytes arrow-rs writes");
         assert!(files[1] == theirs, "on 3 threads: not the bytes arrow-rs writes");
-        let read: Vec<RecordBatch> =
-            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(File::open(&ours).unwrap())
-                .unwrap()
-                .build()
-                .unwrap()
-                .map(|r| r.unwrap())
-                .collect();
-        let read = arrow_select::concat::concat_batches(&schema, &read).unwrap();
+        let read = read_parquet(&ours, &schema);
         // Same nulls, and the same bits in every valid slot (NaN != NaN).
         let bits = |a: &arrow_array::ArrayRef| -> Vec<Option<u64>> {
             use arrow_array::cast::AsArray;

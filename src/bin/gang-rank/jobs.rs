@@ -206,11 +206,8 @@ fn dataset_stats(ctx: &Context, plan: &PartitionPlan, options: &PlanOptions) -> 
 /// Decoded batches of the statistics pass kept for the map stage that follows, by
 /// partition id, with the partition and schema they were read as (the map stage plans
 /// again: it takes them only for the same partition and schema).
-type KeptBatches = std::sync::Arc<
-    std::sync::Mutex<
-        std::collections::HashMap<usize, (gang::data::Partition, arrow_schema::SchemaRef, Vec<RecordBatch>)>,
-    >,
->;
+type Kept = std::collections::HashMap<usize, (gang::data::Partition, arrow_schema::SchemaRef, Vec<RecordBatch>)>;
+type KeptBatches = std::sync::Arc<std::sync::Mutex<Kept>>;
 
 /// The bytes this rank's partitions of `plan` take decoded, where every column has a fixed
 /// width (`None` otherwise: strings, lists, booleans).
@@ -260,7 +257,6 @@ fn dataset_stats_keeping(
     let mut summaries: Vec<(usize, TableSummary)> = ids.iter().map(|&id| (id, empty.clone())).collect();
     let stream = Prefetch::new(mine, plan.schema.clone(), options.clone(), PrefetchOptions::default());
     let mut result = Ok(());
-    type Kept = std::collections::HashMap<usize, (gang::data::Partition, arrow_schema::SchemaRef, Vec<RecordBatch>)>;
     let mut kept: Option<(Kept, usize)> = keep.map(|_| (Kept::new(), 0));
     for item in stream {
         match item {
