@@ -13,7 +13,7 @@
 //! Ranks that never send heartbeats (programs that do not use the gang library) and ranks
 //! whose exit is recorded are not checked.
 
-use gang_protocol::heartbeat::{Address, Heartbeat, Progress, MAX_MESSAGE};
+use gang_protocol::heartbeat::{Address, Heartbeat, Progress, INTERVAL, MAX_MESSAGE};
 use gang_protocol::{HeartbeatSummary, RankHeartbeats, RunDir};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Read};
@@ -28,6 +28,8 @@ const MAX_SOCKET_PATH: usize = 107;
 /// TCP connections kept open beyond one per rank (reconnects, strays): a flood of
 /// connections from elsewhere cannot grow the launcher without bound.
 const SPARE_CONNECTIONS: usize = 64;
+/// Heartbeats a rank may miss before, once the gang is stalled, it is named as the cause.
+const SUSPECT_MISSED: u32 = 3;
 
 /// How a rank stalled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,29 +195,47 @@ impl Tracker {
     /// The stall at `now` with timeout `timeout`, if any rank is stalled. The rank named
     /// is a silent one if any (a frozen process), else the one with the lowest step (the
     /// one its peers wait for), then the one that stalled first.
+    ///
+    /// Once some rank is stalled, a rank that has missed [`SUSPECT_MISSED`] heartbeats is
+    /// counted as silent even before the timeout: a rank frozen in the middle of a step
+    /// stops beating after its peers last made progress (they wait for it in the step's
+    /// collective), so their timeout ends first, and naming one of them would blame a
+    /// waiting rank for the frozen one.
     pub fn check(&self, now: Instant, timeout: Duration) -> Option<Stall> {
         if timeout.is_zero() {
             return None;
         }
+        let suspect = (INTERVAL * SUSPECT_MISSED).min(timeout);
         let mut stalled: Vec<(StallKind, Duration, usize, &RankState)> = Vec::new();
+        let mut any = false;
         for (&rank, s) in &self.ranks {
             if self.finished.contains(&rank) {
                 continue;
             }
             let silent = now.saturating_duration_since(s.last_beat);
-            if silent >= timeout {
+            if silent >= suspect {
+                any |= silent >= timeout;
                 stalled.push((StallKind::Silent, silent, rank, s));
                 continue;
             }
             if let Some(p) = &s.progress {
                 let still = now.saturating_duration_since(s.progress_since);
                 if !p.is_finished() && still >= timeout {
+                    any = true;
                     stalled.push((StallKind::NoProgress, still, rank, s));
                 }
             }
         }
+        if !any {
+            return None;
+        }
+        // Silent ranks first, the longest silent first; then the lowest step, then the
+        // one that stalled first.
         stalled.sort_by_key(|(kind, dur, rank, s)| {
-            let step = s.progress.as_ref().map_or(0, |p| p.step);
+            let step = match kind {
+                StallKind::Silent => 0,
+                StallKind::NoProgress => s.progress.as_ref().map_or(0, |p| p.step),
+            };
             (*kind != StallKind::Silent, step, std::cmp::Reverse(*dur), *rank)
         });
         let (kind, dur, rank, s) = stalled.first()?;
@@ -454,6 +474,7 @@ mod tests {
         // Rank 2 keeps beating; rank 1 goes silent; rank 0 never says anything.
         t.receive(&msg("k", 2, 0, None), t0 + Duration::from_secs(9));
         assert_eq!(t.check(t0 + Duration::from_secs(9), T), None);
+        t.receive(&msg("k", 2, 0, None), t0 + Duration::from_secs(12));
         let s = t.check(t0 + Duration::from_secs(12), T).unwrap();
         assert_eq!((s.rank, s.kind, s.secs), (1, StallKind::Silent, 12));
         assert_eq!(s.to_string(), "rank 1 stalled (no heartbeat for 12 s, last progress: train step 40 of 100)");
@@ -494,6 +515,38 @@ mod tests {
         t.receive(&msg("k", 0, 0, Some((100, 100, 100))), t0);
         t.receive(&msg("k", 0, 0, Some((100, 100, 100))), t0 + Duration::from_secs(30));
         assert_eq!(t.check(t0 + Duration::from_secs(30), T), None);
+    }
+
+    #[test]
+    fn a_rank_frozen_mid_step_is_named_before_the_peers_that_wait_for_it() {
+        let t0 = Instant::now();
+        let mut t = Tracker::new("k", 0, 3);
+        // All three finish step 3 at t0; rank 2 is frozen 1.5 s into step 4, and ranks 0
+        // and 1 wait for it in the step's allreduce, beating without progress.
+        for r in 0..3 {
+            t.receive(&msg("k", r, 0, Some((3, 96, 3))), t0);
+            t.receive(&msg("k", r, 0, Some((3, 96, 3))), t0 + Duration::from_millis(1500));
+        }
+        for s in 2..=6 {
+            for r in 0..2 {
+                t.receive(&msg("k", r, 0, Some((3, 96, 3))), t0 + Duration::from_secs(s));
+            }
+        }
+        let timeout = Duration::from_secs(6);
+        // Rank 2's silence alone (4.5 s) is no stall, and nobody is stalled before 6 s.
+        assert_eq!(t.check(t0 + Duration::from_millis(5900), timeout), None);
+        let s = t.check(t0 + Duration::from_secs(6), timeout).unwrap();
+        assert_eq!((s.rank, s.kind, s.secs, s.others.clone()), (2, StallKind::Silent, 4, vec![0, 1]));
+        assert_eq!(
+            s.to_string(),
+            "rank 2 stalled (no heartbeat for 4 s, last progress: train step 3 of 96); ranks 0, 1 stalled too"
+        );
+        // A rank that merely misses a few heartbeats while the others progress is no stall.
+        let mut t = Tracker::new("k", 0, 2);
+        t.receive(&msg("k", 0, 0, Some((3, 96, 3))), t0);
+        t.receive(&msg("k", 1, 0, Some((3, 96, 3))), t0);
+        t.receive(&msg("k", 1, 0, Some((4, 96, 4))), t0 + Duration::from_secs(5));
+        assert_eq!(t.check(t0 + Duration::from_secs(5), timeout), None);
     }
 
     #[test]
