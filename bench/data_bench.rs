@@ -198,7 +198,7 @@ fn map_gang(ctx: &Context, input: &str, output: &Path, out: &str) -> Result<()> 
         .output(output, OutputFormat::default())
         .overwrite(true)
         .name("bench-standardize")
-        .run(|b| standardize(&b, &stats, &cols))?;
+        .run(|b| standardize(b, &stats, &cols))?;
     let seconds = t.elapsed().as_secs_f64();
     // Rows and bytes of the whole gang, reported once.
     let (rows, bytes) = if ctx.rank() == 0 { (report_.rows, report_.bytes) } else { (0, 0) };
@@ -222,7 +222,7 @@ fn rw_raw(ctx: &Context, input: &Path, output: &Path, out: &str) -> Result<()> {
     // Standardize (not timed: the same function the map stage runs, counted in neither limit).
     let mapped: Vec<Vec<RecordBatch>> = per_file
         .iter()
-        .map(|bs| bs.iter().map(|b| standardize(b, &stats, &cols)).collect::<gang::Result<_>>())
+        .map(|bs| bs.iter().map(|b| standardize(b.clone(), &stats, &cols)).collect::<gang::Result<_>>())
         .collect::<gang::Result<_>>()?;
     // Write, in a plain loop: ArrowWriter with zstd(3), like gang's default output.
     let t = Instant::now();

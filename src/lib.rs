@@ -116,6 +116,7 @@ pub use error::{Error, Result};
 pub use failure::{FailureClass, RunInfo};
 pub use gang_protocol::device::Device;
 pub use section::{Gang, TaskInfo};
+pub use sys::keep_freed_memory;
 
 /// The README's examples, compiled and run as doc tests.
 #[doc = include_str!("../README.md")]

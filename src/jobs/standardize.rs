@@ -40,11 +40,14 @@ pub fn version(stats: &TableSummary, columns: &[String]) -> String {
 /// Standardizes `columns` of `batch`; other columns pass through. A column with zero (or
 /// undefined) standard deviation is only centred.
 ///
+/// Takes the batch by value: a column whose buffers nothing else holds (a batch just read)
+/// is standardized in place, so the map stage touches no new memory for its output; a
+/// shared column is copied as before. The values are the same either way.
+///
 /// # Errors
 /// [`Error::InvalidArgument`] if a column is missing from the batch or the statistics.
-pub fn standardize(batch: &RecordBatch, stats: &TableSummary, columns: &[String]) -> Result<RecordBatch> {
-    let schema = batch.schema();
-    let mut arrays: Vec<ArrayRef> = batch.columns().to_vec();
+pub fn standardize(batch: RecordBatch, stats: &TableSummary, columns: &[String]) -> Result<RecordBatch> {
+    let (schema, mut arrays, _) = batch.into_parts();
     for name in columns {
         let idx =
             schema.index_of(name).map_err(|_| Error::InvalidArgument(format!("column {name} is not in the input")))?;
@@ -54,16 +57,22 @@ pub fn standardize(batch: &RecordBatch, stats: &TableSummary, columns: &[String]
             Some(sd) if sd > 0.0 => 1.0 / sd,
             _ => 1.0,
         };
-        let a = &arrays[idx];
-        arrays[idx] = match a.data_type() {
+        // A typed handle on the column's buffers, then the batch's own handle dropped, so
+        // that the buffers are this function's alone when nothing else holds them.
+        let dt = arrays[idx].data_type().clone();
+        arrays[idx] = match dt {
             DataType::Float32 => {
                 let (m, k) = (mean as f32, inv as f32);
-                let out: Float32Array = a.as_primitive::<Float32Type>().unary(|x| (x - m) * k);
-                Arc::new(out)
+                let a = std::mem::replace(&mut arrays[idx], empty_column());
+                let owned: Float32Array = a.as_primitive::<Float32Type>().clone();
+                drop(a);
+                Arc::new(in_place(owned, |x| (x - m) * k))
             }
             DataType::Float64 => {
-                let out: Float64Array = a.as_primitive::<Float64Type>().unary(|x| (x - mean) * inv);
-                Arc::new(out)
+                let a = std::mem::replace(&mut arrays[idx], empty_column());
+                let owned: Float64Array = a.as_primitive::<Float64Type>().clone();
+                drop(a);
+                Arc::new(in_place(owned, |x| (x - mean) * inv))
             }
             other => {
                 return Err(Error::InvalidArgument(format!(
@@ -73,6 +82,24 @@ pub fn standardize(batch: &RecordBatch, stats: &TableSummary, columns: &[String]
         };
     }
     Ok(RecordBatch::try_new(schema, arrays)?)
+}
+
+/// `op` applied to every value of `a`: in `a`'s own buffer when nothing else holds it, else
+/// into a new one.
+fn in_place<T, F>(a: arrow_array::PrimitiveArray<T>, op: F) -> arrow_array::PrimitiveArray<T>
+where
+    T: arrow_array::ArrowPrimitiveType,
+    F: Fn(T::Native) -> T::Native,
+{
+    match a.unary_mut(&op) {
+        Ok(done) => done,
+        Err(shared) => shared.unary(op),
+    }
+}
+
+/// A placeholder for a column taken out of a batch for a moment.
+fn empty_column() -> ArrayRef {
+    Arc::new(Float32Array::from(Vec::<f32>::new()))
 }
 
 #[cfg(test)]
@@ -88,7 +115,7 @@ mod tests {
         stats.add(&batch).unwrap();
         let cols = feature_columns(&batch.schema(), &["y".into(), "id".into()]);
         assert_eq!(cols, vec!["f0", "f1", "f2"]);
-        let out = standardize(&batch, &stats, &cols).unwrap();
+        let out = standardize(batch.clone(), &stats, &cols).unwrap();
         let mut after = TableSummary::new(&out.schema());
         after.add(&out).unwrap();
         for c in &cols {
@@ -99,5 +126,39 @@ mod tests {
         // Labels and ids pass through untouched.
         assert_eq!(out.column(0), batch.column(0));
         assert_eq!(out.column(4), batch.column(4));
+    }
+
+    #[test]
+    fn a_batch_held_nowhere_else_is_standardized_in_its_own_buffers_with_the_same_values() {
+        let spec = GenSpec { rows: 4000, features: 2, classes: 2, partitions: 1, seed: 5, noise: 0.0 };
+        let batch = spec.generate(0, 4000).unwrap().remove(0);
+        let mut stats = TableSummary::new(&batch.schema());
+        stats.add(&batch).unwrap();
+        let cols = feature_columns(&batch.schema(), &["y".into(), "id".into()]);
+        // Shared (the test keeps `batch`): new buffers.
+        let copied = standardize(batch.clone(), &stats, &cols).unwrap();
+        let i = batch.schema().index_of(&cols[0]).unwrap();
+        let before = batch.column(i).to_data().buffers()[0].as_ptr();
+        assert_ne!(copied.column(i).to_data().buffers()[0].as_ptr(), before);
+        // Held nowhere else (float columns in buffers of their own, as a reader hands
+        // them over): the same buffers, the same values.
+        let fresh = RecordBatch::try_new(
+            batch.schema(),
+            batch
+                .columns()
+                .iter()
+                .map(|c| match c.data_type() {
+                    DataType::Float32 => {
+                        Arc::new(Float32Array::from(c.as_primitive::<Float32Type>().values().to_vec())) as ArrayRef
+                    }
+                    _ => c.clone(),
+                })
+                .collect(),
+        )
+        .unwrap();
+        let own = fresh.column(i).to_data().buffers()[0].as_ptr();
+        let out = standardize(fresh, &stats, &cols).unwrap();
+        assert_eq!(out.column(i).to_data().buffers()[0].as_ptr(), own, "not standardized in place");
+        assert_eq!(out, copied);
     }
 }

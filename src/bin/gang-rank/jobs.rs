@@ -366,7 +366,7 @@ pub fn standardize(config: Config, a: &StandardizeArgs) -> Result<()> {
             .name("standardize")
             .version(&standardize_version(&stats, &columns))
             .reader(reader)
-            .run(|batch| standardize_batch(&batch, &stats, &columns))
+            .run(|batch| standardize_batch(batch, &stats, &columns))
             .map_err(overwrite_hint)?;
         // The job's time is both passes (statistics, then the map stage), as the peers in
         // bench/ measure theirs.

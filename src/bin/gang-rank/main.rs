@@ -58,6 +58,7 @@ pub fn input(error: impl Into<anyhow::Error>) -> anyhow::Error {
 }
 
 fn main() {
+    gang::keep_freed_memory();
     if let Err(e) = run() {
         report(&e);
         std::process::exit(2);
