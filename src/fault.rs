@@ -33,6 +33,9 @@ pub enum FaultKind {
     CorruptLatestCheckpoint,
     /// Sleep this many milliseconds at the step and at every later one.
     Slow(u64),
+    /// Take this many milliseconds longer to write this rank's shard of the step's
+    /// checkpoint, reporting progress as a slow disk's writer does (a straggler).
+    SlowCheckpoint(u64),
 }
 
 impl std::str::FromStr for FaultKind {
@@ -46,10 +49,11 @@ impl std::str::FromStr for FaultKind {
             "crash-during-checkpoint" => FaultKind::CrashDuringCheckpoint,
             "corrupt-latest-checkpoint" => FaultKind::CorruptLatestCheckpoint,
             "slow" => FaultKind::Slow(0),
+            "slow-checkpoint" => FaultKind::SlowCheckpoint(0),
             other => {
                 return Err(Error::Environment(format!(
                     "GANG_FAULT: unknown kind {other:?} (kill, panic, hang, exit, crash-during-checkpoint, \
-                     corrupt-latest-checkpoint, slow)"
+                     corrupt-latest-checkpoint, slow, slow-checkpoint)"
                 )))
             }
         })
@@ -122,8 +126,12 @@ impl FaultPlan {
             let kind = match (kind.ok_or_else(|| missing("kind"))?, ms) {
                 (FaultKind::Slow(_), Some(ms)) => FaultKind::Slow(ms),
                 (FaultKind::Slow(_), None) => return Err(missing("ms (the sleep of kind=slow)")),
+                (FaultKind::SlowCheckpoint(_), Some(ms)) => FaultKind::SlowCheckpoint(ms),
+                (FaultKind::SlowCheckpoint(_), None) => return Err(missing("ms (the delay of kind=slow-checkpoint)")),
                 (_, Some(_)) => {
-                    return Err(Error::Environment(format!("GANG_FAULT: {item:?}: ms is only for kind=slow")))
+                    return Err(Error::Environment(format!(
+                        "GANG_FAULT: {item:?}: ms is only for kind=slow and kind=slow-checkpoint"
+                    )))
                 }
                 (k, None) => k,
             };
@@ -205,6 +213,11 @@ mod tests {
         assert!(t.elapsed() < std::time::Duration::from_millis(30), "not slow before its step");
         assert_eq!(p.check(0, 5, 0), None);
         assert!(t.elapsed() >= std::time::Duration::from_millis(30), "slow at a later step");
+        // A slow checkpoint is the checkpoint's to act out, at its step only.
+        let p = FaultPlan::parse("rank=2,step=12,kind=slow-checkpoint,ms=9000").unwrap();
+        assert_eq!(p.due(2, 12, 0), Some(FaultKind::SlowCheckpoint(9000)));
+        assert_eq!(p.check(2, 12, 0), Some(FaultKind::SlowCheckpoint(9000)));
+        assert_eq!(p.due(2, 13, 0), None);
     }
 
     #[test]
@@ -214,6 +227,7 @@ mod tests {
             ("rank=1,step=x,kind=kill", "step=\"x\""),
             ("rank=1,step=2,kind=explode", "unknown kind"),
             ("rank=1,step=2,kind=slow", "has no ms"),
+            ("rank=1,step=2,kind=slow-checkpoint", "has no ms"),
             ("rank=1,step=2,kind=kill,ms=5", "only for kind=slow"),
             ("rank=1,step=2,kind=kill,when=now", "unknown key"),
             ("rank1,step=2,kind=kill", "not key=value"),

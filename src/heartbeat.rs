@@ -37,6 +37,9 @@ static PROGRESS: ProgressSlot = ProgressSlot {
     what: Mutex::new(String::new()),
 };
 
+/// Scopes in which this process waits for the other ranks ([`waiting_for_peers`]).
+static WAITING: AtomicU64 = AtomicU64::new(0);
+
 static STARTED: Once = Once::new();
 
 /// Records this rank's progress: step `step` of `total` (0 when unknown) of `what`.
@@ -55,6 +58,30 @@ pub fn report(step: u64, total: u64, what: &str) {
     PROGRESS.updates.fetch_add(1, Ordering::Release);
 }
 
+/// Counts as progress without changing what was last reported: for long work inside a
+/// step (writing a checkpoint), so that the launcher does not take it for a stall. Nothing
+/// happens before the first [`report`].
+pub(crate) fn pulse() {
+    let _ = PROGRESS.updates.fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| (u > 0).then_some(u + 1));
+}
+
+/// Marks this rank as waiting in a collective for the other ranks until the guard drops:
+/// the launcher does not count its lack of progress as a stall while another rank still
+/// progresses (a straggler writing its checkpoint shard).
+pub(crate) fn waiting_for_peers() -> WaitingForPeers {
+    WAITING.fetch_add(1, Ordering::AcqRel);
+    WaitingForPeers(())
+}
+
+/// The guard of [`waiting_for_peers`].
+pub(crate) struct WaitingForPeers(());
+
+impl Drop for WaitingForPeers {
+    fn drop(&mut self) {
+        WAITING.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// The latest progress, or `None` before the first [`report`].
 pub fn latest() -> Option<Progress> {
     let updates = PROGRESS.updates.load(Ordering::Acquire);
@@ -66,6 +93,7 @@ pub fn latest() -> Option<Progress> {
         total: PROGRESS.total.load(Ordering::Relaxed),
         what: PROGRESS.what.lock().map(|w| w.clone()).unwrap_or_default(),
         updates,
+        waiting: WAITING.load(Ordering::Acquire) > 0,
     })
 }
 
@@ -131,5 +159,12 @@ mod tests {
         report(7, 0, "map");
         let p = latest().unwrap();
         assert!(p.updates >= before + 3);
+        // A pulse counts as progress.
+        pulse();
+        assert!(latest().unwrap().updates > p.updates);
+        // Waiting for peers is said while the guard lives.
+        let guard = waiting_for_peers();
+        assert!(latest().unwrap().waiting);
+        drop(guard);
     }
 }

@@ -57,6 +57,30 @@ pub fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
     let _ = (file, offset, len);
 }
 
+/// Waits until the write-back of `len` bytes of `file` from `offset` is done (starting it
+/// where it was not: `sync_file_range(WAIT_BEFORE | WRITE | WAIT_AFTER)`). A writer that
+/// starts the write-back of each piece and waits for the one before it goes at the disk's
+/// pace instead of filling the page cache, so the closing fsync finds at most a piece left
+/// and the writer's progress says how far the disk is. Best effort, like
+/// [`start_writeback`].
+pub fn wait_writeback(file: &std::fs::File, offset: u64, len: u64) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: as in `start_writeback`: no memory of ours is read or written.
+        unsafe {
+            libc::sync_file_range(
+                file.as_raw_fd(),
+                offset as libc::off64_t,
+                len as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+            );
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, offset, len);
+}
+
 /// Keeps the memory this process frees for its own next allocations instead of handing it
 /// back to the kernel at once (glibc's `mallopt`: blocks up to 64 MiB come from the heap,
 /// not from a mapping of their own, and up to 1 GiB of free heap top stays mapped).

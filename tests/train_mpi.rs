@@ -117,6 +117,25 @@ fn a_hung_rank_is_detected_and_the_restarted_gang_gives_the_same_model() {
 }
 
 #[test]
+fn a_checkpoint_straggler_slower_than_the_stall_timeout_is_waited_for_not_taken_for_a_stall() {
+    let sc = Scratch::new("train-straggler");
+    let data = dataset(&sc);
+    let (clean, reference) = train(&sc, "2", &data, "clean-2", None, &[]);
+    assert_success(&clean);
+    // Rank 1 takes 7 s longer to write its shard of the checkpoint of step 60, reporting
+    // progress as a slow disk's writer does; rank 0 waits for it in the checkpoint's vote
+    // without progress of its own for more than the 3 s stall timeout. No restart allowed.
+    let fault = "rank=1,step=60,kind=slow-checkpoint,ms=7000";
+    let extra = ["--max-restarts", "0", "--stall-timeout", "3"];
+    let (out, model) = train(&sc, "2", &data, "straggler", Some(fault), &extra);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stderr.contains("rank 1 takes 7000 ms longer to write its shard of step 60"), "{stderr}");
+    assert!(!stderr.contains("stalled"), "{stderr}");
+    assert!(same_file(&model, &reference), "the model differs from the uninterrupted one");
+}
+
+#[test]
 fn a_damaged_newest_checkpoint_is_passed_over_for_the_previous_one() {
     let sc = Scratch::new("train-corrupt");
     let data = dataset(&sc);

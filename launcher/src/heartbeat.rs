@@ -8,7 +8,9 @@
 //! * it has sent heartbeats and then none (the process is frozen, or its heartbeat thread
 //!   died), or
 //! * it has reported progress, not finished (`step < total`), and reported none since
-//!   (its main thread is stuck: a deadlock, a collective that never completes, a hang).
+//!   (its main thread is stuck: a deadlock, a collective that never completes, a hang),
+//!   unless it said it waits for the other ranks (the vote that ends a checkpoint) while
+//!   another rank still makes progress (a straggler writing its shard).
 //!
 //! Ranks that never send heartbeats (programs that do not use the gang library) and ranks
 //! whose exit is recorded are not checked.
@@ -206,6 +208,13 @@ impl Tracker {
             return None;
         }
         let suspect = (INTERVAL * SUSPECT_MISSED).min(timeout);
+        // A rank at work (not waiting for the others) that made progress within the timeout:
+        // the ranks that wait in a collective wait for it.
+        let working = self.ranks.iter().any(|(rank, s)| {
+            !self.finished.contains(rank)
+                && s.progress.as_ref().is_some_and(|p| !p.is_finished() && !p.waiting)
+                && now.saturating_duration_since(s.progress_since) < timeout
+        });
         let mut stalled: Vec<(StallKind, Duration, usize, &RankState)> = Vec::new();
         let mut any = false;
         for (&rank, s) in &self.ranks {
@@ -220,7 +229,7 @@ impl Tracker {
             }
             if let Some(p) = &s.progress {
                 let still = now.saturating_duration_since(s.progress_since);
-                if !p.is_finished() && still >= timeout {
+                if !p.is_finished() && still >= timeout && !(p.waiting && working) {
                     any = true;
                     stalled.push((StallKind::NoProgress, still, rank, s));
                 }
@@ -229,14 +238,14 @@ impl Tracker {
         if !any {
             return None;
         }
-        // Silent ranks first, the longest silent first; then the lowest step, then the
-        // one that stalled first.
+        // Silent ranks first, the longest silent first; then ranks at work before those
+        // waiting for the others, the lowest step, the one that stalled first.
         stalled.sort_by_key(|(kind, dur, rank, s)| {
-            let step = match kind {
-                StallKind::Silent => 0,
-                StallKind::NoProgress => s.progress.as_ref().map_or(0, |p| p.step),
+            let (waiting, step) = match kind {
+                StallKind::Silent => (false, 0),
+                StallKind::NoProgress => s.progress.as_ref().map_or((false, 0), |p| (p.waiting, p.step)),
             };
-            (*kind != StallKind::Silent, step, std::cmp::Reverse(*dur), *rank)
+            (*kind != StallKind::Silent, waiting, step, std::cmp::Reverse(*dur), *rank)
         });
         let (kind, dur, rank, s) = stalled.first()?;
         Some(Stall {
@@ -443,7 +452,20 @@ mod tests {
 
     fn msg(token: &str, rank: usize, attempt: u32, progress: Option<(u64, u64, u64)>) -> Vec<u8> {
         let mut b = Heartbeat::new(token, rank, attempt, 100 + rank as u32);
-        b.progress = progress.map(|(step, total, updates)| Progress { step, total, what: "train".into(), updates });
+        b.progress = progress.map(|(step, total, updates)| Progress {
+            step,
+            total,
+            what: "train".into(),
+            updates,
+            waiting: false,
+        });
+        b.encode()
+    }
+
+    /// A heartbeat of a rank waiting for the others at `step` of `total`.
+    fn waiting(token: &str, rank: usize, step: u64, total: u64, updates: u64) -> Vec<u8> {
+        let mut b = Heartbeat::new(token, rank, 0, 100 + rank as u32);
+        b.progress = Some(Progress { step, total, what: "train".into(), updates, waiting: true });
         b.encode()
     }
 
@@ -547,6 +569,55 @@ mod tests {
         t.receive(&msg("k", 1, 0, Some((3, 96, 3))), t0);
         t.receive(&msg("k", 1, 0, Some((4, 96, 4))), t0 + Duration::from_secs(5));
         assert_eq!(t.check(t0 + Duration::from_secs(5), timeout), None);
+    }
+
+    #[test]
+    fn ranks_waiting_for_a_straggler_that_still_writes_are_not_stalled() {
+        let t0 = Instant::now();
+        let mut t = Tracker::new("k", 0, 3);
+        for r in 0..3 {
+            t.receive(&msg("k", r, 0, Some((12, 96, 12))), t0);
+        }
+        // Rank 2 writes a large checkpoint shard, pulsing its progress as it writes, until
+        // 14 s; ranks 0 and 1 wait for it in the checkpoint's vote.
+        for s in 1..=20 {
+            let at = t0 + Duration::from_secs(s);
+            t.receive(&waiting("k", 0, 12, 96, 13), at);
+            t.receive(&waiting("k", 1, 12, 96, 13), at);
+            t.receive(&msg("k", 2, 0, Some((12, 96, 12 + s.min(14)))), at);
+        }
+        let timeout = Duration::from_secs(6);
+        assert_eq!(t.check(t0 + Duration::from_secs(14), timeout), None, "rank 2 still writes");
+        assert_eq!(t.check(t0 + Duration::from_secs(19), timeout), None, "5 s since rank 2 progressed");
+        // Rank 2 stopped at 14 s: at 20 s it is stalled, and named before the waiting ranks.
+        let s = t.check(t0 + Duration::from_secs(20), timeout).unwrap();
+        assert_eq!((s.rank, s.kind, s.others.clone()), (2, StallKind::NoProgress, vec![0, 1]));
+
+        // A rank stuck at work is a stall even while another rank progresses: only ranks
+        // that said they wait are excused.
+        let mut t = Tracker::new("k", 0, 2);
+        t.receive(&msg("k", 0, 0, Some((3, 10, 3))), t0);
+        t.receive(&msg("k", 1, 0, Some((3, 10, 3))), t0);
+        for s in 1..=6 {
+            let at = t0 + Duration::from_secs(s);
+            t.receive(&msg("k", 0, 0, Some((3 + s, 10, 3 + s))), at);
+            t.receive(&msg("k", 1, 0, Some((3, 10, 3))), at);
+        }
+        let s = t.check(t0 + Duration::from_secs(6), timeout).unwrap();
+        assert_eq!((s.rank, s.kind), (1, StallKind::NoProgress));
+        // And ranks that all wait (a collective that never completes) are stalled.
+        let mut t = Tracker::new("k", 0, 2);
+        for s in 0..=6 {
+            for r in 0..2 {
+                t.receive(&waiting("k", r, 3, 10, 3), t0 + Duration::from_secs(s));
+            }
+        }
+        let s = t.check(t0 + Duration::from_secs(6), timeout).unwrap();
+        assert_eq!(
+            s.to_string(),
+            "rank 0 stalled (no progress for 6 s, last progress: train step 3 of 10, waiting for the other ranks); \
+             rank 1 stalled too"
+        );
     }
 
     #[test]

@@ -534,7 +534,7 @@ mod tests {
     }
 
     fn at(step: u64) -> Option<Progress> {
-        Some(Progress { step, total: 100, what: "train".into(), updates: step + 1 })
+        Some(Progress { step, total: 100, what: "train".into(), updates: step + 1, waiting: false })
     }
 
     #[test]

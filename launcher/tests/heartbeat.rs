@@ -40,7 +40,8 @@ impl Client {
     fn send(&mut self, step: Option<u64>) {
         if let Some(step) = step {
             self.updates += 1;
-            self.beat.progress = Some(Progress { step, total: 10, what: "test".into(), updates: self.updates });
+            self.beat.progress =
+                Some(Progress { step, total: 10, what: "test".into(), updates: self.updates, waiting: false });
         }
         self.sender.send(&self.beat).unwrap();
         self.beat.seq += 1;

@@ -39,7 +39,7 @@
 //!
 //! let sender = HeartbeatSender::connect(&addr).unwrap();
 //! let mut beat = Heartbeat::new("secret", 1, 0, 4242);
-//! beat.progress = Some(Progress { step: 40, total: 100, what: "train".into(), updates: 41 });
+//! beat.progress = Some(Progress { step: 40, total: 100, what: "train".into(), updates: 41, waiting: false });
 //! sender.send(&beat).unwrap();
 //!
 //! let mut buf = [0u8; 2048];
@@ -144,6 +144,11 @@ pub struct Progress {
     /// again, even with the same step, which is how the launcher tells a working rank from
     /// a stuck one.
     pub updates: u64,
+    /// The rank waits in a collective for the other ranks (the vote that ends a
+    /// checkpoint): without progress of its own, it is not stalled while another rank
+    /// still makes progress. Absent in heartbeats of older ranks.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub waiting: bool,
 }
 
 impl Progress {
@@ -161,6 +166,9 @@ impl fmt::Display for Progress {
         write!(f, "step {}", self.step)?;
         if self.total > 0 {
             write!(f, " of {}", self.total)?;
+        }
+        if self.waiting {
+            f.write_str(", waiting for the other ranks")?;
         }
         Ok(())
     }
@@ -366,7 +374,7 @@ mod tests {
     fn beat() -> Heartbeat {
         let mut b = Heartbeat::new("tok", 3, 2, 99);
         b.seq = 5;
-        b.progress = Some(Progress { step: 7, total: 10, what: "train".into(), updates: 8 });
+        b.progress = Some(Progress { step: 7, total: 10, what: "train".into(), updates: 8, waiting: false });
         b
     }
 
@@ -434,13 +442,15 @@ mod tests {
 
     #[test]
     fn progress_reads_well() {
-        let p = Progress { step: 40, total: 100, what: "train".into(), updates: 1 };
+        let p = Progress { step: 40, total: 100, what: "train".into(), updates: 1, waiting: false };
         assert_eq!(p.to_string(), "train step 40 of 100");
+        let w = Progress { waiting: true, ..p.clone() };
+        assert_eq!(w.to_string(), "train step 40 of 100, waiting for the other ranks");
         assert!(!p.is_finished());
-        let p = Progress { step: 3, total: 0, what: String::new(), updates: 1 };
+        let p = Progress { step: 3, total: 0, what: String::new(), updates: 1, waiting: false };
         assert_eq!(p.to_string(), "step 3");
         assert!(!p.is_finished());
-        assert!(Progress { step: 5, total: 5, what: String::new(), updates: 1 }.is_finished());
+        assert!(Progress { step: 5, total: 5, what: String::new(), updates: 1, waiting: false }.is_finished());
     }
 
     #[test]

@@ -273,10 +273,17 @@ impl CheckpointStore {
         let tmp = self.dir.join(temp_dir_name(step, attempt));
         let shard = Shard { meta, replicated, sharded };
         let written = self.write_shard(&tmp, rank, ctx.comm().size(), step, attempt, &shard);
+        if let (Ok(_), Some(FaultKind::SlowCheckpoint(ms))) = (&written, self.faults.due(rank, step, attempt)) {
+            eprintln!("gang: GANG_FAULT: rank {rank} takes {ms} ms longer to write its shard of step {step}");
+            slow_disk(std::time::Duration::from_millis(ms));
+        }
         if written.is_ok() && self.faults.due(rank, step, attempt) == Some(FaultKind::CrashDuringCheckpoint) {
             eprintln!("gang: GANG_FAULT: rank {rank} dies after writing its shard of step {step}, before the vote");
             crate::fault::fire(FaultKind::Kill, rank, step);
         }
+        // From here on this rank waits for the slowest shard's writer and for rank 0's
+        // commit, which report progress as they write: a straggler is not a stall.
+        let _waiting = crate::heartbeat::waiting_for_peers();
         let unanimous = ctx.comm().allreduce_scalar(written.is_ok(), ReduceOp::And)?;
         if !unanimous {
             let mine = written.as_ref().err().map(ToString::to_string).unwrap_or_default();
@@ -915,27 +922,45 @@ const WRITEBACK_EVERY: u64 = 32 << 20;
 
 /// Writes the safetensors file of `tensors` and `metadata` to `file` and fsyncs it;
 /// returns its length and CRC-32. The blocks go straight from the encoder to the file (no
-/// second buffer), and every 32 MiB the write-back of what was written is started, so the
-/// disk works while the rest is encoded and written rather than all at the fsync.
+/// second buffer), and every 32 MiB the write-back of what was written is started and the
+/// 32 MiB before it waited for: the disk works while the rest is encoded and written, the
+/// writer goes at the disk's pace rather than filling the page cache for the fsync, and the
+/// rank's progress is pulsed at each piece, so that a checkpoint longer than the stall
+/// timeout is not taken for a stall while it is written.
 fn write_durably(
     mut file: std::fs::File,
     tensors: &[TensorRef<'_>],
     metadata: &BTreeMap<String, String>,
 ) -> std::io::Result<(u64, u32)> {
     let mut crc = crc32fast::Hasher::new();
-    let (mut written, mut flushed) = (0u64, 0u64);
+    let (mut written, mut flushed, mut waited) = (0u64, 0u64, 0u64);
     safetensors::encode_blocks(tensors, metadata, |block| {
         file.write_all(block)?;
         crc.update(block);
         written += block.len() as u64;
         if written - flushed >= WRITEBACK_EVERY {
             crate::sys::start_writeback(&file, flushed, written - flushed);
-            flushed = written;
+            if flushed > waited {
+                // (A length of 0 would mean "to the end of the file".)
+                crate::sys::wait_writeback(&file, waited, flushed - waited);
+            }
+            crate::heartbeat::pulse();
+            (waited, flushed) = (flushed, written);
         }
         Ok::<_, std::io::Error>(())
     })?;
     file.sync_all()?;
     Ok((written, crc.finalize()))
+}
+
+/// Waits `delay` as a writer on a slow disk does, reporting progress every 200 ms (fault
+/// injection: a straggler's shard).
+fn slow_disk(delay: std::time::Duration) {
+    let until = std::time::Instant::now() + delay;
+    while let Some(left) = until.checked_duration_since(std::time::Instant::now()).filter(|d| !d.is_zero()) {
+        std::thread::sleep(left.min(std::time::Duration::from_millis(200)));
+        crate::heartbeat::pulse();
+    }
 }
 
 /// Flips bytes in the middle of `path` (fault injection).

@@ -451,9 +451,16 @@ impl<'c> MapStage<'c> {
             Ok(Box::new(batches.map(move |b| b.map_err(|e| input_error(e, &part, rank)))) as BatchIter)
         })
         .peekable();
-        for part in &todo {
+        // Progress for the launcher's stall detection: partitions done of this rank's, and
+        // a pulse for every batch mapped (`map_partition`).
+        let (what, total) = (format!("map stage {}", self.name), todo.len() as u64);
+        for (done, part) in todo.iter().enumerate() {
+            self.ctx.progress(done as u64, total, &what);
             self.map_partition(&mut out, &plan, part, &mut stream, &mut f).map_err(|e| out.fail(e))?;
             self.report(out.take_committed()?);
+        }
+        if total > 0 {
+            self.ctx.progress(total, total, &what);
         }
         drop(stream);
         out.flush()?;
@@ -492,7 +499,10 @@ impl<'c> MapStage<'c> {
             Ok((id, _)) if *id != part.id => None,
             _ => stream.next().map(|r| r.map(|(_, b)| b)),
         });
-        let mut mapped = batches.map(|b| b.and_then(|b| f(b).map_err(fn_err)));
+        let mut mapped = batches.map(|b| {
+            crate::heartbeat::pulse();
+            b.and_then(|b| f(b).map_err(fn_err))
+        });
         match mapped.next().transpose()? {
             Some(first) => {
                 let schema = first.schema();
