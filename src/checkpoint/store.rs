@@ -923,7 +923,7 @@ const WRITEBACK_EVERY: u64 = 32 << 20;
 /// Writes the safetensors file of `tensors` and `metadata` to `file` and fsyncs it;
 /// returns its length and CRC-32. The blocks go straight from the encoder to the file (no
 /// second buffer), and every 32 MiB the write-back of what was written is started and the
-/// 32 MiB before it waited for: the disk works while the rest is encoded and written, the
+/// piece before the previous one waited for: the disk works while the rest is encoded and written, the
 /// writer goes at the disk's pace rather than filling the page cache for the fsync, and the
 /// rank's progress is pulsed at each piece, so that a checkpoint longer than the stall
 /// timeout is not taken for a stall while it is written.
@@ -933,19 +933,23 @@ fn write_durably(
     metadata: &BTreeMap<String, String>,
 ) -> std::io::Result<(u64, u32)> {
     let mut crc = crc32fast::Hasher::new();
-    let (mut written, mut flushed, mut waited) = (0u64, 0u64, 0u64);
+    // `flushed`: write-back started up to here; `before`: where the last piece started
+    // (what lies before it is two pieces back); `waited`: on the disk up to here.
+    let (mut written, mut flushed, mut before, mut waited) = (0u64, 0u64, 0u64, 0u64);
     safetensors::encode_blocks(tensors, metadata, |block| {
         file.write_all(block)?;
         crc.update(block);
         written += block.len() as u64;
         if written - flushed >= WRITEBACK_EVERY {
             crate::sys::start_writeback(&file, flushed, written - flushed);
-            if flushed > waited {
+            // Two pieces in flight: wait for what lies before the previous piece.
+            if before > waited {
                 // (A length of 0 would mean "to the end of the file".)
-                crate::sys::wait_writeback(&file, waited, flushed - waited);
+                crate::sys::wait_writeback(&file, waited, before - waited);
+                waited = before;
             }
             crate::heartbeat::pulse();
-            (waited, flushed) = (flushed, written);
+            (before, flushed) = (flushed, written);
         }
         Ok::<_, std::io::Error>(())
     })?;
