@@ -63,7 +63,8 @@ fn gen_stats_and_standardize_are_identical_at_1_2_and_4_ranks() {
         let out = assert_success(&gang(&["stats", "-n", n, "--no-tag-output", "--input", s(&gen1), "--json"], &runs));
         stats.push(out);
         let st = sc.path(&format!("std-{n}"));
-        assert_success(&gang(&["standardize", "-n", n, "--input", s(&gen1), "--output", s(&st)], &runs));
+        let out = assert_success(&gang(&["standardize", "-n", n, "--input", s(&gen1), "--output", s(&st)], &runs));
+        assert!(out.contains("every partition decoded once"), "{out}");
         stds.push(digest(&st));
     }
     assert_eq!(gens[0].len(), 5);
@@ -73,16 +74,18 @@ fn gen_stats_and_standardize_are_identical_at_1_2_and_4_ranks() {
     assert_eq!(parsed["rows"], 30000);
     assert!(stds.iter().all(|d| d == &stds[0]), "standardize outputs differ between gang sizes");
     // The statistics pass keeps its decoded batches for the map stage when the rank's input
-    // fits in the budget: kept (the default, above), not kept because the input is larger
-    // than a small budget, and never kept give the same bytes.
+    // fits in the budget: kept (the default, above: every partition decoded once), kept on
+    // one rank of two (a budget between the two ranks' inputs) and never kept give the same
+    // bytes.
     let gen1 = sc.path("gen-1");
-    for budget in ["0", "500000"] {
+    for (budget, once) in [("0", "0 of 5"), ("500000", "2 of 5")] {
         let st = sc.path(&format!("std-keep-{budget}"));
-        assert_success(&gang_env(
+        let out = assert_success(&gang_env(
             &["standardize", "-n", "2", "--input", s(&gen1), "--output", s(&st)],
             &runs,
             &[("GANG_KEEP_BYTES", budget)],
         ));
+        assert!(out.contains(&format!("{once} partitions decoded once; the others were read again")), "{out}");
         assert!(digest(&st) == stds[0], "GANG_KEEP_BYTES={budget}: another output");
     }
     let bad = gang_env(

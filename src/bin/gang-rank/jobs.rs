@@ -343,6 +343,8 @@ pub fn standardize(config: Config, a: &StandardizeArgs) -> Result<()> {
             _ => dataset_stats(ctx, &projected, &options)?,
         };
         let reuse = kept.clone();
+        let served = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let count = served.clone();
         let reader: gang::stage::map::PartitionReader = std::sync::Arc::new(move |p, schema, opts| {
             let batches = {
                 let mut kept = reuse.lock().expect("kept batches");
@@ -352,7 +354,10 @@ pub fn standardize(config: Config, a: &StandardizeArgs) -> Result<()> {
                 }
             };
             match batches {
-                Some(batches) => Ok(Box::new(batches.into_iter().map(Ok)) as gang::data::BatchIter),
+                Some(batches) => {
+                    count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    Ok(Box::new(batches.into_iter().map(Ok)) as gang::data::BatchIter)
+                }
                 None => gang::data::read_partition(p, schema, opts),
             }
         });
@@ -372,6 +377,18 @@ pub fn standardize(config: Config, a: &StandardizeArgs) -> Result<()> {
         // bench/ measure theirs.
         let report = StageReport { seconds: started.elapsed().as_secs_f64(), ..report };
         print_report(ctx, "standardize", &report, &a.output.output);
+        let once = ctx.comm().allreduce_scalar(served.load(std::sync::atomic::Ordering::Relaxed), ReduceOp::Sum)?;
+        if ctx.rank() == 0 && !report.already_complete {
+            let mapped = (report.partitions - report.skipped) as u64;
+            if once == mapped {
+                println!("standardize: every partition decoded once (the statistics pass kept them for the map stage)");
+            } else {
+                println!(
+                    "standardize: {once} of {mapped} partitions decoded once; the others were read again, as their \
+                     rank's input exceeds its budget for keeping them (GANG_KEEP_BYTES, see --help)"
+                );
+            }
+        }
         Ok(())
     })?;
     Ok(())
