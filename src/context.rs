@@ -230,7 +230,12 @@ impl Context {
         &self.host
     }
 
-    /// The device of this rank (`local_rank % visible devices`, or the CPU).
+    /// The device of this rank, planned from its environment when the context was made:
+    /// the visible GPUs from `CUDA_VISIBLE_DEVICES`, else the discovery script of `gang run
+    /// --gpu-discovery-script` (`GANG_GPU_DISCOVERY_SCRIPT`), else Slurm's GPU ids, else one
+    /// per `/dev/nvidiaN` file; the only one the rank sees, or local rank among them; the
+    /// CPU when there is none ([`crate::gpu_bind::rank_device`]). CUDA ordinals: pass
+    /// `ordinal` to your CUDA library.
     pub fn device(&self) -> &Device {
         &self.device
     }
@@ -477,7 +482,7 @@ fn placed(
     } else {
         (derived_local, derived_local_size, derived_node)
     };
-    let device = env.device(local_rank);
+    let device = crate::gpu_bind::rank_device_or_cpu(local_rank, local_size, comm.rank() == 0);
     let run_dir = run.run_dir.clone().map(|d| RunDir::open(d).with_attempt(run.attempt));
     Ok(Context {
         comm,
@@ -500,7 +505,7 @@ fn local_context(mut comm: Comm, env: RankEnv, config: &Config) -> Context {
     }
     let local_rank = comm.rank();
     let local_size = comm.size();
-    let device = env.device(local_rank);
+    let device = crate::gpu_bind::rank_device_or_cpu(local_rank, local_size, local_rank == 0);
     let run_dir = env.run_dir.clone().map(|d| RunDir::open(d).with_attempt(env.attempt));
     let mut run = RunInfo::new(env.attempt);
     run.run_dir = env.run_dir.clone();

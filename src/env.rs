@@ -2,7 +2,7 @@
 //! of Open MPI, MPICH/Hydra, PMIx, Slurm, torchrun and the `gang` launcher.
 
 use crate::error::{Error, Result};
-use gang_protocol::device::{self, Device};
+use gang_protocol::device;
 use gang_protocol::vars;
 use std::path::PathBuf;
 
@@ -271,11 +271,6 @@ impl RankEnv {
             (None, _) => None,
         }
     }
-
-    /// The device of this rank under the rank-per-GPU plan.
-    pub fn device(&self, local_rank: usize) -> Device {
-        device::device_for(local_rank, &self.visible_devices)
-    }
 }
 
 /// The second half of a world-size mismatch: which MPI the program runs with, which the
@@ -419,7 +414,7 @@ mod tests {
         let e = env(&[]).unwrap();
         assert_eq!(e.launcher, LauncherKind::None);
         assert!(!e.launched());
-        assert_eq!(e.device(0), Device::Cpu);
+        assert!(e.visible_devices.is_empty());
     }
 
     #[test]
@@ -486,9 +481,10 @@ mod tests {
     }
 
     #[test]
-    fn devices_follow_local_rank() {
-        let e = env(&[("CUDA_VISIBLE_DEVICES", "0,1")]).unwrap();
-        assert_eq!(e.device(3).to_string(), "cuda:1");
+    fn cuda_visible_devices_is_read() {
+        // Which of them a rank uses: crate::gpu_bind::rank_device.
+        let e = env(&[("CUDA_VISIBLE_DEVICES", "0,GPU-ab,x,3")]).unwrap();
+        assert_eq!(e.visible_devices, vec!["0", "GPU-ab"]);
     }
 
     #[test]

@@ -153,6 +153,42 @@ pub fn preflight(comm: &Comm, host: &str, device: &Device, uuid: Option<&str>, p
     device::preflight(&entries, policy).map_err(|e| Error::Environment(e.to_string()))
 }
 
+/// The device of the rank with local rank `local_rank` of `local_size`, planned from its
+/// environment alone (no CUDA, no NVML: what [`Context::device`](crate::Context::device)
+/// says): the visible GPUs from `CUDA_VISIBLE_DEVICES`, else the discovery script of
+/// `GANG_GPU_DISCOVERY_SCRIPT` (`gang run --gpu-discovery-script`), else Slurm's GPU ids,
+/// else one per `/dev/nvidiaN` file; then the only one a rank sees, or local rank among
+/// them ([`device::bind_rank`]); the CPU when there is none.
+///
+/// # Errors
+/// The discovery script fails or prints something else than Spark's format, or a Slurm
+/// variable holds something else than GPU ids (the message names which).
+pub fn rank_device(local_rank: usize, local_size: usize) -> std::result::Result<Device, device::DiscoveryError> {
+    rank_device_from(device::VisibleDevices::from_env(None)?, std::path::Path::new("/dev"), local_rank, local_size)
+}
+
+fn rank_device_from(
+    visible: device::VisibleDevices,
+    dev: &std::path::Path,
+    local_rank: usize,
+    local_size: usize,
+) -> std::result::Result<Device, device::DiscoveryError> {
+    let gpus = device::visible_without_nvml(&visible, device::device_files(dev)).gpus;
+    Ok(device::bind_rank(local_rank, local_size, &gpus).device)
+}
+
+/// [`rank_device`], or the CPU with a warning from the gang's first rank when the GPUs
+/// cannot be listed (the rank then computes on the CPU, and `gang train --device cuda`
+/// gives the error itself).
+pub(crate) fn rank_device_or_cpu(local_rank: usize, local_size: usize, warn: bool) -> Device {
+    rank_device(local_rank, local_size).unwrap_or_else(|e| {
+        if warn {
+            eprintln!("gang: warning: no GPU for the ranks: {e}");
+        }
+        Device::Cpu
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,5 +276,37 @@ mod tests {
         })
         .join()
         .unwrap();
+    }
+
+    #[test]
+    fn a_rank_program_gets_its_gpu_from_a_discovery_script_or_the_device_files() {
+        let dir = std::env::temp_dir().join(format!("gang-rank-device-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let script = dir.join("gpus.sh");
+        std::fs::write(&script, "#!/bin/sh\necho '{\"name\": \"gpu\", \"addresses\": [\"0\", \"1\"]}'\n").unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let none = |_: &str| None;
+        let visible = device::VisibleDevices::detect(none, Some(&script)).unwrap();
+        let devices: Vec<Device> = (0..3).map(|r| rank_device_from(visible.clone(), &dir, r, 3).unwrap()).collect();
+        assert_eq!(
+            devices,
+            vec![
+                Device::Cuda { ordinal: 0, visible_id: "0".into() },
+                Device::Cuda { ordinal: 1, visible_id: "1".into() },
+                Device::Cuda { ordinal: 0, visible_id: "0".into() },
+            ]
+        );
+        // Nothing named, two device files: local rank among them.
+        std::fs::write(dir.join("nvidia0"), b"").unwrap();
+        std::fs::write(dir.join("nvidia1"), b"").unwrap();
+        let all = device::VisibleDevices::detect(none, None).unwrap();
+        assert_eq!(
+            rank_device_from(all.clone(), &dir, 1, 2).unwrap(),
+            Device::Cuda { ordinal: 1, visible_id: "1".into() }
+        );
+        // No device file: the CPU.
+        assert_eq!(rank_device_from(all, &dir.join("none"), 0, 1).unwrap(), Device::Cpu);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -10,7 +10,7 @@ mod common;
 
 use common::{assert_success, example, text, wait_guarded, Scratch};
 use gang_protocol::RunDir;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -91,6 +91,48 @@ fn hello_reports_what_each_of_4_ranks_saw() {
         assert!(row.ends_with("yes"), "rank {r} saw wrong values: {row}");
     }
     assert!(stdout.contains("every rank saw the right values"), "{stdout}");
+}
+
+#[test]
+fn a_spark_discovery_script_gives_each_rank_its_gpu_and_a_broken_one_stops_the_launch() {
+    let s = Scratch::new("discovery");
+    std::fs::create_dir_all(&s.0).unwrap();
+    let script = s.0.join("getGpusResources.sh");
+    std::fs::write(&script, "#!/bin/sh\necho '{\"name\": \"gpu\", \"addresses\": [\"0\", \"1\"]}'\n").unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let broken = s.0.join("broken.sh");
+    std::fs::write(&broken, "#!/bin/sh\necho 'no GPUs here' >&2\nexit 3\n").unwrap();
+    std::fs::set_permissions(&broken, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let hello = |script: &Path| {
+        common::require_mpirun();
+        let child = Command::new(common::gang_bin())
+            .args(["hello", "-n", "4", "--no-tag-output", "--gpu-discovery-script"])
+            .arg(script)
+            .env_remove("CUDA_VISIBLE_DEVICES")
+            .env_remove("GANG_GPU_DISCOVERY_SCRIPT")
+            .env("GANG_RUN_ROOT", s.0.join("runs"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_guarded(child, "gang hello --gpu-discovery-script")
+    };
+    // Every rank runs the script: ranks 0-3 (one node) take GPUs 0, 1, 0, 1.
+    let out = hello(&script);
+    let stdout = assert_success(&out);
+    for (r, gpu) in [(0, "cuda:0"), (1, "cuda:1"), (2, "cuda:0"), (3, "cuda:1")] {
+        let row = stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(&r.to_string()))
+            .unwrap_or_else(|| panic!("no row for rank {r}:\n{stdout}"));
+        assert!(row.split_whitespace().any(|w| w == gpu), "rank {r} should use {gpu}: {row}");
+    }
+    // A script that fails is said once, by the launcher, and no rank starts.
+    let out = hello(&broken);
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("broken.sh") && stderr.contains("no GPUs here"), "{stderr}");
+    assert_eq!(stderr.matches("broken.sh").count(), 1, "{stderr}");
 }
 
 #[test]

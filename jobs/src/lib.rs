@@ -444,11 +444,6 @@ pub struct TrainArgs {
     /// once with a table of the plan, because it is almost always a binding mistake).
     #[arg(long)]
     pub allow_gpu_sharing: bool,
-    /// A GPU discovery script in Spark's format (prints `{"name": "gpu", "addresses":
-    /// ["0", ...]}`), run by every rank to list its GPUs; CUDA_VISIBLE_DEVICES, when set,
-    /// still wins.
-    #[arg(long, value_name = "SCRIPT")]
-    pub gpu_discovery_script: Option<PathBuf>,
 }
 
 /// Checks the spelling of a model (whether it fits the label is known only once the data

@@ -47,23 +47,18 @@ pub fn choose(
     RankCount { ranks, why: Some(format!("-n not given: {why}")) }
 }
 
-/// GPUs visible to this process: `CUDA_VISIBLE_DEVICES` when set, else the `/dev/nvidiaN`
-/// device files.
-pub fn visible_gpus() -> usize {
-    if let Ok(v) = std::env::var("CUDA_VISIBLE_DEVICES") {
-        return gang_protocol::device::parse_cuda_visible_devices(Some(&v)).len();
-    }
-    std::fs::read_dir("/dev")
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .filter(|e| {
-                    let name = e.file_name();
-                    let name = name.to_string_lossy();
-                    name.strip_prefix("nvidia").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-                })
-                .count()
-        })
-        .unwrap_or(0)
+/// GPUs visible to this process, as a rank program's device plan counts them
+/// ([`gang_protocol::device::visible_without_nvml`]): `CUDA_VISIBLE_DEVICES` when set, else
+/// the discovery script's addresses (`GANG_GPU_DISCOVERY_SCRIPT`), else Slurm's GPU ids,
+/// else the `/dev/nvidiaN` device files.
+///
+/// # Errors
+/// The discovery script fails or prints something else than Spark's format; a Slurm
+/// variable holds something else than GPU ids.
+pub fn visible_gpus() -> Result<usize, gang_protocol::device::DiscoveryError> {
+    use gang_protocol::device::{device_files, visible_without_nvml, VisibleDevices};
+    let visible = VisibleDevices::from_env(None)?;
+    Ok(visible_without_nvml(&visible, device_files(std::path::Path::new("/dev"))).gpus.len())
 }
 
 #[cfg(test)]

@@ -47,6 +47,13 @@ pub struct LaunchOptions {
     /// How srun binds GPUs to ranks (srun `--gpu-bind`, e.g. `closest`, `single:1`). srun only.
     #[arg(long, value_name = "HOW")]
     pub gpu_bind: Option<String>,
+    /// A GPU discovery script in Spark's format (prints `{"name": "gpu", "addresses":
+    /// ["0", ...]}`; a Spark user's script works unchanged). Every rank runs it at start
+    /// and its addresses are the GPUs the rank may use (`ctx.device()` is the rank's, by
+    /// local rank among them); CUDA_VISIBLE_DEVICES, when set, still wins. Passed to the
+    /// ranks as GANG_GPU_DISCOVERY_SCRIPT; `-n` left out counts its GPUs.
+    #[arg(long, value_name = "SCRIPT")]
+    pub gpu_discovery_script: Option<PathBuf>,
     /// Prefix every output line with `[rank R] ` (the default).
     #[arg(long, overrides_with = "no_tag_output")]
     pub tag_output: bool,
@@ -190,6 +197,14 @@ pub fn run(opts: &LaunchOptions, command: &[OsString], uses_gpus: bool) -> Resul
         Some(h) => Some(cwd.join(h)),
         None => None,
     };
+    if let Some(script) = &opts.gpu_discovery_script {
+        if !script.is_file() {
+            bail!("GPU discovery script {} does not exist or is not a file", script.display());
+        }
+        // For every rank (forwarded below with the user's own GANG_* settings), before any
+        // thread of this process starts.
+        std::env::set_var(gang_protocol::vars::GPU_DISCOVERY_SCRIPT, cwd.join(script));
+    }
 
     let slurm = SlurmAllocation::from_env();
     let path_var = std::env::var_os("PATH");
@@ -226,13 +241,13 @@ pub fn run(opts: &LaunchOptions, command: &[OsString], uses_gpus: bool) -> Resul
         (Some(alloc), LauncherKind::Srun) => alloc.cpus().unwrap_or_else(|| detect::cores(None)),
         (alloc, _) => detect::cores(alloc.as_ref().and_then(|a| a.cpus_on_node).map(|n| n.to_string()).as_deref()),
     };
-    let count = ranks::choose(
-        opts.ranks,
-        slurm.as_ref().and_then(|s| s.ntasks),
-        uses_gpus,
-        if uses_gpus { ranks::visible_gpus() } else { 0 },
-        cpus,
-    );
+    // The GPUs a GPU job gets one rank each of when -n is left out. A discovery script is
+    // run here too, so that a broken one is said once, before any rank starts.
+    let gpus = match (uses_gpus && opts.ranks.is_none()) || opts.gpu_discovery_script.is_some() {
+        true => ranks::visible_gpus().map_err(|e| anyhow::anyhow!("{e}"))?,
+        false => 0,
+    };
+    let count = ranks::choose(opts.ranks, slurm.as_ref().and_then(|s| s.ntasks), uses_gpus, gpus, cpus);
     let n = count.ranks;
 
     let root = match (&opts.run_dir, std::env::var_os("GANG_RUN_ROOT")) {

@@ -577,6 +577,38 @@ pub fn match_visible(visible: &VisibleDevices, gpus: &[GpuInfo]) -> Matched {
     Matched { gpus: out, notes }
 }
 
+/// The NVIDIA device files `nvidiaN` in `dev` (normally `/dev`): the node's GPUs as the
+/// driver offers them to this process (a container or a Slurm job with device cgroups may
+/// see only its own). `nvidiactl`, `nvidia-uvm` and the like are not GPUs.
+pub fn device_files(dev: &Path) -> usize {
+    std::fs::read_dir(dev)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| {
+                    let name = e.file_name();
+                    let name = name.to_string_lossy();
+                    name.strip_prefix("nvidia").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// The GPUs a process can use, known without NVML or CUDA: the visible list matched by
+/// position (`CUDA_VISIBLE_DEVICES`) or taken as ordinals (a discovery script's addresses,
+/// Slurm's ids: right where CUDA numbers the node's GPUs as the driver does, see
+/// [`ordering_caveat`]), or, when nothing names them, one GPU per device file
+/// (`device_files`, from [`device_files`]) as CUDA ordinals `0..n`. This is how a rank
+/// program's [`Device`] is planned; `gang train` matches through NVML instead
+/// ([`match_visible`]).
+pub fn visible_without_nvml(visible: &VisibleDevices, device_files: usize) -> Matched {
+    if visible.source == VisibleSource::AllDevices {
+        let gpus = (0..device_files).map(|i| VisibleGpu { ordinal: i, id: i.to_string(), gpu: None, mig: false });
+        return Matched { gpus: gpus.collect(), notes: Vec::new() };
+    }
+    match_visible(visible, &[])
+}
+
 /// Why CUDA's ordinals may differ from NVML's indices, if they may: CUDA enumerates fastest
 /// first unless `CUDA_DEVICE_ORDER=PCI_BUS_ID`, NVML in PCI order; the two agree on a node
 /// of identical GPUs.
@@ -1004,6 +1036,34 @@ mod tests {
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).unwrap();
         p
+    }
+
+    #[test]
+    fn without_nvml_gpus_come_from_the_visible_list_or_the_device_files() {
+        let dev = temp("devfiles");
+        for f in ["nvidia0", "nvidia1", "nvidia3", "nvidiactl", "nvidia-uvm", "nvidia-caps", "null"] {
+            std::fs::write(dev.join(f), b"").unwrap();
+        }
+        assert_eq!(device_files(&dev), 3);
+        assert_eq!(device_files(&dev.join("absent")), 0);
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+        };
+        // Nothing names the GPUs: one per device file, ordinals 0..n; rank 4 of 4 wraps.
+        let all = VisibleDevices::detect(env(&[]), None).unwrap();
+        let gpus = visible_without_nvml(&all, 3).gpus;
+        assert_eq!(gpus.iter().map(|g| g.ordinal).collect::<Vec<_>>(), vec![0, 1, 2]);
+        assert_eq!(bind_rank(3, 4, &gpus).device, Device::Cuda { ordinal: 0, visible_id: "0".into() });
+        assert_eq!(bind_rank(0, 1, &visible_without_nvml(&all, 0).gpus).device, Device::Cpu);
+        // CUDA_VISIBLE_DEVICES: by position, whatever the device files.
+        let cvd = VisibleDevices::detect(env(&[("CUDA_VISIBLE_DEVICES", "GPU-ab12,5")]), None).unwrap();
+        let gpus = visible_without_nvml(&cvd, 8).gpus;
+        assert_eq!(bind_rank(1, 2, &gpus).device, Device::Cuda { ordinal: 1, visible_id: "5".into() });
+        // Slurm's ids (no CUDA_VISIBLE_DEVICES): the ids are the ordinals; one id: bound to it.
+        let slurm = VisibleDevices::detect(env(&[("SLURM_STEP_GPUS", "2")]), None).unwrap();
+        let b = bind_rank(0, 1, &visible_without_nvml(&slurm, 4).gpus);
+        assert_eq!((b.device, b.rule), (Device::Cuda { ordinal: 2, visible_id: "2".into() }, BindRule::Bound));
+        std::fs::remove_dir_all(&dev).unwrap();
     }
 
     #[test]

@@ -512,8 +512,7 @@ pub fn train(config: Config, a: &TrainArgs) -> Result<()> {
             .with_shuffle_block(a.shuffle_block)
             .with_device(a.device.parse()?)
             .with_device_comm(a.device_comm.parse().map_err(gang::Error::InvalidArgument)?)
-            .with_gpu_sharing(a.allow_gpu_sharing)
-            .with_gpu_discovery_script(a.gpu_discovery_script.clone());
+            .with_gpu_sharing(a.allow_gpu_sharing);
         if let Some(d) = &a.checkpoint_dir {
             cfg = cfg.with_checkpoint(CheckpointConfig::try_new(d, a.checkpoint_every, a.keep)?);
         }
