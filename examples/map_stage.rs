@@ -6,7 +6,9 @@
 //! `y = 2 * x + 1`, and writes OUTPUT in format F (default `parquet`). With `--fail-on-id`
 //! the function fails on the batch holding that id. With `GANG_TEST_DIE=R:K` in the
 //! environment, rank R aborts the process right after committing its K-th partition (a
-//! crash in the middle of the stage). Prints one line `committed P partitions, skipped S,
+//! crash in the middle of the stage); with `GANG_TEST_HANG_ON_ID=ID`, the rank that maps
+//! the batch holding that id stops there for good (a read or a function that never
+//! returns). Prints one line `committed P partitions, skipped S,
 //! rows N` from rank 0.
 
 use arrow_array::{Float64Array, Int64Array, RecordBatch};
@@ -37,6 +39,7 @@ fn main() {
         let (r, k) = v.split_once(':').expect("GANG_TEST_DIE=RANK:PARTITIONS");
         (r.parse().expect("rank"), k.parse().expect("partitions"))
     });
+    let hang_on: Option<i64> = std::env::var("GANG_TEST_HANG_ON_ID").ok().map(|v| v.parse().expect("an id"));
     let result = execute(config, |ctx| {
         let mut committed = 0usize;
         let report = MapStage::new(ctx, vec![Input::parse(input)?])
@@ -51,7 +54,18 @@ fn main() {
                     std::process::abort();
                 }
             })
-            .run(|batch| add_y(batch, fail_on))?;
+            .run(|batch| {
+                if let Some(id) = hang_on {
+                    let ids = batch.column_by_name("id").and_then(|c| c.as_any().downcast_ref::<Int64Array>());
+                    if ids.is_some_and(|ids| ids.values().contains(&id)) {
+                        eprintln!("rank {} hangs on id {id}", ctx.rank());
+                        loop {
+                            std::thread::sleep(std::time::Duration::from_secs(3600));
+                        }
+                    }
+                }
+                add_y(batch, fail_on)
+            })?;
         if ctx.rank() == 0 {
             println!("committed {} partitions, skipped {}, rows {}", report.partitions, report.skipped, report.rows);
         }

@@ -70,6 +70,9 @@ pub(crate) fn pulse() {
 /// progresses (a straggler writing its checkpoint shard).
 pub(crate) fn waiting_for_peers() -> WaitingForPeers {
     WAITING.fetch_add(1, Ordering::AcqRel);
+    // A new update, so that the launcher takes the heartbeat that says it (it keeps a
+    // rank's progress only when the count of updates changes).
+    pulse();
     WaitingForPeers(())
 }
 
@@ -79,6 +82,7 @@ pub(crate) struct WaitingForPeers(());
 impl Drop for WaitingForPeers {
     fn drop(&mut self) {
         WAITING.fetch_sub(1, Ordering::AcqRel);
+        pulse();
     }
 }
 
@@ -162,9 +166,13 @@ mod tests {
         // A pulse counts as progress.
         pulse();
         assert!(latest().unwrap().updates > p.updates);
-        // Waiting for peers is said while the guard lives.
+        // Waiting for peers is said while the guard lives, each change with a new update
+        // (the launcher keeps a rank's progress only when the updates change).
+        let before = latest().unwrap().updates;
         let guard = waiting_for_peers();
-        assert!(latest().unwrap().waiting);
+        let p = latest().unwrap();
+        assert!(p.waiting && p.updates > before);
         drop(guard);
+        assert!(latest().unwrap().updates > p.updates);
     }
 }

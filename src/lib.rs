@@ -33,7 +33,6 @@ pub mod env;
 mod error;
 pub mod failure;
 mod fault;
-#[cfg(feature = "cuda")]
 pub mod gpu_bind;
 mod heartbeat;
 mod jobs;

@@ -82,17 +82,19 @@ pub fn wait_writeback(file: &std::fs::File, offset: u64, len: u64) {
 }
 
 /// Keeps the memory this process frees for its own next allocations instead of handing it
-/// back to the kernel at once (glibc's `mallopt`: blocks up to 64 MiB come from the heap,
-/// not from a mapping of their own, and up to 1 GiB of free heap top stays mapped).
+/// back to the kernel at once (glibc's `mallopt`: blocks up to 32 MiB, the most every glibc
+/// accepts, come from the heap, not from a mapping of their own, and up to 1 GiB of free
+/// top of each heap, the main one and each thread's arena, stays mapped).
 ///
 /// A map stage allocates and frees its batches' buffers, about 1 MiB a column, for every
 /// partition. With glibc's defaults most of them were fresh mappings or freshly trimmed
 /// heap: the kernel zeroed and faulted in every page anew, 175,000 page faults and more
 /// than a second of system time for `gang standardize` of 256 MB on one rank
-/// (`bench/RESULTS.md`). With this, 93,000.
+/// (`bench/RESULTS.md`). With this, 93,000 (86,000 with `standardize` working in place).
 ///
 /// The price: a rank's resident memory stays near its peak (up to 1 GiB above what it
-/// holds) until it ends. Nothing is changed when the user already tuned glibc's allocator
+/// holds per heap: a rank whose decoding threads have arenas of their own may keep
+/// several) until it ends. Nothing is changed when the user already tuned glibc's allocator
 /// (`GLIBC_TUNABLES` naming `glibc.malloc`, or `MALLOC_TRIM_THRESHOLD_` /
 /// `MALLOC_MMAP_THRESHOLD_`), or on other C libraries. Returns whether it was applied.
 pub fn keep_freed_memory() -> bool {
@@ -104,11 +106,13 @@ pub fn keep_freed_memory() -> bool {
     }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
+        // Each on its own: a glibc that refuses one still takes the other.
         // SAFETY: mallopt(3) changes glibc's allocator settings; it reads no memory of ours,
         // and glibc applies the settings under its own locks.
-        unsafe {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20) == 1 && libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30) == 1
-        }
+        let mmap = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20) } == 1;
+        // SAFETY: as above.
+        let trim = unsafe { libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30) } == 1;
+        mmap && trim
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
     false

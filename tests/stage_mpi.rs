@@ -88,6 +88,41 @@ fn a_rank_killed_in_the_middle_of_the_stage_then_a_rerun_gives_the_uninterrupted
 }
 
 #[test]
+fn a_rank_hung_in_a_map_stage_is_found_stalled_and_a_rerun_gives_the_uninterrupted_output() {
+    let s = Scratch::new("mpi-hang");
+    write_input(&s.path("in"), FILES);
+    let out = s.path("out");
+    let runs = s.path("runs");
+    std::fs::create_dir_all(&runs).unwrap();
+    // The rank that maps id 5010 (partition 5) never returns from it; the others finish
+    // their partitions and wait for it. No restart: the launcher stops the gang.
+    let mut cmd = Command::new(gang_bin());
+    cmd.args(["run", "-n", "4", "--stall-timeout", "3", "--"])
+        .arg(example("map_stage"))
+        .arg(s.path("in"))
+        .arg(&out)
+        .env("GANG_RUN_ROOT", &runs)
+        .env_remove("GANG_TEST_DIE")
+        .env("GANG_TEST_HANG_ON_ID", "5010")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let hung = wait_guarded(cmd.spawn().unwrap(), "gang run map_stage with a hung rank");
+    let stderr = text(&hung).1;
+    assert_eq!(hung.status.code(), Some(124), "{stderr}");
+    assert!(stderr.contains("hangs on id 5010"), "{stderr}");
+    assert!(
+        stderr.contains("stalled (no progress for 3 s, last progress: map stage add-y step"),
+        "the stall should name the stage's progress: {stderr}"
+    );
+    assert!(!out.join("_SUCCESS").exists(), "a stalled stage wrote _SUCCESS");
+    assert!(visible(&out).is_empty(), "a stalled stage left visible files: {:?}", visible(&out));
+    // Run again without the hang: every row once.
+    let stdout = assert_success(&run_map(&s, 2, &out, &[], &[]));
+    assert_eq!(summary(&stdout).0, FILES);
+    assert_eq!(read_output(&out), expected_rows(FILES));
+}
+
+#[test]
 fn a_failing_function_fails_the_gang_naming_file_partition_and_rank_with_nothing_visible() {
     let s = Scratch::new("mpi-fail");
     write_input(&s.path("in"), FILES);

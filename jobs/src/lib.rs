@@ -49,7 +49,7 @@ pub enum Job {
     /// memory (per rank, a quarter of the node's available memory shared by its ranks; the
     /// environment variable GANG_KEEP_BYTES sets the budget in bytes, 0 keeps nothing);
     /// otherwise the map stage reads the input again. The output is the same either way;
-    /// the last line says how many partitions were decoded once.
+    /// a line says how many partitions were decoded once.
     Standardize(StandardizeArgs),
     /// Convert between Parquet, Arrow IPC and HDF5, re-partitioned into K files.
     Convert(ConvertArgs),

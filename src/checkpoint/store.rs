@@ -281,8 +281,10 @@ impl CheckpointStore {
             eprintln!("gang: GANG_FAULT: rank {rank} dies after writing its shard of step {step}, before the vote");
             crate::fault::fire(FaultKind::Kill, rank, step);
         }
-        // From here on this rank waits for the slowest shard's writer and for rank 0's
-        // commit, which report progress as they write: a straggler is not a stall.
+        // From here on this rank waits in the vote for the slowest shard's writer, which
+        // reports progress as it writes: a straggler is not a stall. (Rank 0's commit
+        // after the vote reports none; all ranks wait then, and a commit longer than the
+        // stall timeout is still taken for a stall.)
         let _waiting = crate::heartbeat::waiting_for_peers();
         let unanimous = ctx.comm().allreduce_scalar(written.is_ok(), ReduceOp::And)?;
         if !unanimous {

@@ -459,11 +459,11 @@ impl<'c> MapStage<'c> {
             self.map_partition(&mut out, &plan, part, &mut stream, &mut f).map_err(|e| out.fail(e))?;
             self.report(out.take_committed()?);
         }
+        drop(stream);
+        out.flush()?;
         if total > 0 {
             self.ctx.progress(total, total, &what);
         }
-        drop(stream);
-        out.flush()?;
         self.report(out.take_committed()?);
         out.finish(plan.partitions.len())
     }

@@ -384,8 +384,8 @@ pub fn standardize(config: Config, a: &StandardizeArgs) -> Result<()> {
                 println!("standardize: every partition decoded once (the statistics pass kept them for the map stage)");
             } else {
                 println!(
-                    "standardize: {once} of {mapped} partitions decoded once; the others were read again, as their \
-                     rank's input exceeds its budget for keeping them (GANG_KEEP_BYTES, see --help)"
+                    "standardize: {once} of {mapped} partitions decoded once; the others were read again (their \
+                     rank's input did not fit its budget for keeping them: GANG_KEEP_BYTES, see --help)"
                 );
             }
         }
