@@ -263,6 +263,42 @@ impl Tracker {
         })
     }
 
+    /// How far the gang has got, from every rank's latest progress, for the launcher's
+    /// periodic line: `train step 1180-1200 of 9600` (the slowest and fastest rank) when
+    /// the ranks count the same steps, `map stage x: 412 of 800 steps over 4 ranks` when
+    /// each counts its own share; one part per kind of work when ranks do different things.
+    /// `None` before any rank reported progress.
+    pub fn progress_line(&self) -> Option<String> {
+        let mut by_what: BTreeMap<&str, Vec<&Progress>> = BTreeMap::new();
+        for s in self.ranks.values() {
+            if let Some(p) = &s.progress {
+                by_what.entry(p.what.as_str()).or_default().push(p);
+            }
+        }
+        let parts: Vec<String> = by_what
+            .into_iter()
+            .map(|(what, ps)| {
+                let lead = if what.is_empty() { String::new() } else { format!("{what} ") };
+                let (lo, hi) =
+                    (ps.iter().map(|p| p.step).min().unwrap_or(0), ps.iter().map(|p| p.step).max().unwrap_or(0));
+                let steps = if lo == hi { lo.to_string() } else { format!("{lo}-{hi}") };
+                let total = ps[0].total;
+                if ps.iter().all(|p| p.total == total) {
+                    match total {
+                        0 => format!("{lead}step {steps}"),
+                        t => format!("{lead}step {steps} of {t}"),
+                    }
+                } else {
+                    let done: u64 = ps.iter().map(|p| p.step.min(p.total)).sum();
+                    let all: u64 = ps.iter().map(|p| p.total).sum();
+                    let n = ps.len();
+                    format!("{}: {done} of {all} steps over {n} rank{}", what, if n == 1 { "" } else { "s" })
+                }
+            })
+            .collect();
+        (!parts.is_empty()).then(|| parts.join("; "))
+    }
+
     /// What was heard, for `attempt-<k>/heartbeats.json`.
     pub fn summary(&self) -> HeartbeatSummary {
         HeartbeatSummary {
@@ -276,6 +312,16 @@ impl Tracker {
             malformed: self.malformed,
             stale: self.stale,
         }
+    }
+}
+
+/// `45 s`, `2m05s`, `1h02m`: time since the gang started, for the progress line.
+pub fn elapsed(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..=59 => format!("{s} s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
     }
 }
 
@@ -623,6 +669,33 @@ mod tests {
             "rank 0 stalled (no progress for 6 s, last progress: train step 3 of 10, waiting for the other ranks); \
              rank 1 stalled too"
         );
+    }
+
+    #[test]
+    fn the_progress_line_says_how_far_the_ranks_have_got() {
+        let t0 = Instant::now();
+        let mut t = Tracker::new("k", 0, 3);
+        assert_eq!(t.progress_line(), None);
+        t.receive(&msg("k", 0, 0, Some((1200, 9600, 1200))), t0);
+        t.receive(&msg("k", 1, 0, Some((1180, 9600, 1180))), t0);
+        t.receive(&msg("k", 2, 0, None), t0);
+        assert_eq!(t.progress_line().unwrap(), "train step 1180-1200 of 9600");
+        t.receive(&msg("k", 1, 0, Some((1200, 9600, 1201))), t0);
+        assert_eq!(t.progress_line().unwrap(), "train step 1200 of 9600");
+        // Shares of their own (a map stage's partitions): summed over the ranks.
+        let part = |rank: usize, step: u64, total: u64| {
+            let mut b = Heartbeat::new("k", rank, 0, 7);
+            b.progress =
+                Some(Progress { step, total, what: "map stage std".into(), updates: step + 1, waiting: false });
+            b.encode()
+        };
+        let mut t = Tracker::new("k", 0, 2);
+        t.receive(&part(0, 3, 5), t0);
+        t.receive(&part(1, 4, 4), t0);
+        assert_eq!(t.progress_line().unwrap(), "map stage std: 7 of 9 steps over 2 ranks");
+        assert_eq!(elapsed(Duration::from_secs(45)), "45 s");
+        assert_eq!(elapsed(Duration::from_secs(125)), "2m05s");
+        assert_eq!(elapsed(Duration::from_secs(3720)), "1h02m");
     }
 
     #[test]

@@ -89,6 +89,11 @@ pub struct LaunchOptions {
     /// forever. Ends `gang` with exit code 124 when not restarted.
     #[arg(long, value_name = "SECONDS", default_value = "300", value_parser = parse_seconds)]
     pub start_timeout: Duration,
+    /// Every this many seconds, print how far the ranks have got, from the progress their
+    /// heartbeats carry (`gang: 2m00s: train step 1180-1200 of 9600`; a map stage's
+    /// partitions over all ranks), when it changed since the last line. 0 prints none.
+    #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = parse_seconds)]
+    pub progress_every: Duration,
     /// Whole seconds Open MPI waits before it sends the ranks SIGTERM when it stops the gang
     /// (after a rank failed, or on SIGINT/SIGTERM to gang), and as long again before
     /// SIGKILL. 0, the default, stops them at once: gang's outputs and checkpoints are safe
@@ -363,6 +368,7 @@ pub fn run(opts: &LaunchOptions, command: &[OsString], uses_gpus: bool) -> Resul
         listener: listener.as_ref(),
         stall_timeout: opts.stall_timeout,
         start_timeout: opts.start_timeout,
+        progress_every: opts.progress_every,
         stop_grace,
         verbose: opts.verbose || log.is_none(),
         log,
@@ -379,6 +385,8 @@ struct Watch<'a> {
     listener: Option<&'a heartbeat::Listener>,
     stall_timeout: Duration,
     start_timeout: Duration,
+    /// How often the progress line is printed (zero: never).
+    progress_every: Duration,
     /// From SIGTERM to the launcher to its SIGKILL.
     stop_grace: Duration,
     /// Show all of the launcher's stderr as it comes (see [`chatter`]).
@@ -746,6 +754,7 @@ fn watch(
     let spawned = Instant::now();
     let world = tracker.world();
     let mut all_started = false;
+    let (mut last_progress, mut last_line) = (Instant::now(), None::<String>);
     loop {
         if let Some(status) = child.try_wait().context("could not wait for the launcher")? {
             return Ok((status, stop, stall));
@@ -795,6 +804,13 @@ fn watch(
                     stop = Some(StopReason::NotStarted(started));
                     term_sent = Some(Instant::now());
                     let _ = sys::signal_group(pgid, sys::SIGTERM);
+                }
+            }
+            if term_sent.is_none() && !w.progress_every.is_zero() && last_progress.elapsed() >= w.progress_every {
+                last_progress = Instant::now();
+                if let Some(line) = tracker.progress_line().filter(|l| last_line.as_ref() != Some(l)) {
+                    eprintln!("gang: {}: {line}", heartbeat::elapsed(spawned.elapsed()));
+                    last_line = Some(line);
                 }
             }
             if term_sent.is_none() {

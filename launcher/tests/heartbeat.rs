@@ -97,6 +97,14 @@ fn rank_program() {
                 c.send(None);
             }
         }
+        ("progress", _) => {
+            // Steps 0..=10 of 10 over about 2 s, then done.
+            for step in 0..=10 {
+                c.send(Some(step));
+                std::thread::sleep(TICK);
+            }
+            std::process::exit(0);
+        }
         ("wrong-token", _) => {
             let good = c.beat.token.clone();
             c.beat.token = "not-the-token".into();
@@ -181,6 +189,20 @@ fn a_rank_without_progress_is_a_stall_and_exits_124_without_budget() {
     assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
     assert_eq!(attempts(&run), [0]);
     assert_all_attempts_gone(&run);
+}
+
+#[test]
+fn the_launcher_prints_how_far_the_ranks_have_got_every_progress_interval() {
+    let dir = TempDir::new("hb-progress");
+    let (out, _) = run_mode(&dir, "progress", &["--progress-every", "1"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let lines: Vec<&str> =
+        out.stderr.lines().filter(|l| l.starts_with("gang: ") && l.contains(": test step ")).collect();
+    assert!(!lines.is_empty(), "no progress line: {}", out.stderr);
+    assert!(lines.iter().all(|l| l.ends_with(" of 10")), "{lines:?}");
+    // Without the option (60 s by default), a 2-second gang prints none.
+    let (out, _) = run_mode(&dir, "progress", &[]);
+    assert!(!out.stderr.contains(": test step "), "{}", out.stderr);
 }
 
 #[test]
