@@ -40,19 +40,7 @@ pub(crate) fn advise_huge_pages<T>(buf: &mut [std::mem::MaybeUninit<T>]) {
 /// any failure to write).
 pub fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
     #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        // SAFETY: sync_file_range(2) on a file descriptor we own reads no memory of ours;
-        // a bad range or descriptor only yields an error code, which we ignore.
-        unsafe {
-            libc::sync_file_range(
-                file.as_raw_fd(),
-                offset as libc::off64_t,
-                len as libc::off64_t,
-                libc::SYNC_FILE_RANGE_WRITE,
-            );
-        }
-    }
+    sync_range(file, offset, len, libc::SYNC_FILE_RANGE_WRITE);
     #[cfg(not(target_os = "linux"))]
     let _ = (file, offset, len);
 }
@@ -65,20 +53,25 @@ pub fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
 /// [`start_writeback`].
 pub fn wait_writeback(file: &std::fs::File, offset: u64, len: u64) {
     #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        // SAFETY: as in `start_writeback`: no memory of ours is read or written.
-        unsafe {
-            libc::sync_file_range(
-                file.as_raw_fd(),
-                offset as libc::off64_t,
-                len as libc::off64_t,
-                libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER,
-            );
-        }
-    }
+    sync_range(
+        file,
+        offset,
+        len,
+        libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+    );
     #[cfg(not(target_os = "linux"))]
     let _ = (file, offset, len);
+}
+
+/// `sync_file_range(2)` with `flags`; errors ignored (the closing fsync reports any).
+#[cfg(target_os = "linux")]
+fn sync_range(file: &std::fs::File, offset: u64, len: u64, flags: libc::c_uint) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: sync_file_range(2) on a file descriptor we own reads no memory of ours; a bad
+    // range or descriptor only yields an error code, which we ignore.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset as libc::off64_t, len as libc::off64_t, flags);
+    }
 }
 
 /// Keeps the memory this process frees for its own next allocations instead of handing it

@@ -107,13 +107,20 @@ mod tests {
     use super::*;
     use crate::jobs::gen::GenSpec;
 
-    #[test]
-    fn standardized_features_have_mean_zero_and_unit_std() {
-        let spec = GenSpec { rows: 5000, features: 3, classes: 2, partitions: 1, seed: 11, noise: 0.0 };
-        let batch = spec.generate(0, 5000).unwrap().remove(0);
+    /// A generated batch of `rows` rows and `features` features, its statistics and its
+    /// feature columns.
+    fn fixture(rows: usize, features: usize, seed: u64) -> (RecordBatch, TableSummary, Vec<String>) {
+        let spec = GenSpec { rows: rows as u64, features, classes: 2, partitions: 1, seed, noise: 0.0 };
+        let batch = spec.generate(0, rows).unwrap().remove(0);
         let mut stats = TableSummary::new(&batch.schema());
         stats.add(&batch).unwrap();
         let cols = feature_columns(&batch.schema(), &["y".into(), "id".into()]);
+        (batch, stats, cols)
+    }
+
+    #[test]
+    fn standardized_features_have_mean_zero_and_unit_std() {
+        let (batch, stats, cols) = fixture(5000, 3, 11);
         assert_eq!(cols, vec!["f0", "f1", "f2"]);
         let out = standardize(batch.clone(), &stats, &cols).unwrap();
         let mut after = TableSummary::new(&out.schema());
@@ -130,11 +137,7 @@ mod tests {
 
     #[test]
     fn a_batch_held_nowhere_else_is_standardized_in_its_own_buffers_with_the_same_values() {
-        let spec = GenSpec { rows: 4000, features: 2, classes: 2, partitions: 1, seed: 5, noise: 0.0 };
-        let batch = spec.generate(0, 4000).unwrap().remove(0);
-        let mut stats = TableSummary::new(&batch.schema());
-        stats.add(&batch).unwrap();
-        let cols = feature_columns(&batch.schema(), &["y".into(), "id".into()]);
+        let (batch, stats, cols) = fixture(4000, 2, 5);
         // Shared (the test keeps `batch`): new buffers.
         let copied = standardize(batch.clone(), &stats, &cols).unwrap();
         let i = batch.schema().index_of(&cols[0]).unwrap();
