@@ -282,10 +282,10 @@ impl CheckpointStore {
             crate::fault::fire(FaultKind::Kill, rank, step);
         }
         // From here on this rank waits in the vote for the slowest shard's writer, which
-        // reports progress as it writes: a straggler is not a stall. (Rank 0's commit
-        // after the vote reports none; all ranks wait then, and a commit longer than the
-        // stall timeout is still taken for a stall.)
-        let _waiting = crate::heartbeat::waiting_for_peers();
+        // reports progress as it writes: a straggler is not a stall. Then the ranks wait
+        // for rank 0's commit, which is at work (not waiting) and reports progress as it
+        // prunes old checkpoints.
+        let mut waiting = Some(crate::heartbeat::waiting_for_peers());
         let unanimous = ctx.comm().allreduce_scalar(written.is_ok(), ReduceOp::And)?;
         if !unanimous {
             let mine = written.as_ref().err().map(ToString::to_string).unwrap_or_default();
@@ -312,6 +312,9 @@ impl CheckpointStore {
         }
         let written = written.expect("the vote was unanimous");
         let all = ctx.comm().allgather_bytes(&serde_json::to_vec(&written).map_err(Error::external)?)?;
+        if rank == 0 {
+            waiting.take();
+        }
         ctx.comm().agree("checkpoint commit", || {
             self.commit(step, attempt, &tmp, all.iter()).inspect_err(|e| {
                 eprintln!("gang: rank 0 could not commit the checkpoint: {e}");
@@ -471,6 +474,7 @@ impl CheckpointStore {
                 Ok(()) => removed = true,
                 Err(e) => eprintln!("gang: could not remove old checkpoint {}: {e}", path.display()),
             }
+            crate::heartbeat::pulse();
         }
         if removed {
             if let Err(e) = sync_dir(&self.dir) {
