@@ -164,17 +164,18 @@ pub fn preflight(comm: &Comm, host: &str, device: &Device, uuid: Option<&str>, p
 /// The discovery script fails or prints something else than Spark's format, or a Slurm
 /// variable holds something else than GPU ids (the message names which).
 pub fn rank_device(local_rank: usize, local_size: usize) -> std::result::Result<Device, device::DiscoveryError> {
-    rank_device_from(device::VisibleDevices::from_env(None)?, std::path::Path::new("/dev"), local_rank, local_size)
+    let visible = device::VisibleDevices::from_env(None)?;
+    Ok(rank_device_from(&visible, std::path::Path::new("/dev"), local_rank, local_size))
 }
 
 fn rank_device_from(
-    visible: device::VisibleDevices,
+    visible: &device::VisibleDevices,
     dev: &std::path::Path,
     local_rank: usize,
     local_size: usize,
-) -> std::result::Result<Device, device::DiscoveryError> {
-    let gpus = device::visible_without_nvml(&visible, device::device_files(dev)).gpus;
-    Ok(device::bind_rank(local_rank, local_size, &gpus).device)
+) -> Device {
+    let gpus = device::visible_without_nvml(visible, device::device_files(dev)).gpus;
+    device::bind_rank(local_rank, local_size, &gpus).device
 }
 
 /// [`rank_device`], or the CPU with a warning from the gang's first rank when the GPUs
@@ -288,7 +289,7 @@ mod tests {
         std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         let none = |_: &str| None;
         let visible = device::VisibleDevices::detect(none, Some(&script)).unwrap();
-        let devices: Vec<Device> = (0..3).map(|r| rank_device_from(visible.clone(), &dir, r, 3).unwrap()).collect();
+        let devices: Vec<Device> = (0..3).map(|r| rank_device_from(&visible, &dir, r, 3)).collect();
         assert_eq!(
             devices,
             vec![
@@ -301,12 +302,9 @@ mod tests {
         std::fs::write(dir.join("nvidia0"), b"").unwrap();
         std::fs::write(dir.join("nvidia1"), b"").unwrap();
         let all = device::VisibleDevices::detect(none, None).unwrap();
-        assert_eq!(
-            rank_device_from(all.clone(), &dir, 1, 2).unwrap(),
-            Device::Cuda { ordinal: 1, visible_id: "1".into() }
-        );
+        assert_eq!(rank_device_from(&all, &dir, 1, 2), Device::Cuda { ordinal: 1, visible_id: "1".into() });
         // No device file: the CPU.
-        assert_eq!(rank_device_from(all, &dir.join("none"), 0, 1).unwrap(), Device::Cpu);
+        assert_eq!(rank_device_from(&all, &dir.join("none"), 0, 1), Device::Cpu);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

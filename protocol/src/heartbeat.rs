@@ -146,7 +146,8 @@ pub struct Progress {
     pub updates: u64,
     /// The rank waits in a collective for the other ranks (the vote that ends a
     /// checkpoint): without progress of its own, it is not stalled while another rank
-    /// still makes progress. Absent in heartbeats of older ranks.
+    /// still makes progress. A rank changes it with a new update (`updates`), which is
+    /// what makes the launcher take it. Absent in heartbeats of older ranks.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub waiting: bool,
 }

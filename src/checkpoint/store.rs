@@ -928,11 +928,11 @@ const WRITEBACK_EVERY: u64 = 32 << 20;
 
 /// Writes the safetensors file of `tensors` and `metadata` to `file` and fsyncs it;
 /// returns its length and CRC-32. The blocks go straight from the encoder to the file (no
-/// second buffer), and every 32 MiB the write-back of what was written is started and the
-/// piece before the previous one waited for: the disk works while the rest is encoded and written, the
-/// writer goes at the disk's pace rather than filling the page cache for the fsync, and the
-/// rank's progress is pulsed at each piece, so that a checkpoint longer than the stall
-/// timeout is not taken for a stall while it is written.
+/// second buffer). Every 32 MiB the write-back of what was written is started and the piece
+/// before the previous one is waited for: the disk works while the rest is encoded and
+/// written, the writer goes at the disk's pace rather than filling the page cache for the
+/// fsync, and the rank's progress is pulsed at each piece, so that a checkpoint longer than
+/// the stall timeout is not taken for a stall while it is written.
 fn write_durably(
     mut file: std::fs::File,
     tensors: &[TensorRef<'_>],
